@@ -1,0 +1,10 @@
+"""MaskBit VQGAN+ tokenizer, 14 bits per token (LFQ), as released (configs/tokenizer/maskbit_tokenizer_14bit.yaml).
+
+  python -m maskbit_jax.convert --config configs/maskbit_tokenizer_14bit.py --checkpoint maskbit_tokenizer_14bit.bin --out ckpt/
+"""
+
+from maskbit_jax import config_defaults as d
+
+
+def get_config():
+  return d.tokenizer_config("maskbit_tokenizer_14bit", d.vq_model(token_size=14), disc=d.discriminator())

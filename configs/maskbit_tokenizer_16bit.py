@@ -1,0 +1,10 @@
+"""MaskBit VQGAN+ tokenizer, 16 bits per token (LFQ), as released (configs/tokenizer/maskbit_tokenizer_16bit.yaml).
+
+  python -m maskbit_jax.convert --config configs/maskbit_tokenizer_16bit.py --checkpoint maskbit_tokenizer_16bit.bin --out ckpt/
+"""
+
+from maskbit_jax import config_defaults as d
+
+
+def get_config():
+  return d.tokenizer_config("maskbit_tokenizer_16bit", d.vq_model(token_size=16), disc=d.discriminator())

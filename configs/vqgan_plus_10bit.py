@@ -1,0 +1,8 @@
+"""VQGAN+ with a learned 2^10 x 256 VQ codebook, as released (configs/tokenizer/vqgan_plus_10bit.yaml)."""
+
+from maskbit_jax import config_defaults as d
+
+
+def get_config():
+  vq = d.vq_model(quantizer_type="lookup", codebook_size=2**10, token_size=256, entropy_loss_weight=0.0)
+  return d.tokenizer_config("vqgan_plus_10bit", vq, disc=d.discriminator())

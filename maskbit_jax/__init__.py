@@ -1,0 +1,1 @@
+"""maskbit_jax: MaskBit and BAR bit-token image generators in JAX."""

@@ -1,0 +1,170 @@
+"""Loading configs: ml_collections ``.py`` files, reference ``.yaml`` files, or objects.
+
+Configs keep the reference's key names and nesting (``model.vq_model.*``,
+``model.mlm_model.*``, ``training.*`` ...), so a user's existing YAML files
+load unchanged. Overrides use ml_collections' ``--config.a.b=value`` form: the
+value is parsed according to the type already in the config, and an unknown
+key is an error (a typo never silently creates a new field).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import yaml
+
+ConfigLike = Any  # ConfigDict | Mapping | str | os.PathLike
+
+
+def _to_config_dict(value: Any) -> ml_collections.ConfigDict:
+  if isinstance(value, ml_collections.ConfigDict):
+    return value
+  return ml_collections.ConfigDict(_plain(value))
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, ml_collections.ConfigDict):
+    return value.to_dict()
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_plain(v) for v in value]
+  return value
+
+
+def _load_py(path: str, arg: str | None) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(f"_maskbit_config_{abs(hash(path))}", path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f"cannot import config file {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path} has no get_config()")
+  cfg = module.get_config(arg) if arg is not None else module.get_config()
+  return _to_config_dict(cfg)
+
+
+def _load_yaml(path: str) -> ml_collections.ConfigDict:
+  # OmegaConf resolves the reference files' ${a.b} interpolations and reads
+  # YAML 1.1 numbers such as 1e-4 and 1_350_000 the way the reference does.
+  from omegaconf import OmegaConf
+
+  container = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+  if not isinstance(container, dict):
+    raise ValueError(f"{path} does not hold a mapping at its top level")
+  return _to_config_dict(container)
+
+
+def load_config(config: ConfigLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Returns a fresh ConfigDict from a ConfigDict/mapping, a ``.py`` path or a ``.yaml`` path.
+
+  A ``.py`` path may carry an argument after a colon, passed to its
+  ``get_config``: ``configs/maskbit_tokenizer.py:bits=14``.
+  """
+  if isinstance(config, (str, os.PathLike)):
+    spec = os.fspath(config)
+    path, arg = spec, None
+    if not os.path.exists(spec) and ":" in spec:
+      path, arg = spec.rsplit(":", 1)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".py":
+      cfg = _load_py(path, arg)
+    elif ext in (".yaml", ".yml"):
+      cfg = _load_yaml(path)
+    else:
+      raise ValueError(f"config {path}: expected a .py or .yaml file")
+  else:
+    cfg = ml_collections.ConfigDict(_plain(config))
+  for item in overrides:
+    apply_override(cfg, item)
+  return cfg
+
+
+def _parse_like(text: str, current: Any, key: str) -> Any:
+  if isinstance(current, bool):
+    low = text.strip().lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise ValueError(f"--config.{key}: expected a boolean, got {text!r}")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise ValueError(f"--config.{key}: expected an integer, got {text!r}") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ValueError(f"--config.{key}: expected a number, got {text!r}") from None
+  if isinstance(current, str):
+    return text
+  value = yaml.safe_load(text)
+  if isinstance(current, (tuple, list)):
+    if not isinstance(value, (list, tuple)):
+      value = [value]
+    return type(current)(value)
+  return value
+
+
+def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
+  """Applies one ``a.b.c=value`` override in place (the ``--config.`` prefix is optional)."""
+  if item.startswith("--"):
+    item = item[2:]
+  if item.startswith("config."):
+    item = item[len("config."):]
+  if "=" not in item:
+    raise ValueError(f"override {item!r} must look like a.b.c=value")
+  key, text = item.split("=", 1)
+  parts = key.split(".")
+  node = cfg
+  for i, part in enumerate(parts[:-1]):
+    if part not in node:
+      raise KeyError(f"--config.{key}: no field {'.'.join(parts[:i + 1])!r} in the config")
+    node = node[part]
+  leaf = parts[-1]
+  if leaf not in node:
+    raise KeyError(f"--config.{key}: no field {key!r} in the config")
+  with node.unlocked() if hasattr(node, "unlocked") else _nullcontext():
+    node[leaf] = _parse_like(text, node[leaf], key)
+
+
+class _nullcontext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
+  """Separates ``--config PATH``/``--config=PATH`` and ``--config.x=v`` from other CLI args."""
+  config, overrides, rest = None, [], []
+  it = iter(argv)
+  for arg in it:
+    if arg == "--config":
+      config = next(it, None)
+    elif arg.startswith("--config="):
+      config = arg.split("=", 1)[1]
+    elif arg.startswith("--config."):
+      if "=" not in arg:
+        arg = f"{arg}={next(it, '')}"
+      overrides.append(arg)
+    else:
+      rest.append(arg)
+  return config, overrides, rest
+
+
+def vq_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ``model.vq_model`` section, with a clear error if there is none."""
+  try:
+    return cfg.model.vq_model
+  except (AttributeError, KeyError):
+    raise ValueError("config has no model.vq_model section (is this a tokenizer config?)") from None

@@ -1,0 +1,39 @@
+"""Building blocks for the ``configs/*.py`` files (reference key names and values)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def vq_model(*, model_class="vqgan+", quantizer_type="lookup-free", token_size=12, codebook_size=None,
+             hidden_channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, sample_with_conv=True,
+             commitment_cost=0.25, entropy_loss_weight=0.02, entropy_loss_temperature=0.01,
+             entropy_gamma=1.0, num_channels=3) -> dict:
+  if codebook_size is None:
+    codebook_size = 2**token_size
+  return dict(
+      model_class=model_class, quantizer_type=quantizer_type, codebook_size=codebook_size,
+      token_size=token_size, commitment_cost=commitment_cost, entropy_loss_weight=entropy_loss_weight,
+      entropy_loss_temperature=entropy_loss_temperature, entropy_gamma=entropy_gamma,
+      num_channels=num_channels, hidden_channels=hidden_channels, channel_mult=list(channel_mult),
+      num_resolutions=len(channel_mult), num_res_blocks=num_res_blocks, sample_with_conv=sample_with_conv)
+
+
+def discriminator(hidden_channels=128, num_stages=4) -> dict:
+  return dict(name="VQGAN+Discriminator", num_channels=3, num_stages=num_stages,
+              hidden_channels=hidden_channels, blur_resample=True, blur_kernel_size=4)
+
+
+def tokenizer_config(name: str, vq: dict, *, disc: dict | None = None, resolution: int = 256,
+                     checkpoint: str = "") -> ml_collections.ConfigDict:
+  """A tokenizer config with the reference's sections (``experiment``, ``model``, ``dataset``, ``training``)."""
+  cfg = ml_collections.ConfigDict()
+  cfg.experiment = dict(project="MaskBit", name=name, vqgan_checkpoint=checkpoint, seed=42)
+  cfg.model = dict(vq_model=vq)
+  if disc is not None:
+    cfg.model.discriminator = disc
+  cfg.dataset = dict(preprocessing=dict(resolution=resolution))
+  # Compute settings of this port (no reference equivalent): compute dtype and
+  # matmul/conv precision ("default", "high", "highest").
+  cfg.runtime = dict(dtype="float32", precision="default")
+  return cfg

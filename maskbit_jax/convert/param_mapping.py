@@ -1,0 +1,173 @@
+"""Explicit name and layout maps between PyTorch state dicts and flax param trees.
+
+A flax parameter path such as ``('encoder', 'down_2', 'res_blocks_0', 'conv1', 'kernel')``
+maps to the PyTorch key ``encoder.down.2.res_blocks.0.conv1.weight`` through a
+small, explicit table of regular expressions per model family; leaf layouts are
+converted by one rule per leaf kind (conv kernels ``[O, I, kh, kw] <-> [kh, kw, I, O]``,
+dense kernels ``[O, I] <-> [I, O]``, norm scales, embeddings and biases as they
+are). Loading is strict: every key must be used, every parameter found, every
+shape equal, and every problem is reported by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flax import traverse_util
+
+Rules = Sequence[tuple[str, str]]
+
+# Module-path rewrites, applied to the '.'-joined flax module path (without the leaf).
+VQGAN_RULES: Rules = (
+    (r"(^|\.)(down|up|res_blocks)_(\d+)(?=\.|$)", r"\1\2.\3"),
+)
+TAMING_RULES: Rules = (
+    (r"(^|\.)(down|up)_(\d+)_(block|attn)_(\d+)(?=\.|$)", r"\1\2.\3.\4.\5"),
+    (r"(^|\.)down_(\d+)_downsample_conv(?=\.|$)", r"\1down.\2.downsample.conv"),
+    (r"(^|\.)up_(\d+)_upsample_conv(?=\.|$)", r"\1up.\2.upsample.conv"),
+    (r"(^|\.)mid_(block_1|block_2|attn_1)(?=\.|$)", r"\1mid.\2"),
+)
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not match the model built from the config."""
+
+
+@dataclass(frozen=True)
+class Buffer:
+  """A non-trainable tensor the PyTorch module stores but flax derives (e.g. the LFQ codebook)."""
+
+  make: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ParamMapping:
+  """How one model family's flax params correspond to its PyTorch state dict."""
+
+  module_rules: Rules
+  buffers: Mapping[str, Buffer] = field(default_factory=dict)
+  # released-file key prefix -> model key prefix (e.g. generator 'token_emb' -> 'input_proj')
+  renames: Mapping[str, str] = field(default_factory=dict)
+
+  def torch_key(self, flax_path: tuple[str, ...]) -> str:
+    module = ".".join(flax_path[:-1])
+    for pattern, repl in self.module_rules:
+      module = re.sub(pattern, repl, module)
+    leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}.get(flax_path[-1])
+    if leaf is None:
+      raise ValueError(f"no PyTorch name for flax leaf {'/'.join(flax_path)}")
+    return f"{module}.{leaf}" if module else leaf
+
+
+def torch_to_flax_array(flax_path: tuple[str, ...], value: np.ndarray, flax_ndim: int) -> np.ndarray:
+  if flax_path[-1] == "kernel" and value.ndim == 4:
+    return np.transpose(value, (2, 3, 1, 0))
+  if flax_path[-1] == "kernel" and value.ndim == 2:
+    return np.transpose(value, (1, 0))
+  return value
+
+
+def flax_to_torch_array(flax_path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  if flax_path[-1] == "kernel" and value.ndim == 4:
+    return np.transpose(value, (3, 2, 0, 1))
+  if flax_path[-1] == "kernel" and value.ndim == 2:
+    return np.transpose(value, (1, 0))
+  return value
+
+
+def _torch_shape_of(flax_path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+  return flax_to_torch_array(flax_path, np.empty(shape, dtype=np.uint8)).shape
+
+
+def expected_torch_shapes(mapping: ParamMapping, abstract_params) -> "OrderedDict[str, tuple[int, ...]]":
+  """PyTorch key -> shape for every parameter of the flax model (buffers included)."""
+  out = OrderedDict()
+  for path, leaf in traverse_util.flatten_dict(abstract_params).items():
+    out[mapping.torch_key(path)] = _torch_shape_of(path, tuple(leaf.shape))
+  for key, buf in mapping.buffers.items():
+    out[key] = tuple(buf.make().shape)
+  return out
+
+
+def _apply_renames(state: Mapping[str, np.ndarray], renames: Mapping[str, str]) -> "OrderedDict[str, np.ndarray]":
+  out = OrderedDict()
+  for key, value in state.items():
+    for old, new in renames.items():
+      if key == old or key.startswith(old + "."):
+        key = new + key[len(old):]
+        break
+    out[key] = value
+  return out
+
+
+def torch_state_to_flax(state: Mapping[str, np.ndarray], abstract_params, mapping: ParamMapping, *,
+                        source: str = "checkpoint") -> dict:
+  """Strictly converts a PyTorch-layout state dict into a flax param tree.
+
+  Args:
+    state: key -> array, PyTorch names and layouts (e.g. from ``read_state_dict``).
+    abstract_params: the model's (unboxed) params or their ShapeDtypeStructs,
+      e.g. from ``jax.eval_shape(model.init, ...)``.
+  Raises:
+    CheckpointMismatchError listing every missing key, unexpected key, shape
+    mismatch (with both shapes) and buffer whose values differ from what the
+    config implies.
+  """
+  state = _apply_renames(state, mapping.renames)
+  flat = traverse_util.flatten_dict(abstract_params)
+  by_key = {mapping.torch_key(path): path for path in flat}
+  problems = []
+  missing = [k for k in list(by_key) + list(mapping.buffers) if k not in state]
+  unexpected = [k for k in state if k not in by_key and k not in mapping.buffers]
+  problems += [f"missing key {k!r} (the model has it, the {source} does not)" for k in missing]
+  problems += [f"unexpected key {k!r} {tuple(np.shape(state[k]))} (in the {source}, not in the model)" for k in unexpected]
+  converted = {}
+  for key, path in by_key.items():
+    if key not in state:
+      continue
+    value = np.asarray(state[key])
+    want = _torch_shape_of(path, tuple(flat[path].shape))
+    if tuple(value.shape) != want:
+      problems.append(f"shape mismatch for {key!r}: {source} has {tuple(value.shape)}, model expects {want}")
+      continue
+    converted[path] = torch_to_flax_array(path, value, len(want)).astype(flat[path].dtype)
+  for key, buf in mapping.buffers.items():
+    if key not in state:
+      continue
+    expected = buf.make()
+    got = np.asarray(state[key])
+    if got.shape != expected.shape:
+      problems.append(f"shape mismatch for buffer {key!r}: {source} has {got.shape}, model expects {expected.shape}")
+    elif not np.array_equal(got, expected):
+      problems.append(f"buffer {key!r} differs from the value this config implies")
+  if problems:
+    raise CheckpointMismatchError(
+        f"{source} does not match the model ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+  return traverse_util.unflatten_dict(converted)
+
+
+def flax_to_torch_state(params, mapping: ParamMapping, key_order: Sequence[str] | None = None,
+                        released_names: bool = True) -> "OrderedDict[str, np.ndarray]":
+  """Flax params -> PyTorch-layout state dict (buffers regenerated).
+
+  ``key_order`` (e.g. the order of the file the params came from) fixes the
+  order of the output; keys not in it follow in model order. With
+  ``released_names`` the inverse of ``mapping.renames`` is applied, so the
+  result has the names of the released files.
+  """
+  out = OrderedDict()
+  for path, value in traverse_util.flatten_dict(params).items():
+    out[mapping.torch_key(path)] = np.ascontiguousarray(flax_to_torch_array(path, np.asarray(value)))
+  for key, buf in mapping.buffers.items():
+    out[key] = buf.make()
+  if released_names and mapping.renames:
+    out = _apply_renames(out, {new: old for old, new in mapping.renames.items()})
+  if key_order is not None:
+    ordered = OrderedDict((k, out[k]) for k in key_order if k in out)
+    ordered.update((k, v) for k, v in out.items() if k not in ordered)
+    out = ordered
+  return out

@@ -1,0 +1,1 @@
+"""Flax (linen) modules of maskbit_jax. All image tensors are NHWC."""

@@ -1,0 +1,231 @@
+"""The tokenizer API: ``load_tokenizer`` and ``Tokenizer``.
+
+    tok = maskbit_jax.load_tokenizer("configs/maskbit_tokenizer_12bit.py", "maskbit_tokenizer_12bit.bin")
+    tokens = tok.encode(images)          # float32 [B, H, W, 3] in [0, 1] -> int32 [B, H/16, W/16]
+    recon = tok.decode_tokens(tokens)    # -> float32 [B, H, W, 3] (not clamped)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from maskbit_jax import checkpointing
+from maskbit_jax.config import ConfigLike, load_config, vq_model_config
+from maskbit_jax.convert.checkpoint_files import read_state_dict
+from maskbit_jax.convert.param_mapping import CheckpointMismatchError, torch_state_to_flax
+from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
+from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits
+from maskbit_jax.models.tokenizer import (abstract_tokenizer_params, build_tokenizer_module, codebook_size_of,
+                                          init_tokenizer_params, latent_stride_of)
+
+# How far outside [0, 1] an input may stray (resampling overshoot) before we
+# call it the wrong range, e.g. [0, 255] or [-1, 1] images.
+RANGE_SLACK = 0.1
+
+PRECISIONS = {"default": jax.lax.Precision.DEFAULT, "high": jax.lax.Precision.HIGH,
+              "highest": jax.lax.Precision.HIGHEST, None: None}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _runtime(cfg: ml_collections.ConfigDict, dtype: str | None, precision: str | None):
+  runtime = cfg.get("runtime", None) or {}
+  dtype = dtype or runtime.get("dtype", "float32")
+  precision = precision or runtime.get("precision", "default")
+  if dtype not in DTYPES:
+    raise ValueError(f"runtime.dtype={dtype!r}; use one of {sorted(DTYPES)}")
+  if precision not in PRECISIONS:
+    raise ValueError(f"runtime.precision={precision!r}; use one of default, high, highest")
+  return DTYPES[dtype], PRECISIONS[precision]
+
+
+def validate_images(images: Any, *, check_range: bool = True) -> jax.Array:
+  """Checks that ``images`` are float NHWC RGB in [0, 1]; returns them as float32."""
+  shape = tuple(np.shape(images))
+  dtype = np.asarray(images[:0]).dtype if hasattr(images, "__getitem__") else np.result_type(images)
+  if len(shape) != 4:
+    raise ValueError(f"images must be a 4-D NHWC batch [B, H, W, 3], got shape {shape}")
+  if shape[-1] != 3:
+    hint = " (this looks like NCHW; transpose to NHWC)" if shape[1] == 3 else ""
+    raise ValueError(f"images must have 3 channels last (NHWC), got shape {shape}{hint}")
+  if not np.issubdtype(dtype, np.floating):
+    raise TypeError(f"images must be floating point in [0, 1], got dtype {dtype}"
+                    " (integer images: divide by 255 first)")
+  images = jnp.asarray(images, jnp.float32)
+  if check_range:
+    lo, hi = (float(v) for v in jax.device_get((jnp.min(images), jnp.max(images))))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+      raise ValueError("images contain NaN or infinite values")
+    if lo < -RANGE_SLACK or hi > 1.0 + RANGE_SLACK:
+      raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
+                       " (for [0, 255] divide by 255; for [-1, 1] use (x + 1) / 2)")
+  return images
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Tokenizer:
+  """A tokenizer module with its parameters. All methods are jitted and pure."""
+
+  config: ml_collections.ConfigDict
+  module: nn.Module
+  params: Any
+
+  @property
+  def vq_config(self) -> ml_collections.ConfigDict:
+    return vq_model_config(self.config)
+
+  @property
+  def codebook_size(self) -> int:
+    return codebook_size_of(self.vq_config)
+
+  @property
+  def is_lookup_free(self) -> bool:
+    return self.vq_config.quantizer_type == "lookup-free"
+
+  @property
+  def token_bits(self) -> int:
+    """K, the number of bits per token (LFQ only)."""
+    if not self.is_lookup_free:
+      raise ValueError("token_bits is defined for lookup-free (LFQ) tokenizers only")
+    return int(self.vq_config.token_size)
+
+  @property
+  def latent_stride(self) -> int:
+    return latent_stride_of(self.vq_config)
+
+  # -- jitted pure functions of (params, inputs) -----------------------------------------
+  @functools.cached_property
+  def _encode_fn(self):
+    return jax.jit(lambda p, x, train: self.module.apply({"params": p}, x, train, method="encode"),
+                   static_argnums=2)
+
+  @functools.cached_property
+  def _decode_fn(self):
+    return jax.jit(lambda p, z: self.module.apply({"params": p}, z, method="decode"))
+
+  @functools.cached_property
+  def _decode_tokens_fn(self):
+    return jax.jit(lambda p, t: self.module.apply({"params": p}, t, method="decode_tokens"))
+
+  # -- public API ------------------------------------------------------------------------
+  def quantize(self, images, *, train: bool = False, validate: bool = True):
+    """Images -> (quantized latents ``[B, h, w, D]``, results dict with losses and indices)."""
+    images = validate_images(images) if validate else jnp.asarray(images, jnp.float32)
+    return self._encode_fn(self.params, images, train)
+
+  def encode(self, images, *, validate: bool = True) -> jax.Array:
+    """float32 NHWC images in [0, 1] -> int32 tokens ``[B, h, w]``."""
+    _, result = self.quantize(images, validate=validate)
+    return result["min_encoding_indices"]
+
+  def decode(self, z_q) -> jax.Array:
+    """Quantized latents ``[B, h, w, D]`` -> float32 images ``[B, H, W, 3]`` (not clamped)."""
+    z_q = jnp.asarray(z_q)
+    if z_q.ndim != 4:
+      raise ValueError(f"latents must be [B, h, w, D], got shape {z_q.shape}")
+    return self._decode_fn(self.params, z_q)
+
+  def check_tokens(self, tokens) -> jax.Array:
+    tokens = np.asarray(tokens)
+    if not np.issubdtype(tokens.dtype, np.integer):
+      raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
+    if tokens.ndim == 2:  # [B, N] with a square grid, as the reference accepts
+      side = int(round(np.sqrt(tokens.shape[1])))
+      if side * side != tokens.shape[1]:
+        raise ValueError(f"tokens [B, N] need a square N to form a grid, got N={tokens.shape[1]}")
+      tokens = tokens.reshape(tokens.shape[0], side, side)
+    if tokens.ndim != 3:
+      raise ValueError(f"tokens must be [B, h, w] (or [B, h*w]), got shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
+      raise ValueError(f"token indices must be in [0, {self.codebook_size}), "
+                       f"got values in [{tokens.min()}, {tokens.max()}]")
+    return jnp.asarray(tokens, jnp.int32)
+
+  def decode_tokens(self, tokens) -> jax.Array:
+    """int tokens ``[B, h, w]`` (or ``[B, h*w]``) -> float32 images ``[B, H, W, 3]``."""
+    return self._decode_tokens_fn(self.params, self.check_tokens(tokens))
+
+  def reconstruct(self, images) -> jax.Array:
+    z_q, _ = self.quantize(images)
+    return self.decode(z_q)
+
+  def tokens_to_bits(self, tokens) -> jax.Array:
+    """int tokens ``[...]`` -> -1/+1 bits ``[..., K]`` (channel 0 = least significant bit)."""
+    return indices_to_bits(self.check_tokens(tokens) if np.ndim(tokens) in (2, 3) else jnp.asarray(tokens),
+                           self.token_bits)
+
+  def bits_to_tokens(self, bits) -> jax.Array:
+    """Bits ``[..., K]`` (> 0 means 1) -> int32 tokens ``[...]``."""
+    bits = jnp.asarray(bits)
+    if bits.shape[-1] != self.token_bits:
+      raise ValueError(f"bits must have {self.token_bits} channels last, got shape {bits.shape}")
+    return bits_to_indices(bits)
+
+
+def check_params_match(abstract_params, params, source: str) -> None:
+  """Raises CheckpointMismatchError naming every missing/unexpected path and shape mismatch."""
+  want = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_params).items()}
+  got = {"/".join(k): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params).items()}
+  problems = [f"missing {k}" for k in want if k not in got]
+  problems += [f"unexpected {k} {got[k]}" for k in got if k not in want]
+  problems += [f"shape mismatch for {k}: {source} has {got[k]}, model expects {want[k]}"
+               for k in want if k in got and got[k] != want[k]]
+  if problems:
+    raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
+                                  + "\n  ".join(problems))
+
+
+def load_tokenizer_params(cfg: ml_collections.ConfigDict, module: nn.Module, checkpoint: str | os.PathLike):
+  """Loads params from a PyTorch-format file or one of our Orbax checkpoints, strictly."""
+  abstract = nn.meta.unbox(abstract_tokenizer_params(module))
+  checkpoint = os.fspath(checkpoint)
+  if checkpointing.is_params_checkpoint(checkpoint):
+    meta = checkpointing.read_meta(checkpoint)
+    if meta.get("kind") != "tokenizer":
+      raise ValueError(f"{checkpoint} holds a {meta.get('kind')!r} checkpoint, not a tokenizer")
+    params = checkpointing.load_params(checkpoint)
+    check_params_match(abstract, params, checkpoint)
+    return params
+  state = read_state_dict(checkpoint)
+  params = torch_state_to_flax(state, abstract, tokenizer_param_mapping(vq_model_config(cfg)), source=checkpoint)
+  return jax.tree.map(jnp.asarray, params)
+
+
+def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *,
+                   random_init: bool = False, seed: int = 0, dtype: str | None = None,
+                   precision: str | None = None, overrides=()) -> Tokenizer:
+  """Builds a tokenizer from a config and loads its weights.
+
+  Args:
+    config: a ConfigDict/dict, a ``configs/*.py`` path or a reference ``.yaml`` path.
+    checkpoint: a PyTorch file (``.bin``, ``.ckpt``, ``.safetensors``,
+      ``_state.npz``) or a directory written by ``python -m maskbit_jax.convert``.
+      If omitted, ``experiment.vqgan_checkpoint`` of the config is used.
+    random_init: use freshly initialised weights instead (for smoke tests);
+      never happens implicitly.
+    dtype, precision: compute dtype ("float32", "bfloat16") and matmul/conv
+      precision ("default", "highest"); default from ``runtime.*`` of the config.
+  """
+  cfg = load_config(config, overrides)
+  vq_cfg = vq_model_config(cfg)
+  compute_dtype, prec = _runtime(cfg, dtype, precision)
+  module = build_tokenizer_module(vq_cfg, dtype=compute_dtype, precision=prec)
+  if checkpoint is None and not random_init:
+    checkpoint = (cfg.get("experiment", None) or {}).get("vqgan_checkpoint") or None
+  if checkpoint is None and not random_init:
+    raise ValueError("no tokenizer checkpoint given (argument or experiment.vqgan_checkpoint); "
+                     "pass random_init=True for untrained weights")
+  if random_init:
+    params = init_tokenizer_params(module, jax.random.key(seed))
+  else:
+    params = load_tokenizer_params(cfg, module, checkpoint)
+  return Tokenizer(cfg, module, params)

@@ -1,0 +1,48 @@
+"""Shared test fixtures: the golden fixture folder and layout helpers.
+
+The golden folder comes from ``MASKBIT_GOLDEN`` (default ``../shared/golden``
+next to the repository). Tests take every config, shape and case from the
+fixture files, so they run unchanged on fixture sets made with other seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def golden_path() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN", REPO.parent / "shared" / "golden")).resolve()
+
+
+@pytest.fixture(scope="session")
+def golden() -> pathlib.Path:
+  path = golden_path()
+  if not (path / "fixture_configs.json").is_file():
+    message = f"golden fixtures not found at {path} (set MASKBIT_GOLDEN)"
+    if os.environ.get("CI"):
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+@pytest.fixture(scope="session")
+def fixture_configs(golden) -> dict:
+  with open(golden / "fixture_configs.json") as f:
+    return json.load(f)
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+  """PyTorch NCHW -> our NHWC."""
+  return np.transpose(x, (0, 2, 3, 1))
+
+
+def load_npz(path) -> dict:
+  with np.load(path, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
