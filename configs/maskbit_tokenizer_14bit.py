@@ -1,4 +1,4 @@
-"""MaskBit VQGAN+ tokenizer, 14 bits per token (LFQ), as released (configs/tokenizer/maskbit_tokenizer_14bit.yaml).
+"""MaskBit VQGAN+ tokenizer, 14 bits per token (LFQ), as released; codebook_size stays 4096 as in the yaml (LFQ uses 2^14) (configs/tokenizer/maskbit_tokenizer_14bit.yaml).
 
   python -m maskbit_jax.convert --config configs/maskbit_tokenizer_14bit.py --checkpoint maskbit_tokenizer_14bit.bin --out ckpt/
 """
@@ -7,4 +7,4 @@ from maskbit_jax import config_defaults as d
 
 
 def get_config():
-  return d.tokenizer_config("maskbit_tokenizer_14bit", d.vq_model(token_size=14), disc=d.discriminator())
+  return d.tokenizer_config("maskbit_tokenizer_14bit", d.vq_model(token_size=14, codebook_size=4096), disc=d.discriminator())

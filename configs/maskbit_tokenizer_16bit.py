@@ -1,4 +1,4 @@
-"""MaskBit VQGAN+ tokenizer, 16 bits per token (LFQ), as released (configs/tokenizer/maskbit_tokenizer_16bit.yaml).
+"""MaskBit VQGAN+ tokenizer, 16 bits per token (LFQ), as released; codebook_size stays 4096 as in the yaml (LFQ uses 2^16) (configs/tokenizer/maskbit_tokenizer_16bit.yaml).
 
   python -m maskbit_jax.convert --config configs/maskbit_tokenizer_16bit.py --checkpoint maskbit_tokenizer_16bit.bin --out ckpt/
 """
@@ -7,4 +7,4 @@ from maskbit_jax import config_defaults as d
 
 
 def get_config():
-  return d.tokenizer_config("maskbit_tokenizer_16bit", d.vq_model(token_size=16), disc=d.discriminator())
+  return d.tokenizer_config("maskbit_tokenizer_16bit", d.vq_model(token_size=16, codebook_size=4096), disc=d.discriminator())

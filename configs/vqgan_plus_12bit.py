@@ -1,8 +1,8 @@
-"""VQGAN+ with a learned 2^12 x 256 VQ codebook, as released (configs/tokenizer/vqgan_plus_12bit.yaml)."""
+"""VQGAN+ with a learned 2^12 x 64 VQ codebook, as released (configs/tokenizer/vqgan_plus_12bit.yaml)."""
 
 from maskbit_jax import config_defaults as d
 
 
 def get_config():
-  vq = d.vq_model(quantizer_type="lookup", codebook_size=2**12, token_size=256, entropy_loss_weight=0.0)
+  vq = d.vq_model(quantizer_type="lookup", codebook_size=2**12, token_size=64, entropy_loss_weight=0.0)
   return d.tokenizer_config("vqgan_plus_12bit", vq, disc=d.discriminator())
