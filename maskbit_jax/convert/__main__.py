@@ -1,0 +1,3 @@
+from maskbit_jax.convert.cli import main
+
+raise SystemExit(main())

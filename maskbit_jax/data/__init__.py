@@ -1,0 +1,1 @@
+"""Input data: the embedded sample images and (later) the training pipelines."""

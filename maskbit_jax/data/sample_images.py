@@ -1,0 +1,79 @@
+"""Images that need no download: a few real photos and a deterministic synthetic set.
+
+The photos ship inside scikit-image (``skimage.data``; public-domain / CC0
+images such as NASA's astronaut portrait and the coffee cup). The synthetic set
+is labelled and fully determined by its seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# skimage.data loaders whose files are inside the wheel (no network).
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
+
+
+def center_crop_resize(image_hwc: np.ndarray, size: int) -> np.ndarray:
+  """uint8 RGB image -> float32 [size, size, 3] in [0, 1] (centre square crop, bicubic, antialiased)."""
+  h, w = image_hwc.shape[:2]
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  crop = image_hwc[top:top + side, left:left + side, :3]
+  resized = Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC)
+  return np.clip(np.asarray(resized, np.float32) / 255.0, 0.0, 1.0)
+
+
+def sample_photos(size: int = 256, names: tuple[str, ...] = PHOTOS) -> tuple[np.ndarray, list[str]]:
+  """The embedded photos as float32 NHWC ``[N, size, size, 3]`` in [0, 1] and their names."""
+  import skimage.data
+
+  images = [center_crop_resize(getattr(skimage.data, n)(), size) for n in names]
+  return np.stack(images), list(names)
+
+
+NUM_SHAPES = 4  # disc, square, triangle, stripes
+NUM_HUES = 4
+
+
+def synthetic_images(num: int, size: int = 64, seed: int = 0,
+                     num_classes: int = NUM_SHAPES * NUM_HUES) -> tuple[np.ndarray, np.ndarray]:
+  """A labelled synthetic set: float32 ``[num, size, size, 3]`` in [0, 1] and int32 labels.
+
+  Class c draws shape ``c % 4`` (disc, square, triangle, stripes) in hue
+  ``(c // 4) % 4`` on a smooth two-colour background; position, scale,
+  rotation of the stripes, colours' brightness and a little noise vary per
+  image. Image i depends only on (seed, i), so any shard of the set can be
+  produced independently.
+  """
+  if num_classes > NUM_SHAPES * NUM_HUES or num_classes < 1:
+    raise ValueError(f"num_classes must be in [1, {NUM_SHAPES * NUM_HUES}], got {num_classes}")
+  images = np.empty((num, size, size, 3), np.float32)
+  labels = np.empty((num,), np.int32)
+  yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+  for i in range(num):
+    rng = np.random.default_rng([seed, i])
+    label = int(rng.integers(num_classes))
+    shape, hue = label % NUM_SHAPES, (label // NUM_SHAPES) % NUM_HUES
+    bg_a, bg_b = rng.uniform(0.1, 0.5, 3), rng.uniform(0.1, 0.5, 3)
+    t = (np.cos(rng.uniform(0, np.pi)) * xx + np.sin(rng.uniform(0, np.pi)) * yy + 1) / 2
+    image = bg_a * (1 - t[..., None]) + bg_b * t[..., None]
+    cx, cy = rng.uniform(-0.4, 0.4, 2)
+    r = rng.uniform(0.3, 0.55)
+    if shape == 0:
+      mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r**2
+    elif shape == 1:
+      mask = (np.abs(xx - cx) < r * 0.85) & (np.abs(yy - cy) < r * 0.85)
+    elif shape == 2:
+      mask = (yy - cy < r) & (yy - cy > -r + 2 * np.abs(xx - cx))
+    else:
+      angle = rng.uniform(0, np.pi)
+      mask = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 10.0) > 0
+      mask &= (xx - cx) ** 2 + (yy - cy) ** 2 < (1.6 * r) ** 2
+    colour = np.roll(np.array([0.95, 0.25, 0.1]), hue) if hue < 3 else np.array([0.95, 0.9, 0.2])
+    colour = colour * rng.uniform(0.8, 1.0)
+    image = np.where(mask[..., None], colour, image)
+    image = image + rng.normal(0, 0.02, image.shape)
+    images[i] = np.clip(image, 0.0, 1.0)
+    labels[i] = label
+  return images, labels
