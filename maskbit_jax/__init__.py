@@ -1,1 +1,24 @@
-"""maskbit_jax: MaskBit and BAR bit-token image generators in JAX."""
+"""maskbit_jax: MaskBit and BAR bit-token image generators in JAX.
+
+    import maskbit_jax
+    tok = maskbit_jax.load_tokenizer("configs/maskbit_tokenizer_12bit.py", "maskbit_tokenizer_12bit.bin")
+    tokens = tok.encode(images)            # float32 NHWC in [0, 1] -> int32 [B, h, w]
+    images = tok.decode_tokens(tokens)     # -> float32 NHWC
+"""
+
+from maskbit_jax.config import load_config
+from maskbit_jax.convert.param_mapping import CheckpointMismatchError
+from maskbit_jax.convert.torch_pickle import UnsafeCheckpointError
+from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits
+from maskbit_jax.tokenizer import Tokenizer, load_tokenizer
+
+__all__ = [
+    "CheckpointMismatchError",
+    "Tokenizer",
+    "UnsafeCheckpointError",
+    "bits_to_indices",
+    "indices_to_bits",
+    "load_config",
+    "load_tokenizer",
+]
+__version__ = "0.1.0"

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+
+# Tests see 8 simulated CPU devices (sharding tests); must precede the jax import.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 import pathlib
 
 import numpy as np
@@ -46,3 +50,8 @@ def nhwc(x: np.ndarray) -> np.ndarray:
 def load_npz(path) -> dict:
   with np.load(path, allow_pickle=False) as data:
     return {k: data[k] for k in data.files}
+
+
+def tokenizer_config(fixture_configs, name: str) -> dict:
+  """A full config (reference nesting) around the fixture's ``vq_model`` section."""
+  return {"model": {"vq_model": dict(fixture_configs["configs"][name])}}
