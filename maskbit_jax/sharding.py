@@ -70,10 +70,35 @@ def create_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Devic
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_sharding(logical_tree, mesh: Mesh, rules=RULES):
-  """Maps a tree of logical PartitionSpecs (or boxed params) to NamedShardings."""
-  specs = nn.get_partition_spec(logical_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+def _axis_size(mesh: Mesh, axes) -> int:
+  if axes is None:
+    return 1
+  axes = (axes,) if isinstance(axes, str) else axes
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+  """Replicates every dimension the mesh axes would not divide evenly (e.g. a 3-channel conv_out)."""
+  fitted = [axes if size % _axis_size(mesh, axes) == 0 else None
+            for axes, size in zip(tuple(spec) + (None,) * (len(shape) - len(spec)), shape)]
+  return PartitionSpec(*fitted)
+
+
+def logical_to_sharding(boxed_tree, mesh: Mesh, rules=RULES):
+  """Boxed (logically partitioned) params or their abstract values -> a tree of NamedShardings.
+
+  Dimensions that the assigned mesh axes do not divide are replicated instead
+  of failing, so one rules table serves every model size and mesh.
+  """
+  is_boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)
+
+  def one(leaf):
+    value = leaf.unbox() if is_boxed(leaf) else leaf
+    names = leaf.names if is_boxed(leaf) else (None,) * len(value.shape)
+    spec = PartitionSpec(*nn.logical_to_mesh_axes(names, rules))
+    return NamedSharding(mesh, _fit_spec(spec, value.shape, mesh))
+
+  return jax.tree.map(one, boxed_tree, is_leaf=is_boxed)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

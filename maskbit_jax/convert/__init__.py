@@ -1,0 +1,1 @@
+"""Converters between the PyTorch MaskBit checkpoints and this JAX port."""

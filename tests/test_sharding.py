@@ -1,0 +1,60 @@
+"""Tokenizer params and batches placed by the one rules table on 8 simulated CPU devices."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax.sharding import PartitionSpec as P
+
+import maskbit_jax
+from conftest import load_npz, nhwc, tokenizer_config
+from maskbit_jax import sharding
+from maskbit_jax.models.tokenizer import abstract_tokenizer_params
+
+
+def test_eight_simulated_devices():
+  assert jax.device_count() == 8, "conftest sets --xla_force_host_platform_device_count=8"
+
+
+def test_mesh_shapes():
+  mesh = sharding.create_mesh({"data": 2, "fsdp": -1})
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  with pytest.raises(ValueError, match="do not divide"):
+    sharding.create_mesh({"data": 3, "fsdp": -1})
+  with pytest.raises(ValueError, match="unknown mesh axes"):
+    sharding.create_mesh({"model": 2})
+
+
+def test_every_param_has_logical_axes(fixture_configs):
+  module = maskbit_jax.load_tokenizer(tokenizer_config(fixture_configs, "tokenizer_tiny"), random_init=True).module
+  boxed = abstract_tokenizer_params(module)
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  names = {n for x in leaves for n in x.names}
+  rule_names = {name for name, _ in sharding.RULES}
+  assert names <= rule_names, f"logical axes without a rule: {names - rule_names}"
+
+
+def test_sharded_encode_equals_single_device(golden, fixture_configs):
+  cfg = tokenizer_config(fixture_configs, "tokenizer_tiny")
+  tok = maskbit_jax.load_tokenizer(cfg, golden / "tokenizer_tiny.bin")
+  images = np.concatenate([nhwc(load_npz(golden / "tokenizer_tiny_io.npz")["images"])] * 4)  # 8 images
+  expected = np.asarray(tok.encode(images))
+
+  mesh = sharding.create_mesh({"data": 2, "fsdp": 4})
+  param_sh = sharding.logical_to_sharding(abstract_tokenizer_params(tok.module), mesh)
+  params = jax.device_put(tok.params, param_sh)
+  conv_in = params["encoder"]["conv_in"]["kernel"]
+  assert conv_in.sharding.spec == P(None, None, None, "fsdp")  # conv_out axis split 4 ways
+  assert len(conv_in.addressable_shards) == 8
+  batch_sh = sharding.batch_sharding(mesh, 4)
+  assert batch_sh.spec == P(("data", "fsdp"), None, None, None)
+
+  encode = jax.jit(lambda p, x: tok.module.apply({"params": p}, x, method="encode")[1]["min_encoding_indices"],
+                   in_shardings=(param_sh, batch_sh), out_shardings=sharding.batch_sharding(mesh, 3))
+  tokens = encode(params, jax.device_put(jnp.asarray(images), batch_sh))
+  assert tokens.sharding.spec[0] == ("data", "fsdp")
+  np.testing.assert_array_equal(np.asarray(tokens), expected)
