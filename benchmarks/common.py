@@ -1,0 +1,71 @@
+"""Shared helpers for the benchmarks: timing, machine description, results files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def time_call(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> dict:
+  """Median / min wall time of ``fn()`` (which must block until its result is ready)."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return dict(median_s=statistics.median(times), min_s=min(times), repeats=repeats)
+
+
+def machine() -> dict:
+  import jax
+
+  dev = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  except OSError:
+    pass
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(RESULTS_DIR)).stdout.strip()
+  except OSError:
+    commit = ""
+  import flax
+  import numpy
+
+  return dict(host=platform.node(), cpu=cpu, cpu_count=os.cpu_count(), platform=dev.platform,
+              device=getattr(dev, "device_kind", str(dev)), device_count=jax.device_count(),
+              python=platform.python_version(), jax=jax.__version__, flax=flax.__version__,
+              numpy=numpy.__version__, commit=commit)
+
+
+def peak_memory_bytes() -> dict:
+  """Peak device memory (accelerators) and peak host RSS of this process."""
+  import jax
+
+  out = dict(host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  return out
+
+
+def append_result(name: str, record: dict) -> str:
+  """Appends one JSON line to ``benchmarks/results/<name>.jsonl`` and returns the path."""
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  path = os.path.join(RESULTS_DIR, f"{name}.jsonl")
+  record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record)
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+  return path
