@@ -178,3 +178,63 @@ def test_missing_file_and_unknown_format(tmp_path, cfg):
   (tmp_path / "w.h5").write_bytes(b"x")
   with pytest.raises(ValueError, match="unknown checkpoint format"):
     maskbit_jax.load_tokenizer(cfg, tmp_path / "w.h5")
+
+
+def _lightning_ckpt(path, state):
+  """A Lightning-style ``.ckpt``: {'epoch', 'global_step', 'state_dict': {...}} in torch's zip format.
+
+  Built by nesting the state-dict pickle our writer produces inside an outer
+  dict at the pickle-opcode level (the writer itself only writes flat dicts).
+  """
+  import io as _io
+  import zipfile
+
+  from maskbit_jax.convert.torch_pickle import write_torch_file
+
+  flat = path.with_suffix(".flat.bin")
+  write_torch_file(flat, state)
+  with zipfile.ZipFile(flat) as z:
+    members = {n: z.read(n) for n in z.namelist()}
+  pkl_name = next(n for n in members if n.endswith("/data.pkl"))
+  inner = members[pkl_name]
+  assert inner[:2] == b"\x80\x02" and inner[-1:] == b"."
+  outer = (b"\x80\x02}(X\x05\x00\x00\x00epochK\x07X\x0b\x00\x00\x00global_stepM\xe8\x03"
+           b"X\n\x00\x00\x00state_dict" + inner[2:-1] + b"u.")
+  members[pkl_name] = outer
+  buf = _io.BytesIO()
+  with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
+    for name, data in members.items():
+      z.writestr(name, data)
+  path.write_bytes(buf.getvalue())
+
+
+def test_lightning_ckpt_uses_inner_state_dict_and_drops_loss(tmp_path, cfg, golden, tok):
+  import jax
+
+  state = read_state_dict(golden / f"{NAME}.bin")
+  state["loss.discriminator.main.0.weight"] = np.ones((4, 3, 3, 3), np.float32)
+  state["loss.perceptual_loss.scaling_layer.shift"] = np.zeros((1, 3, 1, 1), np.float32)
+  _lightning_ckpt(tmp_path / "model.ckpt", state)
+  loaded = read_state_dict(tmp_path / "model.ckpt")
+  assert not any(k.startswith("loss.") for k in loaded) and len(loaded) == len(state) - 2
+  other = maskbit_jax.load_tokenizer(cfg, tmp_path / "model.ckpt")
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, tok.params),
+               jax.tree.map(np.asarray, other.params))
+  # a .bin with a stray loss.* key is NOT silently cleaned: only Lightning files drop them
+  write_state_dict(tmp_path / "stray.bin", state)
+  with pytest.raises(maskbit_jax.CheckpointMismatchError, match="unexpected key 'loss.discriminator"):
+    maskbit_jax.load_tokenizer(cfg, tmp_path / "stray.bin")
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs(cfg, golden, io):
+  import jax
+
+  tok16 = maskbit_jax.load_tokenizer(cfg, golden / f"{NAME}.bin", dtype="bfloat16")
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(tok16.params))
+  z_q, _ = tok16.quantize(nhwc(io["images"]))
+  images = tok16.decode(z_q)
+  assert images.dtype == np.float32 and images.shape == nhwc(io["decoded"]).shape
+  # bf16 keeps ~3 significant digits: reconstructions stay close to the float32 ones
+  assert float(np.mean(np.abs(np.asarray(images) - nhwc(io["decoded"])))) < 0.05
+  with pytest.raises(ValueError, match="runtime.dtype"):
+    maskbit_jax.load_tokenizer(cfg, golden / f"{NAME}.bin", dtype="float8")
