@@ -231,10 +231,13 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs(cfg, golden, io):
 
   tok16 = maskbit_jax.load_tokenizer(cfg, golden / f"{NAME}.bin", dtype="bfloat16")
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(tok16.params))
-  z_q, _ = tok16.quantize(nhwc(io["images"]))
-  images = tok16.decode(z_q)
+  tokens = np.asarray(tok16.encode(nhwc(io["images"])))
+  assert tokens.shape == io["indices"].shape
+  # bf16 keeps ~3 significant digits: latents near 0 may flip a bit, most tokens agree
+  assert np.mean(tokens == io["indices"]) > 0.5
+  images = tok16.decode(nhwc(io["z_q"]))
   assert images.dtype == np.float32 and images.shape == nhwc(io["decoded"]).shape
-  # bf16 keeps ~3 significant digits: reconstructions stay close to the float32 ones
-  assert float(np.mean(np.abs(np.asarray(images) - nhwc(io["decoded"])))) < 0.05
+  err = np.abs(np.asarray(images) - nhwc(io["decoded"]))
+  assert float(err.mean()) < 0.1 * float(np.abs(io["decoded"]).mean())
   with pytest.raises(ValueError, match="runtime.dtype"):
     maskbit_jax.load_tokenizer(cfg, golden / f"{NAME}.bin", dtype="float8")
