@@ -37,3 +37,30 @@ def tokenizer_config(name: str, vq: dict, *, disc: dict | None = None, resolutio
   # matmul/conv precision ("default", "high", "highest").
   cfg.runtime = dict(dtype="float32", precision="default")
   return cfg
+
+
+def mlm_model(*, hidden_dim=1024, depth=24, heads=16, mlp_dim=4096, dropout=0.1, codebook_splits=2,
+              use_prenorm=False, sampling: dict | None = None) -> dict:
+  """``model.mlm_model`` with the reference keys; ``sampling`` adds the sampler/training keys of the released yamls."""
+  out = dict(model_cls="lfq_bert", hidden_dim=hidden_dim, depth=depth, heads=heads, mlp_dim=mlp_dim,
+             dropout=dropout)
+  if sampling is not None:
+    out.update(guidance_scale=sampling["guidance_scale"], guidance_annealing=sampling.get("guidance_annealing", "cosine"),
+               num_steps=sampling.get("num_steps", 64), train_mask_schedule_strategy="arccos",
+               gen_mask_schedule_strategy=sampling.get("gen_mask_schedule_strategy", "arccos"),
+               softmax_temperature=sampling.get("softmax_temperature", 1.0),
+               randomize_temperature=sampling["randomize_temperature"], class_label_dropout=0.1,
+               scale_pow=sampling["scale_pow"], use_sampling_annealing=sampling.get("use_sampling_annealing", False))
+  out.update(codebook_splits=codebook_splits, use_prenorm=use_prenorm)
+  return out
+
+
+def generator_config(name: str, vq: dict, mlm: dict, *, resolution: int = 256, nclass: int = 1000,
+                     tokenizer_checkpoint: str = "", generator_checkpoint: str = "") -> ml_collections.ConfigDict:
+  """A generator config (reference nesting) with the tokenizer it runs on."""
+  cfg = tokenizer_config(name, vq, resolution=resolution, checkpoint=tokenizer_checkpoint)
+  cfg.experiment.generator_checkpoint = generator_checkpoint
+  cfg.model.mlm_model = mlm
+  cfg.model.nclass = nclass  # not in the reference yamls (ImageNet's 1000 is hard-coded there)
+  cfg.losses = dict(mlm=dict(label_smoothing=0.1, sum_splits=False))
+  return cfg

@@ -54,3 +54,44 @@ def test_our_config_equals_released_config(golden, name):
   assert codebook_size_of(ours) == manifest["derived"]["codebook_size_used"]
   if "discriminator" in manifest["config"]:
     assert cfg.model.discriminator.to_dict() == manifest["config"]["discriminator"]
+
+
+@pytest.mark.parametrize("name", _manifests("generator"))
+def test_full_size_generator_matches_manifest(golden, name):
+  import numpy as np
+
+  from maskbit_jax.convert.generator_mapping import generator_param_mapping
+  from maskbit_jax.generator import generator_fields
+  from maskbit_jax.models.maskbit_transformer import abstract_generator_params, build_generator_module
+
+  manifest = _load(golden, name)
+  derived = manifest["derived"]
+  cfg = load_config(REPO / "configs" / f"{name}.py")
+  fields = generator_fields(cfg)
+  for key in ("img_size", "hidden_dim", "codebook_splits", "depth", "heads", "mlp_dim", "use_prenorm",
+              "input_stride", "nclass"):
+    assert fields[key] == derived[key], f"{name}: {key} is {fields[key]}, released {derived[key]}"
+  assert 2 ** fields["token_size"] == derived["codebook_size"]
+  module = build_generator_module(fields)
+  assert module.seq_len == derived["seq_len"] and module.mask_token == derived["mask_token"]
+  assert module.null_label == derived["null_class_label"]
+  mapping = generator_param_mapping(module.bits_per_split)
+  ours = expected_torch_shapes(mapping, nn.meta.unbox(abstract_generator_params(module)))
+  theirs = {k: tuple(v) for k, v in {**manifest["params"], **manifest["buffers"]}.items()}
+  assert set(ours) == set(theirs), (set(ours) ^ set(theirs))
+  assert {k: v for k, v in ours.items() if v != theirs[k]} == {}
+  assert sum(int(np.prod(s)) for k, s in ours.items() if k in manifest["params"]) == manifest["num_params"]
+  # the released file names the bit projection token_emb.*: the rename maps exactly those keys
+  released = {v: k for k, v in manifest["released_key_to_model_key"].items()}
+  assert {released[k] for k in ours} == set(manifest["released_key_to_model_key"])
+
+
+@pytest.mark.parametrize("name", _manifests("generator"))
+def test_our_generator_config_equals_released_config(golden, name):
+  manifest = _load(golden, name)
+  cfg = load_config(REPO / "configs" / f"{name}.py")
+  for section in ("vq_model", "mlm_model"):
+    ours = cfg.model[section].to_dict()
+    for key, value in manifest["config"][section].items():
+      assert key in ours, f"{name}: configs/{name}.py lacks model.{section}.{key}"
+      assert ours[key] == value, f"{name}: model.{section}.{key} is {ours[key]!r}, released {value!r}"

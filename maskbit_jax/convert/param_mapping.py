@@ -25,6 +25,14 @@ Rules = Sequence[tuple[str, str]]
 VQGAN_RULES: Rules = (
     (r"(^|\.)(down|up|res_blocks)_(\d+)(?=\.|$)", r"\1\2.\3"),
 )
+GENERATOR_RULES: Rules = (
+    (r"(^|\.)transformer_layers_(\d+)_(\d+)(?=\.|$)", r"\1transformer.layers.\2.\3"),
+    (r"(^|\.)(first_layer|last_layer|net)_(\d+)(?=\.|$)", r"\1\2.\3"),
+    (r"(^|\.)final_norm(?=\.|$)", r"\1norm_after_transformer"),
+)
+GENERATOR_KEY_RULES: Rules = (
+    (r"\.mha\.in_proj\.(weight|bias)$", r".mha.in_proj_\1"),
+)
 TAMING_RULES: Rules = (
     (r"(^|\.)(down|up)_(\d+)_(block|attn)_(\d+)(?=\.|$)", r"\1\2.\3.\4.\5"),
     (r"(^|\.)down_(\d+)_downsample_conv(?=\.|$)", r"\1down.\2.downsample.conv"),
@@ -50,6 +58,8 @@ class ParamMapping:
 
   module_rules: Rules
   buffers: Mapping[str, Buffer] = field(default_factory=dict)
+  # rewrites of the complete PyTorch key (e.g. 'mha.in_proj.weight' -> 'mha.in_proj_weight')
+  key_rules: Rules = ()
   # released-file key prefix -> model key prefix (e.g. generator 'token_emb' -> 'input_proj')
   renames: Mapping[str, str] = field(default_factory=dict)
 
@@ -57,10 +67,12 @@ class ParamMapping:
     module = ".".join(flax_path[:-1])
     for pattern, repl in self.module_rules:
       module = re.sub(pattern, repl, module)
-    leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}.get(flax_path[-1])
-    if leaf is None:
-      raise ValueError(f"no PyTorch name for flax leaf {'/'.join(flax_path)}")
-    return f"{module}.{leaf}" if module else leaf
+    # Standard leaves are renamed; a raw parameter (e.g. 'pos_emb') keeps its own name.
+    leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(flax_path[-1], flax_path[-1])
+    key = f"{module}.{leaf}" if module else leaf
+    for pattern, repl in self.key_rules:
+      key = re.sub(pattern, repl, key)
+    return key
 
 
 def torch_to_flax_array(flax_path: tuple[str, ...], value: np.ndarray, flax_ndim: int) -> np.ndarray:

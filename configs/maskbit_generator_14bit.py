@@ -1,0 +1,13 @@
+"""MaskBit generator on 14-bit tokens, as released (configs/generator/maskbit_generator_14bit.yaml).
+
+  python -m maskbit_jax.sample --config configs/maskbit_generator_14bit.py \
+      --tokenizer maskbit_tokenizer_14bit.bin --generator maskbit_generator_14bit.bin --classes 1,207,360 --out out/
+"""
+
+from maskbit_jax import config_defaults as d
+
+
+def get_config():
+  vq = d.vq_model(token_size=14, codebook_size=16384)
+  mlm = d.mlm_model(sampling=dict(guidance_scale=7.1, randomize_temperature=7.8, scale_pow=3.0))
+  return d.generator_config("maskbit_generator_14bit", vq, mlm)

@@ -1,0 +1,13 @@
+"""MaskBit generator on 14-bit tokens, as released (configs/generator/maskbit_generator_14bit_256steps.yaml).
+
+  python -m maskbit_jax.sample --config configs/maskbit_generator_14bit_256steps.py \
+      --tokenizer maskbit_tokenizer_14bit.bin --generator maskbit_generator_14bit_256steps.bin --classes 1,207,360 --out out/
+"""
+
+from maskbit_jax import config_defaults as d
+
+
+def get_config():
+  vq = d.vq_model(token_size=14, codebook_size=16384)
+  mlm = d.mlm_model(sampling=dict(guidance_scale=5.8, randomize_temperature=10.3, scale_pow=3.0, num_steps=256))
+  return d.generator_config("maskbit_generator_14bit_256steps", vq, mlm)

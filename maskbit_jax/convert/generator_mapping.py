@@ -1,0 +1,22 @@
+"""Name map for MaskBit generator checkpoints (``LFQBert``).
+
+The released files name the bit projection ``token_emb.*``; the model calls it
+``input_proj.*`` (the reference renames it on load). ``mha.in_proj_weight``
+packs the q, k and v rows; it maps onto one flax Dense kernel of width 3*D.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskbit_jax.convert.param_mapping import GENERATOR_KEY_RULES, GENERATOR_RULES, Buffer, ParamMapping
+
+RELEASED_RENAMES = {"token_emb": "input_proj"}
+
+
+def generator_param_mapping(bits_per_split: int) -> ParamMapping:
+  def bits_to_indices():
+    return (2 ** np.arange(bits_per_split, dtype=np.int64)).astype(np.int32)
+
+  return ParamMapping(GENERATOR_RULES, buffers={"bits_to_indices": Buffer(bits_to_indices)},
+                      renames=RELEASED_RENAMES, key_rules=GENERATOR_KEY_RULES)

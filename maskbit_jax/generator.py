@@ -1,0 +1,159 @@
+"""The generator API: ``load_generator`` and ``Generator``.
+
+    gen = maskbit_jax.load_generator("configs/maskbit_generator_12bit.py", "maskbit_generator_12bit.bin")
+    logits = gen(tokens, labels)    # split tokens [B, N, M] (mask token where masked) -> [B, N, M, 2^(K/M)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+
+from maskbit_jax import checkpointing
+from maskbit_jax.config import ConfigLike, load_config, vq_model_config
+from maskbit_jax.convert.checkpoint_files import read_state_dict
+from maskbit_jax.convert.generator_mapping import generator_param_mapping
+from maskbit_jax.convert.param_mapping import torch_state_to_flax
+from maskbit_jax.models.maskbit_transformer import (MaskBitTransformer, abstract_generator_params,
+                                                    build_generator_module, init_generator_params)
+from maskbit_jax.models.tokenizer import latent_stride_of
+from maskbit_jax.tokenizer import _runtime, check_params_match
+
+DEFAULT_NCLASS = 1000
+SAMPLING_KEYS = ("guidance_scale", "guidance_annealing", "num_steps", "scale_pow", "randomize_temperature",
+                 "softmax_temperature", "gen_mask_schedule_strategy", "use_sampling_annealing")
+
+
+def mlm_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  try:
+    return cfg.model.mlm_model
+  except (AttributeError, KeyError):
+    raise ValueError("config has no model.mlm_model section (is this a generator config?)") from None
+
+
+def generator_fields(cfg: ml_collections.ConfigDict) -> dict:
+  """Flat generator fields from a config with the reference nesting (as the reference scripts derive them)."""
+  mlm, vq = mlm_model_config(cfg), vq_model_config(cfg)
+  if mlm.get("model_cls", "lfq_bert") != "lfq_bert":
+    raise ValueError(f"model.mlm_model.model_cls={mlm.get('model_cls')!r} is not supported (only 'lfq_bert')")
+  if vq.get("quantizer_type") != "lookup-free":
+    raise ValueError("the MaskBit generator works on bit tokens: model.vq_model.quantizer_type must be 'lookup-free'")
+  resolution = (cfg.get("dataset", None) or {}).get("preprocessing", {}).get("resolution", 256)
+  return dict(img_size=int(resolution), input_stride=latent_stride_of(vq), hidden_dim=int(mlm.hidden_dim),
+              depth=int(mlm.depth), heads=int(mlm.heads), mlp_dim=int(mlm.mlp_dim), token_size=int(vq.token_size),
+              codebook_splits=int(mlm.get("codebook_splits", 1)), use_prenorm=bool(mlm.get("use_prenorm", False)),
+              dropout=float(mlm.get("dropout", 0.0)), nclass=int(cfg.model.get("nclass", DEFAULT_NCLASS)))
+
+
+def sampling_defaults(cfg: ml_collections.ConfigDict) -> dict:
+  """The released evaluation settings of a config (``model.mlm_model.*``, or ``sampling.*``)."""
+  out = {}
+  for source in (cfg.model.get("mlm_model", {}), cfg.get("sampling", {}) or {}):
+    out.update({k: source[k] for k in SAMPLING_KEYS if k in source})
+  return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Generator:
+  """A MaskBit generator with its parameters; calling it is a pure, jitted forward pass."""
+
+  config: ml_collections.ConfigDict
+  module: MaskBitTransformer
+  params: Any
+
+  @property
+  def token_bits(self) -> int:
+    return self.module.token_size
+
+  @property
+  def codebook_splits(self) -> int:
+    return self.module.codebook_splits
+
+  @property
+  def mask_token(self) -> int:
+    return self.module.mask_token
+
+  @property
+  def nclass(self) -> int:
+    return self.module.nclass
+
+  @property
+  def seq_len(self) -> int:
+    return self.module.seq_len
+
+  @property
+  def sampling_defaults(self) -> dict:
+    return sampling_defaults(self.config)
+
+  @functools.cached_property
+  def _apply(self):
+    return jax.jit(lambda p, t, l, d: self.module.apply({"params": p}, t, l, d))
+
+  def check_labels(self, labels) -> jax.Array:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= self.nclass):
+      raise ValueError(f"class labels must be in [0, {self.nclass}), got values in [{labels.min()}, {labels.max()}]")
+    return jnp.asarray(labels, jnp.int32)
+
+  def __call__(self, tokens, labels, drop_label_mask=None) -> jax.Array:
+    """Split tokens ``[B, N, M]`` (``mask_token`` at masked entries), labels ``[B]`` -> logits ``[B, N, M, C]``.
+
+    ``drop_label_mask`` ``[B]`` bool: True replaces that label by the null class.
+    """
+    tokens = np.asarray(tokens)
+    want = (self.seq_len, self.codebook_splits)
+    if tokens.ndim != 3 or tokens.shape[1:] != want:
+      raise ValueError(f"tokens must be [B, {want[0]}, {want[1]}], got shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() > self.mask_token):
+      raise ValueError(f"split tokens must be in [0, {self.mask_token}] (mask token {self.mask_token}), "
+                       f"got values in [{tokens.min()}, {tokens.max()}]")
+    labels = self.check_labels(labels)
+    if labels.shape[0] != tokens.shape[0]:
+      raise ValueError(f"{labels.shape[0]} labels for a batch of {tokens.shape[0]}")
+    drop = None if drop_label_mask is None else jnp.asarray(drop_label_mask, bool).reshape(tokens.shape[0])
+    return self._apply(self.params, jnp.asarray(tokens, jnp.int32), labels, drop)
+
+
+def load_generator_params(module: MaskBitTransformer, checkpoint: str | os.PathLike):
+  abstract = nn.meta.unbox(abstract_generator_params(module))
+  checkpoint = os.fspath(checkpoint)
+  if checkpointing.is_params_checkpoint(checkpoint):
+    meta = checkpointing.read_meta(checkpoint)
+    if meta.get("kind") != "generator":
+      raise ValueError(f"{checkpoint} holds a {meta.get('kind')!r} checkpoint, not a generator")
+    params = checkpointing.load_params(checkpoint)
+    check_params_match(abstract, params, checkpoint)
+    return params
+  state = read_state_dict(checkpoint)
+  params = torch_state_to_flax(state, abstract, generator_param_mapping(module.bits_per_split), source=checkpoint)
+  return jax.tree.map(jnp.asarray, params)
+
+
+def load_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *, random_init: bool = False,
+                   seed: int = 0, dtype: str | None = None, precision: str | None = None, overrides=()) -> Generator:
+  """Builds the MaskBit generator of a config and loads its weights.
+
+  Args as for ``load_tokenizer``; ``checkpoint`` defaults to
+  ``experiment.generator_checkpoint``. Released files (``token_emb.*``) and
+  files that already use ``input_proj.*`` both load.
+  """
+  cfg = load_config(config, overrides)
+  compute_dtype, prec = _runtime(cfg, dtype, precision)
+  module = build_generator_module(generator_fields(cfg), dtype=compute_dtype, precision=prec)
+  if checkpoint is None and not random_init:
+    checkpoint = (cfg.get("experiment", None) or {}).get("generator_checkpoint") or None
+  if checkpoint is None and not random_init:
+    raise ValueError("no generator checkpoint given (argument or experiment.generator_checkpoint); "
+                     "pass random_init=True for untrained weights")
+  params = init_generator_params(module, jax.random.key(seed)) if random_init else load_generator_params(module, checkpoint)
+  return Generator(cfg, module, params)

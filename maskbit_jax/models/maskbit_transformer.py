@@ -1,0 +1,245 @@
+"""The MaskBit generator: a bidirectional transformer on bit tokens (the reference ``LFQBert``).
+
+Each image token of K bits is split into ``codebook_splits`` groups of
+b = K / splits bits. The input features are the bits as -1/+1, with every bit
+of a masked group set to 0 (no embedding table). A linear projection, a class
+token appended AFTER the image tokens, learned position embeddings, post-norm
+(or pre-norm) transformer blocks with exact GELU and LayerNorm eps 1e-12, and
+a head that predicts, per position and split, logits over the 2^b values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+LAYER_NORM_EPS = 1e-12
+# torch's trunc_normal_(std=0.02) truncates at +-2 absolute, i.e. +-100 std: a plain normal.
+_INIT = nn.initializers.normal(0.02)
+
+
+def _dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype, precision) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
+                  kernel_init=nn.with_logical_partitioning(_INIT, axes),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+
+
+def _layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
+                      use_fast_variance=False,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
+
+
+def token_bits_features(tokens_bnm: jax.Array, bits_per_split: int, mask_token: int) -> jax.Array:
+  """Split tokens ``[B, N, M]`` -> bit features ``[B, N, M*b]``: -1/+1, 0 for masked splits.
+
+  Feature m*b + j is bit j of split m, i.e. channel m*b + j of the tokenizer latent.
+  """
+  shifts = jnp.arange(bits_per_split, dtype=jnp.int32)
+  bits = (jnp.right_shift(tokens_bnm.astype(jnp.int32)[..., None], shifts) & 1).astype(jnp.float32) * 2.0 - 1.0
+  bits = jnp.where((tokens_bnm == mask_token)[..., None], 0.0, bits)
+  return bits.reshape(*tokens_bnm.shape[:-1], -1)
+
+
+class MultiheadSelfAttention(nn.Module):
+  """``torch.nn.MultiheadAttention`` (batch first): packed q/k/v projection, heads as contiguous slices."""
+
+  dim: int
+  heads: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x_bnd: jax.Array, train: bool = False) -> jax.Array:
+    b, n, _ = x_bnd.shape
+    head_dim = self.dim // self.heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+    qkv = _dense(3 * self.dim, ("embed", "qkv"), "in_proj", **kw)(x_bnd)
+    q, k, v = (t.reshape(b, n, self.heads, head_dim) for t in jnp.split(qkv, 3, axis=-1))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q * (head_dim ** -0.5), k, precision=self.precision)
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+    weights = nn.Dropout(self.dropout)(weights, deterministic=not train)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=self.precision).reshape(b, n, self.dim)
+    return _dense(self.dim, ("attn_out", "embed"), "out_proj", **kw)(out)
+
+
+class AttentionBlock(nn.Module):
+  dim: int
+  heads: int
+  dropout: float = 0.0
+  use_prenorm: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    mha = MultiheadSelfAttention(self.dim, self.heads, self.dropout, self.dtype, self.param_dtype, self.precision,
+                                 name="mha")
+    norm = _layer_norm("norm", self.dtype, self.param_dtype)
+    drop = nn.Dropout(self.dropout)
+    if self.use_prenorm:
+      return x + drop(mha(norm(x), train), deterministic=not train)
+    return norm(x + drop(mha(x, train), deterministic=not train))
+
+
+class FeedForwardBlock(nn.Module):
+  dim: int
+  mlp_dim: int
+  dropout: float = 0.0
+  use_prenorm: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+    norm = _layer_norm("norm", self.dtype, self.param_dtype)
+
+    def net(y):
+      y = _dense(self.mlp_dim, ("embed", "mlp"), "net_0", **kw)(y)
+      y = nn.gelu(y, approximate=False)
+      y = _dense(self.dim, ("mlp", "embed"), "net_2", **kw)(y)
+      return nn.Dropout(self.dropout)(y, deterministic=not train)
+
+    if self.use_prenorm:
+      return x + net(norm(x))
+    return norm(x + net(x))
+
+
+class MaskBitTransformer(nn.Module):
+  """``(tokens [B, N, M], labels [B], drop_label_mask [B] | None) -> logits [B, N, M, 2^b]``.
+
+  ``tokens`` hold split indices in [0, 2^b) and ``mask_token`` (= 2^b) at
+  masked entries. ``drop_label_mask`` (True = use the null class ``nclass``)
+  is the explicit class-label dropout; ``None`` keeps every label. (The
+  reference writes the null class into the label tensor it is handed, and with
+  ``drop_label_mask=None`` into every row; we never touch our inputs, and pass
+  an all-True mask for that unconditional case.)
+  """
+
+  img_size: int = 256
+  input_stride: int = 16
+  hidden_dim: int = 1024
+  depth: int = 24
+  heads: int = 16
+  mlp_dim: int = 4096
+  token_size: int = 12
+  codebook_splits: int = 2
+  use_prenorm: bool = False
+  dropout: float = 0.1
+  nclass: int = 1000
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+
+  @property
+  def seq_len(self) -> int:
+    return (self.img_size // self.input_stride) ** 2
+
+  @property
+  def bits_per_split(self) -> int:
+    return self.token_size // self.codebook_splits
+
+  @property
+  def num_classes_per_split(self) -> int:
+    return 2 ** self.bits_per_split
+
+  @property
+  def mask_token(self) -> int:
+    return self.num_classes_per_split
+
+  @property
+  def null_label(self) -> int:
+    return self.nclass
+
+  @nn.compact
+  def __call__(self, tokens_bnm: jax.Array, labels_b: jax.Array, drop_label_mask: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+    b = tokens_bnm.shape[0]
+    labels = labels_b.reshape(b).astype(jnp.int32)
+    if drop_label_mask is not None:
+      labels = jnp.where(drop_label_mask.reshape(b), self.null_label, labels)
+
+    bits = token_bits_features(tokens_bnm, self.bits_per_split, self.mask_token).astype(self.dtype)
+    x = _dense(self.hidden_dim, ("bits", "embed"), "input_proj", **kw)(bits)
+    class_emb = nn.Embed(self.nclass + 1, self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                         embedding_init=nn.with_logical_partitioning(_INIT, ("classes", "embed")), name="class_emb")
+    x = jnp.concatenate([x, class_emb(labels)[:, None, :]], axis=1)
+    pos_emb = self.param("pos_emb", nn.with_logical_partitioning(_INIT, (None, "length", "embed")),
+                         (1, self.seq_len + 1, self.hidden_dim), self.param_dtype)
+    x = x + pos_emb.astype(self.dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    self.sow("intermediates", "embeddings", x)
+    x = _layer_norm("first_layer_0", self.dtype, self.param_dtype)(x)
+    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    self.sow("intermediates", "first_layer", x)
+
+    block_kw = dict(dropout=self.dropout, use_prenorm=self.use_prenorm, **kw)
+    for layer in range(self.depth):
+      x = AttentionBlock(self.hidden_dim, self.heads, name=f"transformer_layers_{layer}_0", **block_kw)(x, train)
+      self.sow("intermediates", f"layer{layer}_attn", x)
+      x = FeedForwardBlock(self.hidden_dim, self.mlp_dim, name=f"transformer_layers_{layer}_1", **block_kw)(x, train)
+      x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+      self.sow("intermediates", f"layer{layer}_ffn", x)
+    if self.use_prenorm:
+      x = _layer_norm("final_norm", self.dtype, self.param_dtype)(x)
+      self.sow("intermediates", "norm_after_transformer", x)
+
+    x = _dense(self.hidden_dim, ("embed", "mlp"), "last_layer_0", **kw)(x)
+    x = nn.gelu(x, approximate=False)
+    x = _layer_norm("last_layer_2", self.dtype, self.param_dtype)(x)
+    self.sow("intermediates", "last_layer", x)
+    logits = _dense(self.codebook_splits * self.num_classes_per_split, ("embed", "vocab"), "prediction_layer",
+                    **kw)(x)
+    logits = logits[:, : self.seq_len].astype(jnp.float32)
+    return logits.reshape(b, self.seq_len, self.codebook_splits, self.num_classes_per_split)
+
+
+GENERATOR_FIELDS = ("img_size", "input_stride", "hidden_dim", "depth", "heads", "mlp_dim", "token_size",
+                    "codebook_splits", "use_prenorm", "dropout", "nclass")
+
+
+def validate_generator_fields(fields: Mapping[str, Any]) -> None:
+  missing = [k for k in GENERATOR_FIELDS if k not in fields]
+  if missing:
+    raise ValueError(f"generator config lacks {missing}")
+  k, m = int(fields["token_size"]), int(fields["codebook_splits"])
+  if m < 1 or k % m:
+    raise ValueError(f"codebook_splits={m} must divide the tokenizer's token_size={k} bits")
+  if int(fields["hidden_dim"]) % int(fields["heads"]):
+    raise ValueError(f"hidden_dim={fields['hidden_dim']} is not divisible by heads={fields['heads']}")
+  if int(fields["img_size"]) % int(fields["input_stride"]):
+    raise ValueError(f"img_size={fields['img_size']} is not a multiple of input_stride={fields['input_stride']}")
+  if int(fields["nclass"]) < 1:
+    raise ValueError("nclass must be >= 1")
+
+
+def build_generator_module(fields: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                           precision: Any = None) -> MaskBitTransformer:
+  """The flax generator from flat fields (``img_size``, ``hidden_dim``, ..., ``token_size``)."""
+  validate_generator_fields(fields)
+  kwargs = {k: fields[k] for k in GENERATOR_FIELDS}
+  kwargs = {k: (bool(v) if k == "use_prenorm" else float(v) if k == "dropout" else int(v)) for k, v in kwargs.items()}
+  return MaskBitTransformer(**kwargs, dtype=dtype, param_dtype=param_dtype, precision=precision)
+
+
+def abstract_generator_params(module: MaskBitTransformer):
+  """ShapeDtypeStructs of the (boxed) params; allocates nothing."""
+  tokens = jax.ShapeDtypeStruct((1, module.seq_len, module.codebook_splits), jnp.int32)
+  labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+  return jax.eval_shape(lambda t, l: module.init(jax.random.key(0), t, l), tokens, labels)["params"]
+
+
+def init_generator_params(module: MaskBitTransformer, rng: jax.Array):
+  tokens = jnp.full((1, module.seq_len, module.codebook_splits), module.mask_token, jnp.int32)
+  return nn.meta.unbox(module.init(rng, tokens, jnp.zeros((1,), jnp.int32))["params"])
