@@ -10,15 +10,18 @@ from maskbit_jax.config import load_config
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError
 from maskbit_jax.convert.torch_pickle import UnsafeCheckpointError
 from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits
+from maskbit_jax.generator import Generator, load_generator
 from maskbit_jax.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
     "CheckpointMismatchError",
+    "Generator",
     "Tokenizer",
     "UnsafeCheckpointError",
     "bits_to_indices",
     "indices_to_bits",
     "load_config",
+    "load_generator",
     "load_tokenizer",
 ]
 __version__ = "0.1.0"

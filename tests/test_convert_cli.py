@@ -62,3 +62,54 @@ def test_cli_runs_as_a_module(tmp_path, golden):
                        capture_output=True, text=True, cwd=tmp_path)
   assert out.returncode == 0, out.stderr
   assert "round trip verified" in out.stdout
+
+
+def _generator_names():
+  path = golden_path() / "fixture_configs.json"
+  if not path.is_file():
+    return ["<no fixtures>"]
+  return [n for n in json.loads(path.read_text())["configs"]
+          if n.startswith("generator") and (golden_path() / f"{n}.bin").is_file()]
+
+
+def generator_config(fixture_configs, name: str) -> dict:
+  """A reference-nested config around a flat fixture generator config."""
+  g = fixture_configs["configs"][name]
+  bits = g["token_size"]
+  vq = dict(model_class="vqgan+", quantizer_type="lookup-free", codebook_size=2**bits, token_size=bits,
+            hidden_channels=32, channel_mult=[1] * (g["input_stride"].bit_length()), num_res_blocks=1)
+  vq["num_resolutions"] = len(vq["channel_mult"])
+  mlm = dict(model_cls="lfq_bert", **{k: g[k] for k in ("hidden_dim", "depth", "heads", "mlp_dim", "dropout",
+                                                       "codebook_splits", "use_prenorm")})
+  return {"model": {"vq_model": vq, "mlm_model": mlm, "nclass": g["nclass"]},
+          "dataset": {"preprocessing": {"resolution": g["img_size"]}}}
+
+
+@pytest.mark.parametrize("name", _generator_names())
+def test_generator_import_export_keeps_released_names(tmp_path, golden, fixture_configs, name):
+  cfg_path = tmp_path / "g.py"
+  cfg_path.write_text(f"def get_config():\n  return {generator_config(fixture_configs, name)!r}\n")
+  assert convert_main(["--config", str(cfg_path), "--checkpoint", str(golden / f"{name}.bin"),
+                       "--out", str(tmp_path / "ckpt")]) == 0
+  assert convert_main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "back.bin")]) == 0
+  original = read_state_dict(golden / f"{name}.bin")
+  back = read_state_dict(tmp_path / "back.bin")
+  assert list(back) == list(original) and any(k.startswith("token_emb.") for k in back)
+  for key, value in original.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+  # a file that already uses the model's own name input_proj.* loads too
+  import maskbit_jax
+  from maskbit_jax.convert.checkpoint_files import write_state_dict
+
+  renamed = {k.replace("token_emb.", "input_proj."): v for k, v in original.items()}
+  write_state_dict(tmp_path / "input_proj.npz", renamed)
+  a = maskbit_jax.load_generator(str(cfg_path), golden / f"{name}.bin")
+  b = maskbit_jax.load_generator(str(cfg_path), tmp_path / "input_proj.npz")
+  c = maskbit_jax.load_generator(str(cfg_path), tmp_path / "ckpt")
+  import jax
+
+  for other in (b, c):
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, a.params),
+                 jax.tree.map(np.asarray, other.params))
+  with pytest.raises(ValueError, match="generator"):
+    maskbit_jax.load_tokenizer(str(cfg_path), tmp_path / "ckpt")

@@ -9,6 +9,9 @@ Export (Orbax directory -> PyTorch-layout state dict, ``.bin``/``.safetensors``/
 
   python -m maskbit_jax.convert --checkpoint ckpt/maskbit_tokenizer_12bit --out tokenizer.bin
 
+With a generator config (``model.mlm_model``) the file is taken to be the
+generator; ``--kind tokenizer`` converts the tokenizer of that config instead.
+
 Every import is verified: the params are converted back and must reproduce
 every tensor of the source file exactly.
 """
@@ -31,20 +34,44 @@ from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params, build_tokenizer_module
 
 EXPORT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".npz")
+KINDS = ("tokenizer", "generator")
 
 
-def import_tokenizer(cfg, checkpoint: str, out: str, overwrite: bool = False) -> str:
-  """Converts a PyTorch-format tokenizer file into an Orbax checkpoint directory."""
-  vq_cfg = vq_model_config(cfg)
-  module = build_tokenizer_module(vq_cfg)
-  mapping = tokenizer_param_mapping(vq_cfg)
+def model_for(cfg, kind: str):
+  """(abstract unboxed params, ParamMapping) of the ``kind`` model a config describes."""
+  if kind == "tokenizer":
+    vq_cfg = vq_model_config(cfg)
+    module = build_tokenizer_module(vq_cfg)
+    return nn.meta.unbox(abstract_tokenizer_params(module)), tokenizer_param_mapping(vq_cfg)
+  if kind == "generator":
+    from maskbit_jax.convert.generator_mapping import generator_param_mapping
+    from maskbit_jax.generator import generator_fields
+    from maskbit_jax.models.maskbit_transformer import abstract_generator_params, build_generator_module
+
+    module = build_generator_module(generator_fields(cfg))
+    return nn.meta.unbox(abstract_generator_params(module)), generator_param_mapping(module.bits_per_split)
+  raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+
+
+def default_kind(cfg) -> str:
+  return "generator" if "mlm_model" in (cfg.get("model", None) or {}) else "tokenizer"
+
+
+def import_checkpoint(cfg, checkpoint: str, out: str, kind: str | None = None, overwrite: bool = False) -> str:
+  """Converts a PyTorch-format file into an Orbax checkpoint directory, verifying the round trip."""
+  kind = kind or default_kind(cfg)
+  abstract, mapping = model_for(cfg, kind)
   state = read_state_dict(checkpoint)
-  params = torch_state_to_flax(state, nn.meta.unbox(abstract_tokenizer_params(module)), mapping, source=checkpoint)
+  params = torch_state_to_flax(state, abstract, mapping, source=checkpoint)
   back = flax_to_torch_state(params, mapping, key_order=list(state))
   verify_round_trip(state, back, checkpoint)
   return checkpointing.save_params(
-      out, params, kind="tokenizer", config=cfg.to_dict(), overwrite=overwrite,
+      out, params, kind=kind, config=cfg.to_dict(), overwrite=overwrite,
       meta=dict(source=os.path.abspath(checkpoint), torch_key_order=list(state)))
+
+
+def import_tokenizer(cfg, checkpoint: str, out: str, overwrite: bool = False) -> str:
+  return import_checkpoint(cfg, checkpoint, out, "tokenizer", overwrite)
 
 
 def verify_round_trip(original, converted, source: str) -> None:
@@ -58,10 +85,7 @@ def verify_round_trip(original, converted, source: str) -> None:
 def export_checkpoint(directory: str, out: str) -> str:
   """Writes the PyTorch-layout state dict of one of our checkpoints (released key names and order)."""
   meta = checkpointing.read_meta(directory)
-  if meta["kind"] != "tokenizer":
-    raise ValueError(f"{directory}: exporting {meta['kind']!r} checkpoints is not supported")
-  cfg = load_config(meta["config"])
-  mapping = tokenizer_param_mapping(vq_model_config(cfg))
+  _, mapping = model_for(load_config(meta["config"]), meta["kind"])
   params = checkpointing.to_numpy(checkpointing.load_params(directory))
   state = flax_to_torch_state(params, mapping, key_order=meta.get("torch_key_order"))
   write_state_dict(out, state)
@@ -76,6 +100,8 @@ def main(argv=None) -> int:
   p.add_argument("--checkpoint", required=True, help="source: PyTorch file, or our checkpoint dir to export")
   p.add_argument("--out", required=True, help="Orbax directory (import) or .bin/.safetensors/.npz (export)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  p.add_argument("--kind", choices=KINDS, help="which model of the config the file holds "
+                 "(default: generator if the config has model.mlm_model, else tokenizer)")
   args = p.parse_args(rest)
   if checkpointing.is_params_checkpoint(args.checkpoint):
     if not args.out.lower().endswith(EXPORT_SUFFIXES):
@@ -88,9 +114,7 @@ def main(argv=None) -> int:
   if config is None:
     p.error("--config is required to import a PyTorch checkpoint")
   cfg = load_config(config, overrides)
-  if "mlm_model" in cfg.get("model", {}):
-    p.error("this config describes a generator; generator conversion is not available yet")
-  out = import_tokenizer(cfg, args.checkpoint, args.out, overwrite=args.overwrite)
+  out = import_checkpoint(cfg, args.checkpoint, args.out, args.kind, overwrite=args.overwrite)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(checkpointing.load_params(out)))
   print(f"converted {args.checkpoint} -> {out} ({n:,} parameters, round trip verified)")
   return 0
