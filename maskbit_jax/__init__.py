@@ -11,6 +11,7 @@ from maskbit_jax.convert.param_mapping import CheckpointMismatchError
 from maskbit_jax.convert.torch_pickle import UnsafeCheckpointError
 from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits
 from maskbit_jax.generator import Generator, load_generator
+from maskbit_jax.sample import sample
 from maskbit_jax.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "load_config",
     "load_generator",
     "load_tokenizer",
+    "sample",
 ]
 __version__ = "0.1.0"

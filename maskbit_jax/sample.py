@@ -1,0 +1,220 @@
+"""Class-conditional sampling: ``maskbit_jax.sample(...)`` and ``python -m maskbit_jax.sample``.
+
+  python -m maskbit_jax.sample --config configs/maskbit_generator_12bit.py \
+      --tokenizer maskbit_tokenizer_12bit.bin --generator maskbit_generator_12bit.bin \
+      --classes 1,207,360 --num_steps 64 --seed 0 --out out/samples
+  python -m maskbit_jax.sample --config configs/generator_tiny.py --random_init --classes 1,2,3 --out out/tiny
+
+Generation (all MaskGIT steps, recombining the splits, decoding) is one
+compiled function; the batch is split over every local device. Writes one PNG
+per image, a labelled grid and ``tokens.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maskbit_jax.generator import Generator
+from maskbit_jax.sampling.factorization import combine_tokens
+from maskbit_jax.sampling.maskgit_sampler import sample_tokens
+from maskbit_jax.tokenizer import Tokenizer
+
+SAMPLER_ARGS = ("num_steps", "guidance_scale", "guidance_annealing", "scale_pow", "softmax_temperature",
+                "use_sampling_annealing", "randomize_temperature", "mask_schedule_strategy")
+# config key -> sampler argument
+_CONFIG_TO_ARG = {"gen_mask_schedule_strategy": "mask_schedule_strategy"}
+
+
+def check_pair(gen: Generator, tok: Tokenizer) -> None:
+  """The generator must run on this tokenizer's bit width and latent grid."""
+  if not tok.is_lookup_free:
+    raise ValueError("MaskBit generators need a lookup-free (bit) tokenizer")
+  if gen.token_bits != tok.token_bits:
+    raise ValueError(f"the generator predicts {gen.token_bits}-bit tokens but the tokenizer has "
+                     f"{tok.token_bits} bits: pair checkpoints of the same bit width")
+  grid = gen.module.img_size // tok.latent_stride
+  if grid * grid != gen.seq_len:
+    raise ValueError(f"generator sequence length {gen.seq_len} does not match the tokenizer's "
+                     f"{grid}x{grid} latent grid at {gen.module.img_size} px")
+
+
+def resolve_settings(gen: Generator, overrides: dict) -> dict:
+  settings = {_CONFIG_TO_ARG.get(k, k): v for k, v in gen.sampling_defaults.items()}
+  settings.update({k: v for k, v in overrides.items() if v is not None})
+  unknown = set(settings) - set(SAMPLER_ARGS)
+  if unknown:
+    raise TypeError(f"unknown sampling settings {sorted(unknown)}; known: {SAMPLER_ARGS}")
+  settings.setdefault("num_steps", 64)
+  if int(settings["num_steps"]) < 1:
+    raise ValueError(f"num_steps must be >= 1, got {settings['num_steps']}")
+  return settings
+
+
+@functools.partial(jax.jit, static_argnames=("gen_module", "tok_module", "settings", "decode", "return_trace"))
+def _generate(gen_params, tok_params, labels, key, cat_noise, conf_noise, *, gen_module, tok_module,
+              settings, decode, return_trace):
+  def logits_fn(tokens, labels, drop, step):
+    del step
+    return gen_module.apply({"params": gen_params}, tokens, labels, drop)
+
+  out = sample_tokens(logits_fn, labels, key, num_positions=gen_module.seq_len,
+                      codebook_splits=gen_module.codebook_splits, mask_token=gen_module.mask_token,
+                      cat_gumbel_noise=cat_noise, conf_gumbel_noise=conf_noise, return_trace=return_trace,
+                      **dict(settings))
+  split_tokens, trace = out if return_trace else (out, None)
+  side = int(round(gen_module.seq_len ** 0.5))
+  tokens = combine_tokens(split_tokens, gen_module.token_size).reshape(labels.shape[0], side, side)
+  images = tok_module.apply({"params": tok_params}, tokens, method="decode_tokens") if decode else None
+  return tokens, images, trace
+
+
+def sample(gen: Generator, tok: Tokenizer, labels, key: jax.Array, *, decode: bool = True,
+           cat_gumbel_noise=None, conf_gumbel_noise=None, return_trace: bool = False, **settings):
+  """Samples class-conditional images.
+
+  Args:
+    gen, tok: a MaskBit generator and the tokenizer of the same bit width.
+    labels: int class ids ``[B]`` in ``[0, nclass)``.
+    key: PRNG key; the same key gives the same images.
+    **settings: ``num_steps``, ``guidance_scale``, ``guidance_annealing``
+      (none/linear/cosine), ``scale_pow``, ``softmax_temperature``,
+      ``use_sampling_annealing``, ``randomize_temperature``,
+      ``mask_schedule_strategy`` (linear/square/cosine/arccos/root). Defaults: the
+      released evaluation settings in the generator's config.
+    cat_gumbel_noise, conf_gumbel_noise: replay stored noise instead of drawing
+      (``[S, B, N, M, C]`` and ``[S, B, N, M]``).
+  Returns:
+    dict with ``tokens`` int32 ``[B, h, w]``, ``images`` float32 ``[B, H, W, 3]``
+    (decoded, not clamped; absent with ``decode=False``) and, with
+    ``return_trace``, ``trace`` (per-step sampler arrays).
+  """
+  check_pair(gen, tok)
+  labels = gen.check_labels(labels)
+  settings = resolve_settings(gen, settings)
+  frozen = tuple(sorted(settings.items()))
+  tokens, images, trace = _generate(gen.params, tok.params, labels, key, cat_gumbel_noise, conf_gumbel_noise,
+                                    gen_module=gen.module, tok_module=tok.module, settings=frozen,
+                                    decode=decode, return_trace=return_trace)
+  out = dict(tokens=tokens)
+  if decode:
+    out["images"] = images
+  if return_trace:
+    out["trace"] = trace
+  return out
+
+
+def sample_sharded(gen: Generator, tok: Tokenizer, labels, key: jax.Array, **settings) -> dict:
+  """``sample`` with the batch split over every local device (padded to a multiple of the device count)."""
+  from maskbit_jax import sharding
+
+  labels = np.asarray(labels)
+  n_dev = jax.local_device_count()
+  pad = (-len(labels)) % n_dev
+  padded = np.concatenate([labels, np.repeat(labels[-1:], pad)]) if pad else labels
+  mesh = sharding.create_mesh({"data": -1}, jax.local_devices())
+  placed = jax.device_put(jnp.asarray(padded, jnp.int32), sharding.batch_sharding(mesh, 1))
+  out = sample(gen, tok, placed, key, **settings)
+  return {k: np.asarray(v)[: len(labels)] for k, v in out.items()}
+
+
+def _parse(argv):
+  from maskbit_jax.config import split_config_args
+
+  config, overrides, rest = split_config_args(argv)
+  p = argparse.ArgumentParser(prog="python -m maskbit_jax.sample", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--tokenizer", help="tokenizer checkpoint (default: experiment.vqgan_checkpoint)")
+  p.add_argument("--generator", help="generator checkpoint (default: experiment.generator_checkpoint)")
+  p.add_argument("--random_init", action="store_true", help="untrained weights for both (smoke test)")
+  p.add_argument("--classes", required=True, help="comma-separated class ids, e.g. 1,207,360")
+  p.add_argument("--samples_per_class", type=int, default=1)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--batch_size", type=int, default=32, help="images per compiled call")
+  p.add_argument("--out", required=True)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+  for name in ("num_steps", "guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
+    p.add_argument(f"--{name}", type=int if name == "num_steps" else float)
+  p.add_argument("--guidance_annealing", choices=("none", "linear", "cosine"))
+  p.add_argument("--mask_schedule_strategy", choices=("linear", "square", "cosine", "arccos", "root"))
+  p.add_argument("--use_sampling_annealing", choices=("true", "false"))
+  args = p.parse_args(rest)
+  if config is None:
+    p.error("--config is required")
+  if args.random_init and (args.tokenizer or args.generator):
+    p.error("--random_init excludes --tokenizer/--generator")
+  try:
+    args.class_ids = [int(c) for c in args.classes.split(",") if c.strip()]
+  except ValueError:
+    p.error(f"--classes must be comma-separated integers, got {args.classes!r}")
+  return config, overrides, args
+
+
+def main(argv=None) -> int:
+  config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
+  from maskbit_jax import image_io
+  from maskbit_jax.config import load_config
+  from maskbit_jax.generator import load_generator
+  from maskbit_jax.tokenizer import load_tokenizer
+
+  cfg = load_config(config, overrides)
+  tok = load_tokenizer(cfg, args.tokenizer, random_init=args.random_init, seed=args.seed, dtype=args.dtype)
+  gen = load_generator(cfg, args.generator, random_init=args.random_init, seed=args.seed + 1, dtype=args.dtype)
+  if args.random_init:
+    print("NOTE: random (untrained) weights; the images are not meaningful.")
+  settings = {k: getattr(args, k) for k in SAMPLER_ARGS}
+  if settings["use_sampling_annealing"] is not None:
+    settings["use_sampling_annealing"] = settings["use_sampling_annealing"] == "true"
+  labels = np.repeat(np.asarray(args.class_ids, np.int64), args.samples_per_class)
+  gen.check_labels(labels)
+  resolved = resolve_settings(gen, settings)
+
+  key = jax.random.key(args.seed)
+  tokens, images = [], []
+  start = time.perf_counter()
+  for i, chunk in enumerate(range(0, len(labels), args.batch_size)):
+    out = sample_sharded(gen, tok, labels[chunk:chunk + args.batch_size], jax.random.fold_in(key, i), **settings)
+    tokens.append(out["tokens"])
+    images.append(out["images"])
+  seconds = time.perf_counter() - start
+  tokens, images = np.concatenate(tokens), np.concatenate(images)
+
+  os.makedirs(args.out, exist_ok=True)
+  for i, (label, image) in enumerate(zip(labels, images)):
+    image_io.save_png(os.path.join(args.out, f"{i:05d}_class{label}.png"), image)
+  ncols = min(len(labels), 8)
+  image_io.save_labelled_grid(os.path.join(args.out, "grid.png"), images, [f"class {c}" for c in labels], ncols)
+  np.savez(os.path.join(args.out, "tokens.npz"), tokens=tokens, labels=labels)
+  summary = dict(images=len(labels), seconds=round(seconds, 3), images_per_s=round(len(labels) / seconds, 4),
+                 devices=jax.local_device_count(), random_init=bool(args.random_init), settings=resolved)
+  with open(os.path.join(args.out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  print(json.dumps(summary))
+  print(f"wrote {len(labels)} images and {os.path.join(args.out, 'grid.png')}")
+  return 0
+
+
+class _CallableModule(types.ModuleType):
+  """``maskbit_jax.sample`` is both this CLI module and the ``sample`` function.
+
+  Importing the submodule rebinds the package attribute to the module; making
+  the module callable keeps ``maskbit_jax.sample(gen, tok, ...)`` working then.
+  """
+
+  def __call__(self, *args, **kwargs):
+    return sample(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+  sys.exit(main())
