@@ -1,0 +1,1 @@
+"""Sampling of the MaskBit generator: schedules, token splitting, the compiled MaskGIT sampler."""
