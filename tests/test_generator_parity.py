@@ -99,3 +99,12 @@ def test_every_intermediate(case):
     name = key[len("inter_"):]
     assert name in acts, f"the JAX generator sows no {name!r}"
     np.testing.assert_allclose(np.asarray(acts[name]), io[key], err_msg=key, **TOL)
+
+
+def test_attention_implementations_agree(case):
+  module, params, io = case
+  args = (jnp.asarray(io["masked_tokens"]), jnp.asarray(io["labels"]), jnp.asarray(io["drop_label_mask"]))
+  outs = [module.clone(attention_impl=impl).apply({"params": params}, *args) for impl in ("batched", "per_example")]
+  np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[1]), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="attention_impl"):
+    module.clone(attention_impl="flash").apply({"params": params}, *args)

@@ -46,6 +46,23 @@ def token_bits_features(tokens_bnm: jax.Array, bits_per_split: int, mask_token: 
   return bits.reshape(*tokens_bnm.shape[:-1], -1)
 
 
+def _attend(q_bnhd: jax.Array, k_bnhd: jax.Array, v_bnhd: jax.Array, precision, dtype) -> jax.Array:
+  """softmax(q k^T) v per head; q is already scaled. ``[B, N, H, D]`` -> ``[B, N, H, D]``."""
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q_bnhd, k_bnhd, precision=precision)
+  weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v_bnhd, precision=precision)
+
+
+def resolve_attention_impl(impl: str) -> str:
+  """"auto": one example at a time on CPU (XLA:CPU runs the [N, N] batched matmuls of
+  a whole batch ~40 % slower than a loop over examples), batched elsewhere."""
+  if impl == "auto":
+    return "per_example" if jax.default_backend() == "cpu" else "batched"
+  if impl not in ("batched", "per_example"):
+    raise ValueError(f"attention_impl={impl!r}; use auto, batched or per_example")
+  return impl
+
+
 class MultiheadSelfAttention(nn.Module):
   """``torch.nn.MultiheadAttention`` (batch first): packed q/k/v projection, heads as contiguous slices."""
 
@@ -55,6 +72,7 @@ class MultiheadSelfAttention(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   precision: Any = None
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x_bnd: jax.Array, train: bool = False) -> jax.Array:
@@ -63,11 +81,17 @@ class MultiheadSelfAttention(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
     qkv = _dense(3 * self.dim, ("embed", "qkv"), "in_proj", **kw)(x_bnd)
     q, k, v = (t.reshape(b, n, self.heads, head_dim) for t in jnp.split(qkv, 3, axis=-1))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q * (head_dim ** -0.5), k, precision=self.precision)
-    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.dropout)(weights, deterministic=not train)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=self.precision).reshape(b, n, self.dim)
-    return _dense(self.dim, ("attn_out", "embed"), "out_proj", **kw)(out)
+    q = q * (head_dim ** -0.5)
+    if train and self.dropout > 0.0:
+      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision)
+      weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+      weights = nn.Dropout(self.dropout)(weights, deterministic=False)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=self.precision)
+    elif resolve_attention_impl(self.attention_impl) == "per_example":
+      out = jax.lax.map(lambda t: _attend(*(a[None] for a in t), self.precision, self.dtype)[0], (q, k, v))
+    else:
+      out = _attend(q, k, v, self.precision, self.dtype)
+    return _dense(self.dim, ("attn_out", "embed"), "out_proj", **kw)(out.reshape(b, n, self.dim))
 
 
 class AttentionBlock(nn.Module):
@@ -78,11 +102,12 @@ class AttentionBlock(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   precision: Any = None
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     mha = MultiheadSelfAttention(self.dim, self.heads, self.dropout, self.dtype, self.param_dtype, self.precision,
-                                 name="mha")
+                                 self.attention_impl, name="mha")
     norm = _layer_norm("norm", self.dtype, self.param_dtype)
     drop = nn.Dropout(self.dropout)
     if self.use_prenorm:
@@ -140,6 +165,7 @@ class MaskBitTransformer(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   precision: Any = None
+  attention_impl: str = "auto"
 
   @property
   def seq_len(self) -> int:
@@ -186,7 +212,8 @@ class MaskBitTransformer(nn.Module):
 
     block_kw = dict(dropout=self.dropout, use_prenorm=self.use_prenorm, **kw)
     for layer in range(self.depth):
-      x = AttentionBlock(self.hidden_dim, self.heads, name=f"transformer_layers_{layer}_0", **block_kw)(x, train)
+      x = AttentionBlock(self.hidden_dim, self.heads, name=f"transformer_layers_{layer}_0",
+                         attention_impl=self.attention_impl, **block_kw)(x, train)
       self.sow("intermediates", f"layer{layer}_attn", x)
       x = FeedForwardBlock(self.hidden_dim, self.mlp_dim, name=f"transformer_layers_{layer}_1", **block_kw)(x, train)
       x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

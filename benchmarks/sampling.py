@@ -1,0 +1,138 @@
+"""Full-size guided MaskGIT sampling (generator + decode): images/s and peak memory.
+
+  python benchmarks/sampling.py                          # 12-bit release, 64 steps, batches 1,8,32
+  python benchmarks/sampling.py --batches 1,4 --measure-steps 2 --reference-dir /path/to/maskbit
+
+Weights are random (speed does not depend on them). ``--measure-steps k``
+times k-step and 1-step runs and extrapolates to ``--num_steps``:
+t(S) = t(1) + (S - 1) * (t(k) - t(1)) / (k - 1), which keeps CPU runs short;
+the record says when a figure is extrapolated. With ``--reference-dir`` the
+PyTorch reference ``sample()`` runs on the same machine, batch and settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import append_result, machine, peak_memory_bytes, time_call  # noqa: E402
+from benchmarks.tokenizer import _stub_torchvision_if_missing  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _extrapolate(t1: float, tk: float, k: int, steps: int) -> float:
+  return t1 + (steps - 1) * (tk - t1) / (k - 1)
+
+
+def bench_jax(config: str, batch: int, steps: int, measure_steps: int | None, dtype: str, repeats: int) -> dict:
+  import jax
+
+  import maskbit_jax
+
+  tok = maskbit_jax.load_tokenizer(config, random_init=True, dtype=dtype)
+  gen = maskbit_jax.load_generator(config, random_init=True, dtype=dtype)
+  labels = np.arange(batch) % gen.nclass
+
+  def run(num_steps):
+    out = maskbit_jax.sample(gen, tok, labels, jax.random.key(0), num_steps=num_steps)
+    return jax.block_until_ready(out["images"])
+
+  if measure_steps is None:
+    t = time_call(lambda: run(steps), repeats=repeats)["median_s"]
+    extrapolated = False
+  else:
+    t1 = time_call(lambda: run(1), repeats=repeats)["median_s"]
+    tk = time_call(lambda: run(measure_steps), repeats=repeats)["median_s"]
+    t = _extrapolate(t1, tk, measure_steps, steps)
+    extrapolated = True
+  return dict(seconds=t, images_per_s=batch / t, extrapolated=extrapolated, **peak_memory_bytes())
+
+
+def bench_reference(reference_dir: str, batch: int, steps: int, measure_steps: int | None, settings: dict,
+                    repeats: int) -> dict:
+  import torch
+
+  sys.path.insert(0, reference_dir)
+  _stub_torchvision_if_missing()
+  from modeling.bert import LFQBert
+  from modeling.conv_vqgan import ConvVQModel
+  from modeling.modules.sampling import sample as ref_sample
+  from omegaconf import OmegaConf
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  cfg = OmegaConf.load(os.path.join(reference_dir, "configs/generator/maskbit_generator_12bit.yaml"))
+  vq = cfg.model.vq_model
+  vq.codebook_size = 2**vq.token_size
+  tok = ConvVQModel(vq).eval()
+  mlm = cfg.model.mlm_model
+  gen = LFQBert(img_size=256, hidden_dim=mlm.hidden_dim, codebook_size=vq.codebook_size,
+                codebook_splits=mlm.codebook_splits, depth=mlm.depth, heads=mlm.heads, mlp_dim=mlm.mlp_dim,
+                dropout=mlm.dropout, use_prenorm=mlm.use_prenorm).eval()
+  labels = torch.arange(batch) % 1000
+
+  def run(num_steps):
+    ref_sample(gen, tok, num_samples=batch, labels=labels.clone(), num_steps=num_steps,
+               mask_token=gen.mask_token, patch_size=16, codebook_size=vq.codebook_size,
+               codebook_splits=mlm.codebook_splits, **settings)
+
+  with torch.no_grad():
+    if measure_steps is None:
+      t = time_call(lambda: run(steps), repeats=repeats)["median_s"]
+    else:
+      t1 = time_call(lambda: run(1), repeats=repeats)["median_s"]
+      tk = time_call(lambda: run(measure_steps), repeats=repeats)["median_s"]
+      t = _extrapolate(t1, tk, measure_steps, steps)
+  return dict(seconds=t, images_per_s=batch / t, extrapolated=measure_steps is not None,
+              torch=torch.__version__, threads=torch.get_num_threads())
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default=os.path.join(REPO, "configs/maskbit_generator_12bit.py"))
+  p.add_argument("--batches", default="1,8,32")
+  p.add_argument("--num_steps", type=int, default=64)
+  p.add_argument("--measure-steps", type=int, default=None, help="time this many steps and extrapolate")
+  p.add_argument("--dtypes", default=None, help="default float32 on CPU, float32,bfloat16 elsewhere")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--reference-dir")
+  p.add_argument("--no-save", action="store_true")
+  args = p.parse_args()
+  if args.measure_steps is not None and args.measure_steps < 2:
+    p.error("--measure-steps must be >= 2")
+
+  import jax
+
+  import maskbit_jax
+
+  dtypes = args.dtypes.split(",") if args.dtypes else (
+      ["float32"] if jax.default_backend() == "cpu" else ["float32", "bfloat16"])
+  gen_cfg = maskbit_jax.load_config(args.config)
+  settings = {k: v for k, v in maskbit_jax.generator.sampling_defaults(gen_cfg).items()
+              if k not in ("num_steps", "gen_mask_schedule_strategy")}
+  settings["mask_schedule_strategy"] = gen_cfg.model.mlm_model.get("gen_mask_schedule_strategy", "arccos")
+  for batch in [int(b) for b in args.batches.split(",")]:
+    record = dict(benchmark="sampling", config=os.path.basename(args.config), batch=batch, num_steps=args.num_steps,
+                  measure_steps=args.measure_steps, settings=settings, machine=machine(), jax={})
+    for dtype in dtypes:
+      r = bench_jax(args.config, batch, args.num_steps, args.measure_steps, dtype, args.repeats)
+      record["jax"][dtype] = r
+      print(f"batch {batch:3d} jax {dtype:9s} {r['images_per_s']:9.4f} img/s ({r['seconds']:.2f} s"
+            f"{', extrapolated' if r['extrapolated'] else ''})")
+    if args.reference_dir:
+      ref = bench_reference(args.reference_dir, batch, args.num_steps, args.measure_steps, settings, args.repeats)
+      record["reference"] = ref
+      record["ratio_ours_over_reference_float32"] = record["jax"]["float32"]["images_per_s"] / ref["images_per_s"]
+      print(f"batch {batch:3d} reference {ref['images_per_s']:9.4f} img/s  ratio "
+            f"{record['ratio_ours_over_reference_float32']:.2f}x")
+    if not args.no_save:
+      append_result("sampling", record)
+
+
+if __name__ == "__main__":
+  main()
