@@ -38,7 +38,11 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", None),
+    ("qkv", "tensor"),       # packed [q; k; v] projection outputs
+    ("attn_out", "tensor"),  # input features of the attention output projection
     ("vocab", "tensor"),
+    ("bits", None),          # bit features of a token
+    ("classes", None),       # class-embedding rows
     # codebooks [codes, dim]
     ("codebook", None),
     ("code_dim", None),
