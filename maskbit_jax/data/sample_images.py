@@ -36,15 +36,15 @@ NUM_SHAPES = 4  # disc, square, triangle, stripes
 NUM_HUES = 4
 
 
-def synthetic_images(num: int, size: int = 64, seed: int = 0,
-                     num_classes: int = NUM_SHAPES * NUM_HUES) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_images(num: int, size: int = 64, seed: int = 0, num_classes: int = NUM_SHAPES * NUM_HUES,
+                     first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """A labelled synthetic set: float32 ``[num, size, size, 3]`` in [0, 1] and int32 labels.
 
   Class c draws shape ``c % 4`` (disc, square, triangle, stripes) in hue
   ``(c // 4) % 4`` on a smooth two-colour background; position, scale,
   rotation of the stripes, colours' brightness and a little noise vary per
   image. Image i depends only on (seed, i), so any shard of the set can be
-  produced independently.
+  produced independently: this returns images ``first_index .. first_index + num - 1``.
   """
   if num_classes > NUM_SHAPES * NUM_HUES or num_classes < 1:
     raise ValueError(f"num_classes must be in [1, {NUM_SHAPES * NUM_HUES}], got {num_classes}")
@@ -52,7 +52,7 @@ def synthetic_images(num: int, size: int = 64, seed: int = 0,
   labels = np.empty((num,), np.int32)
   yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
   for i in range(num):
-    rng = np.random.default_rng([seed, i])
+    rng = np.random.default_rng([seed, first_index + i])
     label = int(rng.integers(num_classes))
     shape, hue = label % NUM_SHAPES, (label // NUM_SHAPES) % NUM_HUES
     bg_a, bg_b = rng.uniform(0.1, 0.5, 3), rng.uniform(0.1, 0.5, 3)
