@@ -1,0 +1,1 @@
+"""Evaluation of generated and reconstructed images (FID / Inception Score feature extraction)."""
