@@ -55,3 +55,13 @@ def load_npz(path) -> dict:
 def tokenizer_config(fixture_configs, name: str) -> dict:
   """A full config (reference nesting) around the fixture's ``vq_model`` section."""
   return {"model": {"vq_model": dict(fixture_configs["configs"][name])}}
+
+
+def pytest_collection_modifyitems(config, items):
+  """``slow`` tests run only when selected (``pytest -m slow``); the default suite skips them."""
+  if "slow" in (config.getoption("markexpr") or ""):
+    return
+  skip = pytest.mark.skip(reason="slow: run with -m slow")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

@@ -133,8 +133,6 @@ def test_fid_large_adm_path(ref, large_case):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["small", "large"])
 def test_fid_adm_path_sqrtm(ref, case, request):
-  if "slow" not in (request.config.getoption("markexpr") or ""):
-    pytest.skip("two more 2048-dim sqrtm (~25 s): run with -m slow")
   if case == "small":
     a, b = ref["fid_small_feats_a"], ref["fid_small_feats_b"]
   else:

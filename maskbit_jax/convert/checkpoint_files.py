@@ -85,7 +85,7 @@ def write_state_dict(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -
     if lower.endswith(".safetensors"):
       from safetensors.numpy import save_file
 
-      save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
+      save_file({k: np.array(v, order="C", copy=None) for k, v in state.items()}, tmp)  # keeps 0-d shapes
     elif lower.endswith(".npz"):
       with open(tmp, "wb") as f:
         np.savez(f, **state)

@@ -173,7 +173,7 @@ def flax_to_torch_state(params, mapping: ParamMapping, key_order: Sequence[str] 
   """
   out = OrderedDict()
   for path, value in traverse_util.flatten_dict(params).items():
-    out[mapping.torch_key(path)] = np.ascontiguousarray(flax_to_torch_array(path, np.asarray(value)))
+    out[mapping.torch_key(path)] = np.array(flax_to_torch_array(path, np.asarray(value)), order="C", copy=None)
   for key, buf in mapping.buffers.items():
     out[key] = buf.make()
   if released_names and mapping.renames:

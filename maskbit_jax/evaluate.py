@@ -1,0 +1,309 @@
+"""Evaluation CLIs: ``python -m maskbit_jax.evaluate {tokenizer,generator}``.
+
+Tokenizer (rFID, IS, PSNR, SSIM, MAE, MSE, LPIPS, codebook usage and entropy
+of the reconstructions of a dataset split)::
+
+  python -m maskbit_jax.evaluate tokenizer --config configs/maskbit_tokenizer_12bit.py \
+      --checkpoint maskbit_tokenizer_12bit.bin --data tfds:imagenet2012:validation \
+      --inception pretrained/pt_inception-2015-12-05-6726825d.pth \
+      --lpips pretrained/vgg_lpips.pth --vgg16 pretrained/vgg16-397923af.pth --out results/tok12.json
+
+Generator (class-balanced samples, FID and IS against ADM reference statistics;
+the samples are also written as an ADM ``.npz``)::
+
+  python -m maskbit_jax.evaluate generator --config configs/maskbit_generator_12bit.py \
+      --tokenizer maskbit_tokenizer_12bit.bin --generator maskbit_generator_12bit.bin \
+      --num_images 50000 --ref_stats VIRTUAL_imagenet256_stats.npz \
+      --inception pretrained/pt_inception-2015-12-05-6726825d.pth --samples_npz out/samples.npz --out results/gen12.json
+
+The networks' weights are the files published for them (read without torch,
+never downloaded here). Batches are split over every local device; statistics
+are accumulated in float64 on the host (running sums, not images) and merged
+over processes. The result JSON says ``"complete": false`` for a run that was
+interrupted, and such numbers are never printed as final.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maskbit_jax import sharding
+from maskbit_jax.evaluation import metrics as M
+
+IMAGE_SLACK = 1e-6
+
+
+def _progress(done: int, total: int, start: float, every: float = 10.0, state={"last": 0.0}) -> None:
+  now = time.perf_counter()
+  if done < total and now - state["last"] < every:
+    return
+  state["last"] = now
+  rate = done / max(now - start, 1e-9)
+  eta = (total - done) / max(rate, 1e-9)
+  if jax.process_index() == 0:
+    print(f"  {done}/{total} images  {rate:.2f} img/s  ETA {eta / 60:.1f} min", flush=True)
+
+
+def to_uint8(images_bhwc: jax.Array) -> jax.Array:
+  """[0, 1] floats -> uint8 as the reference feeds Inception: clamp, x255, truncate."""
+  return (jnp.clip(images_bhwc, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def _require(path: str | None, flag: str, what: str) -> str:
+  if not path:
+    raise SystemExit(f"{flag} is required for {what} (a weights file; see `python -m maskbit_jax.evaluate -h`)")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{flag} {path}: file not found ({what})")
+  return path
+
+
+def _mesh_and_batch_sharding():
+  mesh = sharding.create_mesh({"data": -1}, jax.local_devices())
+  return mesh, functools.partial(sharding.batch_sharding, mesh)
+
+
+def _write_result(path: str | None, result: dict) -> None:
+  if path and jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+
+
+# -- tokenizer ---------------------------------------------------------------------------
+
+def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, inception=None, lpips=None,
+                       progress: bool = True) -> dict:
+  """Reconstruction metrics of ``tok`` over ``source`` (a grain-style random-access source).
+
+  ``inception``: ``(module, variables)`` for rFID and IS; ``lpips``:
+  ``(module, variables)``. Either may be None to skip those metrics.
+  Returns a dict of metrics with ``num_images`` and ``complete``.
+  """
+  from maskbit_jax.data.sources import eval_batches
+
+  n_dev = jax.local_device_count()
+  if batch_size % n_dev:
+    raise ValueError(f"--batch_size {batch_size} must be a multiple of the {n_dev} local devices")
+  _, batch_sh = _mesh_and_batch_sharding()
+  total = len(source) if num_images is None else min(num_images, len(source))
+  if total < 2 and inception is not None:
+    raise ValueError(f"rFID needs at least 2 images, the data has {total}")
+
+  def step(tok_params, inc_vars, lpips_vars, images):
+    z_q, result = tok.module.apply({"params": tok_params}, images, method="encode")
+    recon = jnp.clip(tok.module.apply({"params": tok_params}, z_q, method="decode"), 0.0, 1.0)
+    out = dict(indices=result["min_encoding_indices"], per_image=M.reconstruction_metrics_per_image(images, recon))
+    if inception is not None:
+      fake = inception[0].apply(inc_vars, to_uint8(recon))
+      real = inception[0].apply(inc_vars, to_uint8(images))
+      out.update(fake_2048=fake["2048"], real_2048=real["2048"], fake_logits=fake["logits_unbiased"])
+    if lpips is not None:
+      out["lpips"] = lpips[0].apply(lpips_vars, images, recon)
+    return out
+
+  step = jax.jit(step)
+  real_stats, fake_stats = M.FeatureStats(), M.FeatureStats()
+  inception_score = M.InceptionScore()
+  names = M.RECONSTRUCTION_METRICS + (("LPIPS",) if lpips is not None else ())
+  recon = M.ReconstructionMetrics(names)
+  codebook = M.CodebookStats(tok.codebook_size)
+  start, done, complete = time.perf_counter(), 0, False
+  try:
+    for batch in eval_batches(source, batch_size, num=total, process_index=jax.process_index(),
+                              process_count=jax.process_count()):
+      images = jax.device_put(batch["image"].astype(np.float32), batch_sh(4))
+      out = jax.device_get(step(tok.params, inception and inception[1], lpips and lpips[1], images))
+      mask = batch["mask"]
+      extra = {"LPIPS": out["lpips"]} if lpips is not None else None
+      recon.update_per_image(dict(out["per_image"], **(extra or {})), mask=mask)
+      codebook.update(out["indices"], mask=mask)
+      if inception is not None:
+        real_stats.update(out["real_2048"], mask=mask)
+        fake_stats.update(out["fake_2048"], mask=mask)
+        inception_score.update(out["fake_logits"], mask=mask)
+      done += int(mask.sum()) * jax.process_count()
+      if progress:
+        _progress(min(done, total), total, start)
+    complete = True
+  except KeyboardInterrupt:
+    print("interrupted: the partial metrics are written with complete=false", flush=True)
+  recon, codebook = M.allgather_merge(recon), M.allgather_merge(codebook)
+  result = dict(recon.compute())
+  result.update({"CodebookUsage": codebook.usage(), "CodebookEntropy": codebook.entropy()})
+  if inception is not None:
+    real_stats, fake_stats = M.allgather_merge(real_stats), M.allgather_merge(fake_stats)
+    inception_score = M.allgather_merge(inception_score)
+    result["rFID"] = M.fid_from_stats(real_stats, fake_stats)
+    result["InceptionScore"] = inception_score.compute()
+  result["num_images"] = int(recon.count)
+  result["complete"] = complete
+  result["seconds"] = round(time.perf_counter() - start, 3)
+  return result
+
+
+# -- generator ---------------------------------------------------------------------------
+
+def class_balanced_labels(num_images: int, nclass: int) -> np.ndarray:
+  """0, 1, ..., nclass-1, 0, 1, ...: every class equally often (up to one) for any count."""
+  return (np.arange(num_images) % nclass).astype(np.int32)
+
+
+def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int, inception, ref_stats=None,
+                       samples_npz: str | None = None, settings: dict | None = None, progress: bool = True) -> dict:
+  """Generates ``num_images`` class-balanced samples; FID (vs ``ref_stats`` = (mu, sigma)) and IS."""
+  from maskbit_jax.data.sources import shard_indices
+  from maskbit_jax.sample import sample
+
+  n_dev = jax.local_device_count()
+  if batch_size % n_dev:
+    raise ValueError(f"--batch_size {batch_size} must be a multiple of the {n_dev} local devices")
+  if num_images < 2:
+    raise ValueError(f"FID needs at least 2 images, asked for {num_images}")
+  _, batch_sh = _mesh_and_batch_sharding()
+  labels_all = class_balanced_labels(num_images, gen.nclass)
+  mine = shard_indices(num_images, jax.process_index(), jax.process_count())
+  num_batches = -(-(-(-num_images // jax.process_count())) // batch_size)
+  features = jax.jit(lambda v, x: inception[0].apply(v, to_uint8(x)))
+  stats, is_splits = M.FeatureStats(), M.InceptionScoreSplits()
+  key = jax.random.key(seed)
+  side = gen.module.img_size
+  writer = (M.AdmSamplesWriter(f"{samples_npz}.process{jax.process_index()}" if jax.process_count() > 1
+                               else samples_npz, len(mine), side, side) if samples_npz else None)
+  start, complete = time.perf_counter(), False
+  try:
+    for b in range(num_batches):
+      idx = mine[b * batch_size:(b + 1) * batch_size]
+      valid = len(idx)
+      padded = np.concatenate([idx, np.repeat(idx[-1:] if valid else mine[:1], batch_size - valid)])
+      labels = jax.device_put(labels_all[padded], batch_sh(1))
+      # one key per image index: the samples do not depend on batch size or process count
+      out = sample(gen, tok, labels, jax.random.fold_in(key, b * batch_size + jax.process_index() * 1_000_003),
+                   **(settings or {}))
+      images = out["images"]
+      feats = jax.device_get(features(inception[1], images))
+      mask = np.arange(batch_size) < valid
+      stats.update(feats["2048"], mask=mask)
+      is_splits.update(feats["logits_unbiased"], mask=mask)
+      if writer is not None and valid:
+        writer.write(np.asarray(jax.device_get(to_uint8(images)))[:valid])
+      if progress:
+        _progress(min((b + 1) * batch_size * jax.process_count(), num_images), num_images, start)
+    complete = True
+  except KeyboardInterrupt:
+    print("interrupted: the partial metrics are written with complete=false", flush=True)
+  finally:
+    if writer is not None:
+      if complete:
+        writer.close()
+      else:
+        writer.__exit__(KeyboardInterrupt, None, None)
+  stats = M.allgather_merge(stats)
+  is_splits = M.allgather_merge(is_splits)
+  result = dict(num_images=int(stats.count), InceptionScore=is_splits.compute(), complete=complete,
+                seconds=round(time.perf_counter() - start, 3))
+  if ref_stats is not None:
+    result["FID"] = M.fid_from_stats(stats, ref_stats)
+  return result
+
+
+# -- command line ------------------------------------------------------------------------
+
+def _inception(path: str, precision: str | None):
+  from maskbit_jax.evaluation.inception import InceptionV3, load_inception_params
+
+  module = InceptionV3(precision=jax.lax.Precision.HIGHEST if precision == "highest" else None)
+  return module, jax.tree.map(jnp.asarray, load_inception_params(path, module=module))
+
+
+def _lpips(path: str, trunk: str | None):
+  from maskbit_jax.losses.perceptual import load_lpips_params
+  from maskbit_jax.models.vgg_lpips import LPIPS
+
+  module = LPIPS()
+  return module, jax.tree.map(jnp.asarray, load_lpips_params(path, trunk, model=module))
+
+
+def main(argv=None) -> int:
+  from maskbit_jax.config import load_config, split_config_args
+
+  config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
+  p = argparse.ArgumentParser(prog="python -m maskbit_jax.evaluate", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="what", required=True)
+  t = sub.add_parser("tokenizer", help="reconstruction metrics of a tokenizer")
+  t.add_argument("--checkpoint")
+  t.add_argument("--data", default="photos", help="photos | synthetic:N | tfds:NAME:SPLIT[:DIR] | image folder")
+  t.add_argument("--size", type=int, default=None, help="image side (default dataset.preprocessing.resolution)")
+  t.add_argument("--lpips", help="LPIPS heads (the reference's pretrained/vgg_lpips.pth)")
+  t.add_argument("--vgg16", help="torchvision VGG16 weights (vgg16-397923af.pth), if --lpips holds heads only")
+  t.add_argument("--skip", default="", help="comma list of metric groups to skip: fid (rFID and IS), lpips")
+  g = sub.add_parser("generator", help="FID / IS of class-conditional samples")
+  g.add_argument("--tokenizer")
+  g.add_argument("--generator")
+  g.add_argument("--num_images", type=int, default=50_000)
+  g.add_argument("--ref_stats", help="ADM reference statistics .npz (mu, sigma)")
+  g.add_argument("--samples_npz", help="also write the samples as an ADM .npz")
+  g.add_argument("--seed", type=int, default=0)
+  g.add_argument("--num_steps", type=int)
+  g.add_argument("--guidance_scale", type=float)
+  for q in (t, g):
+    q.add_argument("--random_init", action="store_true", help="untrained model weights (smoke test)")
+    q.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
+    q.add_argument("--batch_size", type=int, default=32)
+    q.add_argument("--num_images_max", type=int, default=None, help=argparse.SUPPRESS)
+    q.add_argument("--precision", choices=("default", "highest"), default=None)
+    q.add_argument("--out", help="result JSON file")
+  args = p.parse_args(rest)
+  if config is None:
+    p.error("--config is required")
+  cfg = load_config(config, overrides)
+
+  if args.what == "tokenizer":
+    from maskbit_jax.data.sources import make_source
+    from maskbit_jax.tokenizer import load_tokenizer
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init, precision=args.precision)
+    size = args.size or int(cfg.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
+    source = make_source(args.data, size)
+    inception = None if "fid" in skip else _inception(
+        _require(args.inception, "--inception", "rFID and IS (or --skip fid)"), args.precision)
+    lpips = None if "lpips" in skip else _lpips(
+        _require(args.lpips, "--lpips", "LPIPS (or --skip lpips)"), args.vgg16)
+    result = evaluate_tokenizer(tok, source, batch_size=args.batch_size, num_images=args.num_images_max,
+                                inception=inception, lpips=lpips)
+  else:
+    from maskbit_jax.generator import load_generator
+    from maskbit_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(cfg, args.tokenizer, random_init=args.random_init, precision=args.precision)
+    gen = load_generator(cfg, args.generator, random_init=args.random_init, seed=1, precision=args.precision)
+    inception = _inception(_require(args.inception, "--inception", "FID and IS"), args.precision)
+    ref = M.load_reference_stats(args.ref_stats, expected_dim=2048) if args.ref_stats else None
+    settings = {k: v for k, v in dict(num_steps=args.num_steps, guidance_scale=args.guidance_scale).items()
+                if v is not None}
+    result = evaluate_generator(gen, tok, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
+                                inception=inception, ref_stats=ref, samples_npz=args.samples_npz,
+                                settings=settings)
+  result["random_init"] = bool(args.random_init)
+  _write_result(args.out, result)
+  if jax.process_index() == 0:
+    status = "final" if result["complete"] else "PARTIAL (interrupted; not final)"
+    print(f"{args.what} evaluation, {status}:")
+    print(json.dumps(result, indent=1))
+  return 0 if result["complete"] else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
