@@ -1,0 +1,35 @@
+"""``python -m maskbit_jax.pretokenize``: ArrayRecord tokens equal on-the-fly tokenization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import maskbit_jax
+from conftest import tokenizer_config
+from maskbit_jax.data.sources import SyntheticSource
+from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main
+
+
+def test_pretokenized_tokens_equal_on_the_fly(tmp_path, golden, fixture_configs):
+  cfg = tmp_path / "c.py"
+  cfg.write_text(f"def get_config():\n  return {tokenizer_config(fixture_configs, 'tokenizer_tiny')!r}\n")
+  out = tmp_path / "tok"
+  args = ["--config", str(cfg), "--checkpoint", str(golden / "tokenizer_tiny.bin"), "--data", "synthetic:11",
+          "--size", "32", "--batch_size", "8", "--out", str(out)]
+  assert pretokenize_main(args) == 0
+  ds = TokenDataset(str(out))
+  assert len(ds) == 11 and ds.meta["token_grid"] == [2, 2]
+  tok = maskbit_jax.load_tokenizer(tokenizer_config(fixture_configs, "tokenizer_tiny"), golden / "tokenizer_tiny.bin")
+  src = SyntheticSource(11, 32)
+  images = np.stack([src[i]["image"] for i in range(11)])
+  expected = np.asarray(tok.encode(images))
+  expected_flipped = np.asarray(tok.encode(images[:, :, ::-1]))
+  got = [ds[i] for i in range(11)]
+  assert [int(r["index"]) for r in got] == list(range(11))
+  np.testing.assert_array_equal(np.stack([r["tokens"] for r in got]), expected)
+  np.testing.assert_array_equal(np.stack([r["tokens_flipped"] for r in got]), expected_flipped)
+  np.testing.assert_array_equal([int(r["label"]) for r in got], [src[i]["label"] for i in range(11)])
+  with pytest.raises(FileExistsError):
+    pretokenize_main(args)
+  assert len(TokenDataset(str(out))) == 11  # the refused run left the dataset intact
