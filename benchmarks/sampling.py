@@ -13,7 +13,6 @@ PyTorch reference ``sample()`` runs on the same machine, batch and settings.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

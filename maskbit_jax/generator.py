@@ -17,15 +17,13 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax import checkpointing
 from maskbit_jax.config import ConfigLike, load_config, vq_model_config
-from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.generator_mapping import generator_param_mapping
-from maskbit_jax.convert.param_mapping import torch_state_to_flax
+from maskbit_jax.convert.loading import load_params
 from maskbit_jax.models.maskbit_transformer import (MaskBitTransformer, abstract_generator_params,
                                                     build_generator_module, init_generator_params)
 from maskbit_jax.models.tokenizer import latent_stride_of
-from maskbit_jax.tokenizer import _runtime, check_params_match
+from maskbit_jax.tokenizer import _runtime
 
 DEFAULT_NCLASS = 1000
 SAMPLING_KEYS = ("guidance_scale", "guidance_annealing", "num_steps", "scale_pow", "randomize_temperature",
@@ -125,18 +123,8 @@ class Generator:
 
 
 def load_generator_params(module: MaskBitTransformer, checkpoint: str | os.PathLike):
-  abstract = nn.meta.unbox(abstract_generator_params(module))
-  checkpoint = os.fspath(checkpoint)
-  if checkpointing.is_params_checkpoint(checkpoint):
-    meta = checkpointing.read_meta(checkpoint)
-    if meta.get("kind") != "generator":
-      raise ValueError(f"{checkpoint} holds a {meta.get('kind')!r} checkpoint, not a generator")
-    params = checkpointing.load_params(checkpoint)
-    check_params_match(abstract, params, checkpoint)
-    return params
-  state = read_state_dict(checkpoint)
-  params = torch_state_to_flax(state, abstract, generator_param_mapping(module.bits_per_split), source=checkpoint)
-  return jax.tree.map(jnp.asarray, params)
+  return load_params(checkpoint, nn.meta.unbox(abstract_generator_params(module)),
+                     generator_param_mapping(module.bits_per_split), "generator")
 
 
 def load_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *, random_init: bool = False,

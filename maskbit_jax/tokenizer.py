@@ -17,12 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import linen as nn
-from flax import traverse_util
 
-from maskbit_jax import checkpointing
 from maskbit_jax.config import ConfigLike, load_config, vq_model_config
-from maskbit_jax.convert.checkpoint_files import read_state_dict
-from maskbit_jax.convert.param_mapping import CheckpointMismatchError, torch_state_to_flax
+from maskbit_jax.convert.loading import load_params
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits
 from maskbit_jax.models.tokenizer import (abstract_tokenizer_params, build_tokenizer_module, codebook_size_of,
@@ -171,33 +168,10 @@ class Tokenizer:
     return bits_to_indices(bits)
 
 
-def check_params_match(abstract_params, params, source: str) -> None:
-  """Raises CheckpointMismatchError naming every missing/unexpected path and shape mismatch."""
-  want = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_params).items()}
-  got = {"/".join(k): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params).items()}
-  problems = [f"missing {k}" for k in want if k not in got]
-  problems += [f"unexpected {k} {got[k]}" for k in got if k not in want]
-  problems += [f"shape mismatch for {k}: {source} has {got[k]}, model expects {want[k]}"
-               for k in want if k in got and got[k] != want[k]]
-  if problems:
-    raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
-                                  + "\n  ".join(problems))
-
-
 def load_tokenizer_params(cfg: ml_collections.ConfigDict, module: nn.Module, checkpoint: str | os.PathLike):
   """Loads params from a PyTorch-format file or one of our Orbax checkpoints, strictly."""
-  abstract = nn.meta.unbox(abstract_tokenizer_params(module))
-  checkpoint = os.fspath(checkpoint)
-  if checkpointing.is_params_checkpoint(checkpoint):
-    meta = checkpointing.read_meta(checkpoint)
-    if meta.get("kind") != "tokenizer":
-      raise ValueError(f"{checkpoint} holds a {meta.get('kind')!r} checkpoint, not a tokenizer")
-    params = checkpointing.load_params(checkpoint)
-    check_params_match(abstract, params, checkpoint)
-    return params
-  state = read_state_dict(checkpoint)
-  params = torch_state_to_flax(state, abstract, tokenizer_param_mapping(vq_model_config(cfg)), source=checkpoint)
-  return jax.tree.map(jnp.asarray, params)
+  return load_params(checkpoint, nn.meta.unbox(abstract_tokenizer_params(module)),
+                     tokenizer_param_mapping(vq_model_config(cfg)), "tokenizer")
 
 
 def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *,

@@ -10,7 +10,6 @@ a head that predicts, per position and split, logits over the 2^b values.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import jax

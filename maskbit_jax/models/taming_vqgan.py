@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from maskbit_jax.models import layers
-from maskbit_jax.models.vq_quantizer import VectorQuantizer
 
 GROUP_NORM_EPS = 1e-6
 # The attention placement follows the reference's nominal 256 px resolution,

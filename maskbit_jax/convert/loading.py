@@ -1,0 +1,42 @@
+"""Loading model params from any supported checkpoint form, strictly."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from maskbit_jax import checkpointing
+from maskbit_jax.convert.checkpoint_files import read_state_dict
+from maskbit_jax.convert.param_mapping import CheckpointMismatchError, ParamMapping, torch_state_to_flax
+
+
+def check_params_match(abstract_params, params, source: str) -> None:
+  """Raises CheckpointMismatchError naming every missing/unexpected path and shape mismatch."""
+  want = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_params).items()}
+  got = {"/".join(k): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params).items()}
+  problems = [f"missing {k}" for k in want if k not in got]
+  problems += [f"unexpected {k} {got[k]}" for k in got if k not in want]
+  problems += [f"shape mismatch for {k}: {source} has {got[k]}, model expects {want[k]}"
+               for k in want if k in got and got[k] != want[k]]
+  if problems:
+    raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
+                                  + "\n  ".join(problems))
+
+
+def load_params(checkpoint: str | os.PathLike, abstract_params: Any, mapping: ParamMapping, kind: str) -> Any:
+  """Params from one of our Orbax checkpoints of ``kind``, or from a PyTorch-format file via ``mapping``."""
+  checkpoint = os.fspath(checkpoint)
+  if checkpointing.is_params_checkpoint(checkpoint):
+    meta = checkpointing.read_meta(checkpoint)
+    if meta.get("kind") != kind:
+      raise ValueError(f"{checkpoint} holds a {meta.get('kind')!r} checkpoint, not a {kind}")
+    params = checkpointing.load_params(checkpoint)
+    check_params_match(abstract_params, params, checkpoint)
+    return params
+  params = torch_state_to_flax(read_state_dict(checkpoint), abstract_params, mapping, source=checkpoint)
+  return jax.tree.map(jnp.asarray, params)
