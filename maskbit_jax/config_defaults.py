@@ -63,4 +63,10 @@ def generator_config(name: str, vq: dict, mlm: dict, *, resolution: int = 256, n
   cfg.model.mlm_model = mlm
   cfg.model.nclass = nclass  # not in the reference yamls (ImageNet's 1000 is hard-coded there)
   cfg.losses = dict(mlm=dict(label_smoothing=0.1, sum_splits=False))
+  # The released generator recipe (configs/generator/*.yaml).
+  cfg.optimizer = dict(name="adamw", params=dict(learning_rate=1e-4, beta1=0.9, beta2=0.96, weight_decay=0.045,
+                                                 epsilon=1e-8))
+  cfg.lr_scheduler = dict(scheduler="cosine_with_minimum", params=dict(learning_rate=1e-4, warmup_steps=5000))
+  cfg.training = dict(gradient_accumulation_steps=1, per_gpu_batch_size=32, mixed_precision="no", use_ema=True,
+                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0)
   return cfg
