@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import maskbit_jax
