@@ -42,15 +42,22 @@ from maskbit_jax.evaluation import metrics as M
 IMAGE_SLACK = 1e-6
 
 
-def _progress(done: int, total: int, start: float, every: float = 10.0, state={"last": 0.0}) -> None:
-  now = time.perf_counter()
-  if done < total and now - state["last"] < every:
-    return
-  state["last"] = now
-  rate = done / max(now - start, 1e-9)
-  eta = (total - done) / max(rate, 1e-9)
-  if jax.process_index() == 0:
-    print(f"  {done}/{total} images  {rate:.2f} img/s  ETA {eta / 60:.1f} min", flush=True)
+class Progress:
+  """Prints done/total, images/s and ETA on process 0, at most every ``every`` seconds (and at the end)."""
+
+  def __init__(self, total: int, every: float = 10.0):
+    self.total, self.every = total, every
+    self.start = self.last = time.perf_counter()
+
+  def update(self, done: int) -> None:
+    now = time.perf_counter()
+    if done < self.total and now - self.last < self.every:
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    eta = (self.total - done) / max(rate, 1e-9)
+    if jax.process_index() == 0:
+      print(f"  {done}/{self.total} images  {rate:.2f} img/s  ETA {eta / 60:.1f} min", flush=True)
 
 
 def to_uint8(images_bhwc: jax.Array) -> jax.Array:
@@ -119,6 +126,7 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
   recon = M.ReconstructionMetrics(names)
   codebook = M.CodebookStats(tok.codebook_size)
   start, done, complete = time.perf_counter(), 0, False
+  progress = Progress(total) if progress else None
   try:
     for batch in eval_batches(source, batch_size, num=total, process_index=jax.process_index(),
                               process_count=jax.process_count()):
@@ -134,7 +142,7 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
         inception_score.update(out["fake_logits"], mask=mask)
       done += int(mask.sum()) * jax.process_count()
       if progress:
-        _progress(min(done, total), total, start)
+        progress.update(min(done, total))
     complete = True
   except KeyboardInterrupt:
     print("interrupted: the partial metrics are written with complete=false", flush=True)
@@ -162,7 +170,7 @@ def class_balanced_labels(num_images: int, nclass: int) -> np.ndarray:
 def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int, inception, ref_stats=None,
                        samples_npz: str | None = None, settings: dict | None = None, progress: bool = True) -> dict:
   """Generates ``num_images`` class-balanced samples; FID (vs ``ref_stats`` = (mu, sigma)) and IS."""
-  from maskbit_jax.data.sources import shard_indices
+  from maskbit_jax.data.sources import num_eval_batches, shard_indices
   from maskbit_jax.sample import sample
 
   n_dev = jax.local_device_count()
@@ -173,7 +181,7 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
   _, batch_sh = _mesh_and_batch_sharding()
   labels_all = class_balanced_labels(num_images, gen.nclass)
   mine = shard_indices(num_images, jax.process_index(), jax.process_count())
-  num_batches = -(-(-(-num_images // jax.process_count())) // batch_size)
+  num_batches = num_eval_batches(num_images, batch_size, jax.process_count())
   features = jax.jit(lambda v, x: inception[0].apply(v, to_uint8(x)))
   stats, is_splits = M.FeatureStats(), M.InceptionScoreSplits()
   key = jax.random.key(seed)
@@ -181,15 +189,16 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
   writer = (M.AdmSamplesWriter(f"{samples_npz}.process{jax.process_index()}" if jax.process_count() > 1
                                else samples_npz, len(mine), side, side) if samples_npz else None)
   start, complete = time.perf_counter(), False
+  progress = Progress(num_images) if progress else None
   try:
     for b in range(num_batches):
       idx = mine[b * batch_size:(b + 1) * batch_size]
       valid = len(idx)
       padded = np.concatenate([idx, np.repeat(idx[-1:] if valid else mine[:1], batch_size - valid)])
       labels = jax.device_put(labels_all[padded], batch_sh(1))
-      # one key per image index: the samples do not depend on batch size or process count
-      out = sample(gen, tok, labels, jax.random.fold_in(key, b * batch_size + jax.process_index() * 1_000_003),
-                   **(settings or {}))
+      # one key per batch, from the global index of its first image: shards are disjoint, so no two
+      # processes (or batches) share a key; the samples do depend on the batch size
+      out = sample(gen, tok, labels, jax.random.fold_in(key, int(padded[0])), **(settings or {}))
       images = out["images"]
       feats = jax.device_get(features(inception[1], images))
       mask = np.arange(batch_size) < valid
@@ -198,7 +207,7 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
       if writer is not None and valid:
         writer.write(np.asarray(jax.device_get(to_uint8(images)))[:valid])
       if progress:
-        _progress(min((b + 1) * batch_size * jax.process_count(), num_images), num_images, start)
+        progress.update(min((b + 1) * batch_size * jax.process_count(), num_images))
     complete = True
   except KeyboardInterrupt:
     print("interrupted: the partial metrics are written with complete=false", flush=True)

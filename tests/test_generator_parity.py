@@ -108,3 +108,14 @@ def test_attention_implementations_agree(case):
   np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(outs[1]), rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="attention_impl"):
     module.clone(attention_impl="flash").apply({"params": params}, *args)
+
+
+def test_dropout_only_in_training(case):
+  module, params, io = case
+  args = (jnp.asarray(io["masked_tokens"]), jnp.asarray(io["labels"]), jnp.asarray(io["drop_label_mask"]))
+  drop = module.clone(dropout=0.5)
+  evaluated = drop.apply({"params": params}, *args)
+  np.testing.assert_allclose(np.asarray(evaluated), io["logits"], **TOL)  # eval mode ignores dropout
+  a = drop.apply({"params": params}, *args, train=True, rngs={"dropout": jax.random.key(0)})
+  b = drop.apply({"params": params}, *args, train=True, rngs={"dropout": jax.random.key(1)})
+  assert np.all(np.isfinite(np.asarray(a))) and not np.allclose(np.asarray(a), np.asarray(b))

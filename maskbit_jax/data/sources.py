@@ -118,6 +118,12 @@ def shard_indices(num: int, process_index: int, process_count: int) -> np.ndarra
   return np.arange(bounds[process_index], bounds[process_index + 1])
 
 
+def num_eval_batches(num: int, batch_size: int, process_count: int) -> int:
+  """Batches every process runs so that the largest shard of ``num`` examples fits."""
+  largest = -(-num // process_count)
+  return -(-largest // batch_size)
+
+
 def eval_batches(source, batch_size: int, *, num: int | None = None, process_index: int = 0,
                  process_count: int = 1, num_batches: int | None = None) -> Iterator[dict]:
   """Batches of this process's shard, the last one padded, with ``mask`` True for real examples.
@@ -129,9 +135,8 @@ def eval_batches(source, batch_size: int, *, num: int | None = None, process_ind
   """
   num = len(source) if num is None else min(num, len(source))
   mine = shard_indices(num, process_index, process_count)
-  largest = -(-num // process_count)
   if num_batches is None:
-    num_batches = -(-largest // batch_size)
+    num_batches = num_eval_batches(num, batch_size, process_count)
   for b in range(num_batches):
     idx = mine[b * batch_size:(b + 1) * batch_size]
     examples = [source[int(i)] for i in idx]

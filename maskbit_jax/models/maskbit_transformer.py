@@ -45,10 +45,14 @@ def token_bits_features(tokens_bnm: jax.Array, bits_per_split: int, mask_token: 
   return bits.reshape(*tokens_bnm.shape[:-1], -1)
 
 
-def _attend(q_bnhd: jax.Array, k_bnhd: jax.Array, v_bnhd: jax.Array, precision, dtype) -> jax.Array:
-  """softmax(q k^T) v per head; q is already scaled. ``[B, N, H, D]`` -> ``[B, N, H, D]``."""
+def _attend(q_bnhd: jax.Array, k_bnhd: jax.Array, v_bnhd: jax.Array, precision, dtype,
+            weights_fn=lambda w: w) -> jax.Array:
+  """softmax(q k^T) v per head; q is already scaled. ``[B, N, H, D]`` -> ``[B, N, H, D]``.
+
+  ``weights_fn`` transforms the attention weights (attention dropout in training).
+  """
   scores = jnp.einsum("bqhd,bkhd->bhqk", q_bnhd, k_bnhd, precision=precision)
-  weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
+  weights = weights_fn(jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype))
   return jnp.einsum("bhqk,bkhd->bqhd", weights, v_bnhd, precision=precision)
 
 
@@ -82,10 +86,8 @@ class MultiheadSelfAttention(nn.Module):
     q, k, v = (t.reshape(b, n, self.heads, head_dim) for t in jnp.split(qkv, 3, axis=-1))
     q = q * (head_dim ** -0.5)
     if train and self.dropout > 0.0:
-      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision)
-      weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
-      weights = nn.Dropout(self.dropout)(weights, deterministic=False)
-      out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=self.precision)
+      dropout = nn.Dropout(self.dropout)
+      out = _attend(q, k, v, self.precision, self.dtype, lambda w: dropout(w, deterministic=False))
     elif resolve_attention_impl(self.attention_impl) == "per_example":
       out = jax.lax.map(lambda t: _attend(*(a[None] for a in t), self.precision, self.dtype)[0], (q, k, v))
     else:
