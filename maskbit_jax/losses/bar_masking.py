@@ -1,0 +1,180 @@
+"""Training-time randomness of BAR: MBM bit masking, label dropout and RAR order annealing.
+
+All functions are pure and jit-able. Each takes a PRNG key, or the reference's
+raw draws instead of it (the golden fixtures store those), so the same code
+reproduces a recorded reference step exactly.
+
+**MBM bit masking** (reference ``MaskBitModelingHead.masking_input_tokens``). For
+N rows of k bits (in BAR one row per AR step per image, rows in generation
+order: row ``b * steps + i`` is step i of image b):
+
+  n ~ N(0, 1) [N], then u ~ U[0, 1) [N, k]     (drawn in this order)
+  t     = sigmoid(0.8 n)                        logit-normal, std 0.8
+  ratio = clip(1 - t, 1/k, 1)                   handed to the head's time embedding
+  m     = max(round_half_even(k * ratio), 1)    bits to mask per row
+  mask  = argsort(u) < m                        position j masked iff argsort(u)[j] < m
+
+The last line is the reference's rule, NOT "the m smallest u" (that would be
+``argsort(argsort(u)) < m``): still exactly m uniformly random bits per row,
+but a different set for the same u.
+
+**Label dropout** (``BAR.preprocess_condition``): ids are ``label + k_vocab + 1``
+(``k_vocab`` = ``target_codebook_size`` = 2: 0/1 are bits, 2 is MASK), and a
+row whose ``u ~ U[0, 1)`` is below ``p`` gets the null id
+``num_classes + k_vocab + 1``.
+
+**RAR order annealing** (``generator_train_one_epoch.get_rar_random_ratio`` and
+``BAR.sample_orders``): the probability of a random generation order is 1 before
+``anneal_start``, falls linearly to 0 at ``anneal_end`` and stays 0; each image
+takes ``argsort(U[0,1)^L)`` (a uniform permutation) when its own ``U[0, 1)`` draw
+is below that probability, else raster order.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MASK_ID = 2  # target_codebook_size: bits are 0 / 1, the MASK id is 2
+LOGIT_NORMAL_STD = 0.8
+
+
+# ---------------------------------------------------------------------------
+# MBM bit masking
+
+
+def mbm_timesteps(normal_draw: jax.Array) -> jax.Array:
+  """``sigmoid(0.8 n + 0)`` in float32 (the reference ``_sample_timesteps`` after its ``randn``)."""
+  n = jnp.asarray(normal_draw, jnp.float32)
+  return jax.nn.sigmoid(n * jnp.float32(LOGIT_NORMAL_STD) + jnp.float32(0.0))
+
+
+def mbm_mask_ratio(timesteps: jax.Array, num_bits: int) -> jax.Array:
+  """``clip(1 - t, 1/k, 1)`` in float32: the ratio the head's time embedding receives."""
+  t = jnp.asarray(timesteps, jnp.float32)
+  return jnp.clip(jnp.float32(1.0) - t, jnp.float32(1.0 / num_bits), jnp.float32(1.0))
+
+
+def mbm_num_masked(mask_ratio: jax.Array, num_bits: int) -> jax.Array:
+  """``max(round_half_even(k * ratio), 1)`` as int32."""
+  m = jnp.round(jnp.float32(num_bits) * jnp.asarray(mask_ratio, jnp.float32))
+  return jnp.maximum(m, 1.0).astype(jnp.int32)
+
+
+def mbm_mask_from_uniform(uniform_nk: jax.Array, num_masked_n: jax.Array) -> jax.Array:
+  """The reference rule ``argsort(u, -1) < m`` -> bool mask ``[N, k]`` (exactly m True per row)."""
+  order = jnp.argsort(jnp.asarray(uniform_nk, jnp.float32), axis=-1)
+  return order < jnp.asarray(num_masked_n)[..., None]
+
+
+def draw_mbm_noise(key: jax.Array, num_rows: int, num_bits: int) -> tuple[jax.Array, jax.Array]:
+  """The two draws of one masking: ``n`` ``[N]`` ~ N(0, 1) and ``u`` ``[N, k]`` ~ U[0, 1), float32."""
+  key_n, key_u = jax.random.split(key)
+  return (jax.random.normal(key_n, (num_rows,), jnp.float32),
+          jax.random.uniform(key_u, (num_rows, num_bits), jnp.float32))
+
+
+def mbm_mask_bits(bits: jax.Array, key: jax.Array | None = None, *, mask_id: int = MASK_ID,
+                  normal_draw: jax.Array | None = None,
+                  uniform: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Masks the bits of every row: ``bits [..., k]`` -> (``masked_bits``, bool ``mask``, ``mask_ratio [...]``).
+
+  Leading dimensions are flattened row-major into the N rows the draws cover
+  (``[B, steps, k]`` gives row ``b * steps + i``). ``normal_draw [N]`` and
+  ``uniform [N, k]`` replace the random draws (both or neither); ``key`` may be
+  None only when both are given. ``masked_bits`` has ``mask_id`` where masked
+  and the input's dtype; ``mask_ratio`` (float32) is the value to hand to the
+  MBM head.
+  """
+  bits = jnp.asarray(bits)
+  lead, k = bits.shape[:-1], bits.shape[-1]
+  rows = bits.reshape(-1, k)
+  n_rows = rows.shape[0]
+  if (normal_draw is None) != (uniform is None):
+    raise ValueError("pass both normal_draw and uniform, or neither")
+  if normal_draw is None:
+    if key is None:
+      raise ValueError("mbm_mask_bits needs a PRNG key when the draws are not given")
+    normal_draw, uniform = draw_mbm_noise(key, n_rows, k)
+  normal_draw = jnp.asarray(normal_draw, jnp.float32).reshape(n_rows)
+  uniform = jnp.asarray(uniform, jnp.float32).reshape(n_rows, k)
+  ratio = mbm_mask_ratio(mbm_timesteps(normal_draw), k)
+  mask = mbm_mask_from_uniform(uniform, mbm_num_masked(ratio, k))
+  masked = jnp.where(mask, jnp.asarray(mask_id, rows.dtype), rows)
+  return masked.reshape(bits.shape), mask.reshape(bits.shape), ratio.reshape(lead)
+
+
+# ---------------------------------------------------------------------------
+# Label dropout
+
+
+def condition_ids(labels: jax.Array, *, target_codebook_size: int = 2) -> jax.Array:
+  """Class labels -> the generator's condition ids (``label + target_codebook_size + 1``), int32."""
+  return jnp.asarray(labels).astype(jnp.int32) + jnp.int32(target_codebook_size + 1)
+
+
+def null_condition_id(num_classes: int, *, target_codebook_size: int = 2) -> int:
+  """The unconditional id ``num_classes + target_codebook_size + 1`` (the last embedding row)."""
+  return int(num_classes) + int(target_codebook_size) + 1
+
+
+def drop_labels(labels: jax.Array, key: jax.Array | None = None, *, drop_prob: float, num_classes: int,
+                target_codebook_size: int = 2, uniform: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Label dropout of ``preprocess_condition``: -> (condition ids int32 ``[B]``, bool ``dropped [B]``).
+
+  ``uniform [B]`` (float32 ``U[0, 1)``) replaces the draw; a row is dropped when
+  ``u < drop_prob``.
+  """
+  labels = jnp.asarray(labels)
+  if uniform is None:
+    if key is None:
+      raise ValueError("drop_labels needs a PRNG key when the draw is not given")
+    uniform = jax.random.uniform(key, labels.shape, jnp.float32)
+  dropped = jnp.asarray(uniform, jnp.float32) < jnp.float32(drop_prob)
+  ids = condition_ids(labels, target_codebook_size=target_codebook_size)
+  null = null_condition_id(num_classes, target_codebook_size=target_codebook_size)
+  return jnp.where(dropped, jnp.int32(null), ids), dropped
+
+
+# ---------------------------------------------------------------------------
+# RAR generation-order annealing
+
+
+def rar_random_ratio(step, anneal_start: int, anneal_end: int) -> jax.Array:
+  """Probability of a random order at optimizer step ``step`` (float32; traceable).
+
+  1 before ``anneal_start``, ``1 - (step - start) / (end - start)`` up to
+  ``anneal_end``, 0 after. ``start = end = -1`` (the reference's raster
+  setting) gives 0 at every step.
+  """
+  s = jnp.asarray(step).astype(jnp.float32)
+  start, end = float(anneal_start), float(anneal_end)
+  if end <= start:
+    return jnp.where(s < start, jnp.float32(1.0), jnp.float32(0.0))
+  ramp = jnp.float32(1.0) - (s - jnp.float32(start)) / jnp.float32(end - start)
+  return jnp.where(s < start, jnp.float32(1.0), jnp.where(s > end, jnp.float32(0.0), ramp))
+
+
+def sample_orders(key: jax.Array | None, batch_size: int, seq_len: int, random_ratio, *,
+                  order_uniform: jax.Array | None = None,
+                  choice_uniform: jax.Array | None = None) -> jax.Array:
+  """Per-image generation orders ``[B, L]`` int32: a uniform permutation with probability ``random_ratio``,
+  raster order otherwise (``BAR.sample_orders``).
+
+  Draws (reference order): ``order_uniform [B, L]`` whose argsort is the
+  permutation, then ``choice_uniform [B]``; a row is random when its draw is
+  below ``random_ratio``. Both are drawn for every row at every ratio, as in
+  the reference, so the step has one shape whatever the ratio.
+  """
+  if (order_uniform is None) != (choice_uniform is None):
+    raise ValueError("pass both order_uniform and choice_uniform, or neither")
+  if order_uniform is None:
+    if key is None:
+      raise ValueError("sample_orders needs a PRNG key when the draws are not given")
+    key_o, key_c = jax.random.split(key)
+    order_uniform = jax.random.uniform(key_o, (batch_size, seq_len), jnp.float32)
+    choice_uniform = jax.random.uniform(key_c, (batch_size,), jnp.float32)
+  random_orders = jnp.argsort(jnp.asarray(order_uniform, jnp.float32), axis=-1).astype(jnp.int32)
+  raster = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch_size, seq_len))
+  use_random = jnp.asarray(choice_uniform, jnp.float32).reshape(batch_size, 1) < jnp.asarray(random_ratio, jnp.float32)
+  return jnp.where(use_random, random_orders, raster)
