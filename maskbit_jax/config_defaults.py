@@ -19,14 +19,30 @@ def vq_model(*, model_class="vqgan+", quantizer_type="lookup-free", token_size=1
       num_resolutions=len(channel_mult), num_res_blocks=num_res_blocks, sample_with_conv=sample_with_conv)
 
 
+# The tiny models of configs/tokenizer_tiny.py and configs/generator_tiny.py: 32 px images of the embedded
+# synthetic set (16 classes), four tokenizer levels (stride 8) -> 4 x 4 tokens.
+TINY_RESOLUTION = 32
+TINY_NCLASS = 16
+TINY_SOURCE = "synthetic:4096"
+TINY_EVAL_SOURCE = "synthetic:64:1"  # another seed: images never seen in training
+
+
+def tiny_vq_model(bits: int = 12) -> dict:
+  return vq_model(token_size=bits, hidden_channels=32, channel_mult=(1, 2, 2, 4))
+
+
 def discriminator(hidden_channels=128, num_stages=4) -> dict:
   return dict(name="VQGAN+Discriminator", num_channels=3, num_stages=num_stages,
               hidden_channels=hidden_channels, blur_resample=True, blur_kernel_size=4)
 
 
 def tokenizer_config(name: str, vq: dict, *, disc: dict | None = None, resolution: int = 256,
-                     checkpoint: str = "") -> ml_collections.ConfigDict:
-  """A tokenizer config with the reference's sections (``experiment``, ``model``, ``dataset``, ``training``)."""
+                     checkpoint: str = "", recipe: bool = True) -> ml_collections.ConfigDict:
+  """A tokenizer config with the reference's sections (``experiment``, ``model``, ``dataset``, ``training``).
+
+  With a discriminator and ``recipe`` the released stage-I training recipe
+  (``configs/tokenizer/*.yaml``: losses, optimizer, schedule, training) is added.
+  """
   cfg = ml_collections.ConfigDict()
   cfg.experiment = dict(project="MaskBit", name=name, vqgan_checkpoint=checkpoint, seed=42)
   cfg.model = dict(vq_model=vq)
@@ -36,7 +52,50 @@ def tokenizer_config(name: str, vq: dict, *, disc: dict | None = None, resolutio
   # Compute settings of this port (no reference equivalent): compute dtype and
   # matmul/conv precision ("default", "high", "highest").
   cfg.runtime = dict(dtype="float32", precision="default")
+  if disc is not None and recipe:
+    _add_tokenizer_recipe(cfg, vq)
   return cfg
+
+
+def training_run(*, save_every: int, log_every: int = 50, generate_every: int, eval_every: int,
+                 source: str = "tfds:imagenet2012:train", eval_source: str = "tfds:imagenet2012:validation") -> dict:
+  """Run settings shared by both stages: the reference's cadence keys plus this port's data and mesh keys."""
+  return dict(
+      cadence=dict(save_every=save_every, log_every=log_every, generate_every=generate_every, eval_every=eval_every),
+      # ``dataset.source``: ``synthetic:N``, ``photos``, ``tfds:NAME:SPLIT[:DATA_DIR]`` or a folder with one
+      # sub-folder per class. ``corrupt_images``: "error" stops at an unreadable image, "skip" counts and warns.
+      data=dict(source=source, eval_source=eval_source, corrupt_images="error", num_threads=8,
+                prefetch_buffer_size=16),
+  )
+
+
+def _add_run_sections(cfg: ml_collections.ConfigDict, run: dict, keep_checkpoints: int = 3) -> None:
+  cfg.experiment.update(run["cadence"])
+  cfg.dataset.update(run["data"])
+  # Mesh axis sizes (-1: all remaining devices) and how many checkpoints to keep.
+  cfg.runtime.mesh = dict(data=-1, fsdp=1, tensor=1)
+  cfg.runtime.keep_checkpoints = keep_checkpoints
+
+
+def _add_tokenizer_recipe(cfg: ml_collections.ConfigDict, vq: dict) -> None:
+  lookup_free = vq.get("quantizer_type") == "lookup-free"
+  cfg.losses = dict(
+      quantizer_weight=1.0, perceptual_loss="resnet50", perceptual_weight=0.1, perceptual_loss_on_logits=True,
+      reconstruction_loss="l2", reconstruction_weight=4.0, discriminator_start=20_000, discriminator_loss="hinge",
+      discriminator_factor=1.0, discriminator_weight=0.02, discriminator_gradient_penalty="none",
+      discriminator_penalty_cost=10.0, lecam_regularization_weight=0.001, entropy_annealing_steps=2000,
+      entropy_annealing_factor=2.0 if lookup_free else 0.0,
+      # This port: the converted torchvision ResNet50 (IMAGENET1K_V1) file the perceptual loss needs.
+      perceptual_checkpoint="")
+  cfg.dataset.preprocessing.update(use_aspect_ratio_aug=True, use_random_crop=True, min_scale=0.8,
+                                   interpolation="bilinear", random_flip=True)
+  cfg.optimizer = dict(name="adamw", params=dict(learning_rate=1e-4, discriminator_learning_rate=1e-4,
+                                                 scale_lr=False, beta1=0.9, beta2=0.999, weight_decay=1e-4,
+                                                 epsilon=1e-8))
+  cfg.lr_scheduler = dict(scheduler="cosine_with_minimum", params=dict(learning_rate=1e-4, warmup_steps=5000))
+  cfg.training = dict(gradient_accumulation_steps=1, per_gpu_batch_size=16, mixed_precision="no", use_ema=True,
+                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=2)
+  _add_run_sections(cfg, training_run(save_every=20_000, generate_every=2000, eval_every=20_000))
 
 
 def mlm_model(*, hidden_dim=1024, depth=24, heads=16, mlp_dim=4096, dropout=0.1, codebook_splits=2,
@@ -58,7 +117,7 @@ def mlm_model(*, hidden_dim=1024, depth=24, heads=16, mlp_dim=4096, dropout=0.1,
 def generator_config(name: str, vq: dict, mlm: dict, *, resolution: int = 256, nclass: int = 1000,
                      tokenizer_checkpoint: str = "", generator_checkpoint: str = "") -> ml_collections.ConfigDict:
   """A generator config (reference nesting) with the tokenizer it runs on."""
-  cfg = tokenizer_config(name, vq, resolution=resolution, checkpoint=tokenizer_checkpoint)
+  cfg = tokenizer_config(name, vq, resolution=resolution, checkpoint=tokenizer_checkpoint, recipe=False)
   cfg.experiment.generator_checkpoint = generator_checkpoint
   cfg.model.mlm_model = mlm
   cfg.model.nclass = nclass  # not in the reference yamls (ImageNet's 1000 is hard-coded there)
@@ -68,5 +127,12 @@ def generator_config(name: str, vq: dict, mlm: dict, *, resolution: int = 256, n
                                                  epsilon=1e-8))
   cfg.lr_scheduler = dict(scheduler="cosine_with_minimum", params=dict(learning_rate=1e-4, warmup_steps=5000))
   cfg.training = dict(gradient_accumulation_steps=1, per_gpu_batch_size=32, mixed_precision="no", use_ema=True,
-                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0)
+                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=10)
+  # The reference's generator data: 256 px, random crop + flip (train_maskbit.py reuses the tokenizer pipeline).
+  cfg.dataset.preprocessing.update(use_aspect_ratio_aug=True, use_random_crop=True, min_scale=0.8,
+                                   interpolation="bilinear", random_flip=True)
+  # ``dataset.pretokenized``: a folder written by ``python -m maskbit_jax.pretokenize`` (tokens of each image and
+  # its flip); empty = tokens made on the fly by the frozen tokenizer inside the train step.
+  cfg.dataset.pretokenized = ""
+  _add_run_sections(cfg, training_run(save_every=100_000, generate_every=10_000, eval_every=100_000))
   return cfg

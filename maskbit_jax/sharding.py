@@ -43,6 +43,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),
     ("bits", None),          # bit features of a token
     ("classes", None),       # class-embedding rows
+    ("fourier", None),       # fixed Fourier features of a scalar (BAR mask-ratio embedding)
     # codebooks [codes, dim]
     ("codebook", None),
     ("code_dim", None),
@@ -109,3 +110,31 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Sharding for a batch-major array of rank ``ndim`` (batch split, rest replicated)."""
   spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), RULES)
   return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def optimizer_state_sharding(opt_abstract, params_abstract, param_shardings, mesh: Mesh):
+  """Shardings of an optax state: every sub-tree shaped like the params (Adam moments, EMA) follows them.
+
+  Everything else (step counters, scalars) is replicated.
+  """
+  param_struct = jax.tree.structure(params_abstract)
+
+  def is_param_tree(x):
+    try:
+      return jax.tree.structure(x) == param_struct
+    except Exception:
+      return False
+
+  rep = replicated(mesh)
+  return jax.tree.map(lambda x: param_shardings if is_param_tree(x) else jax.tree.map(lambda _: rep, x),
+                      opt_abstract, is_leaf=is_param_tree)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """How many ways the batch axis is split (the product of the mesh axes ``batch`` maps to)."""
+  axes = dict(RULES)["batch"]
+  return _axis_size(mesh, axes)

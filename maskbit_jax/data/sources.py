@@ -1,6 +1,10 @@
 """Random-access image sources (grain-compatible: ``__len__`` and ``__getitem__``) and exact eval batching.
 
-Every source yields ``{"image": float32 [H, W, 3] in [0, 1], "label": int32}``.
+Every source yields ``{"image": float32 [H, W, 3] in [0, 1], "label": int32}``
+(centre crop at ``size``, for evaluation), and ``raw(index)`` gives
+``{"image": uint8 [H, W, 3] at the stored size, "label"}`` for training
+augmentation. A file that cannot be decoded raises :class:`CorruptImageError`
+naming it.
 
 * ``ImageFolderSource``: ``root/<class_name>/<image>`` (classes in sorted order,
   like torchvision's ImageFolder), or a flat folder (label 0).
@@ -19,7 +23,19 @@ import numpy as np
 from PIL import Image
 
 from maskbit_jax.data.sample_images import center_crop_resize, sample_photos, synthetic_images
-from maskbit_jax.image_io import IMAGE_SUFFIXES
+from maskbit_jax.image_io import IMAGE_SUFFIXES, to_uint8
+
+
+class CorruptImageError(ValueError):
+  """An image in a dataset cannot be decoded."""
+
+
+def _decode_file(path: str) -> np.ndarray:
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... for broken files
+    raise CorruptImageError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
 
 
 class ImageFolderSource:
@@ -41,11 +57,13 @@ class ImageFolderSource:
   def __len__(self) -> int:
     return len(self.items)
 
-  def __getitem__(self, index: int) -> dict:
+  def raw(self, index: int) -> dict:
     path, label = self.items[index]
-    with Image.open(path) as im:
-      image = center_crop_resize(np.asarray(im.convert("RGB")), self.size)
-    return {"image": image, "label": np.int32(label)}
+    return {"image": _decode_file(path), "label": np.int32(label)}
+
+  def __getitem__(self, index: int) -> dict:
+    ex = self.raw(index)
+    return {"image": center_crop_resize(ex["image"], self.size), "label": ex["label"]}
 
 
 class SyntheticSource:
@@ -61,6 +79,10 @@ class SyntheticSource:
     images, labels = synthetic_images(1, self.size, seed=self.seed, first_index=index)
     return {"image": images[0], "label": labels[0]}
 
+  def raw(self, index: int) -> dict:
+    ex = self[index]
+    return {"image": to_uint8(ex["image"]), "label": ex["label"]}
+
 
 class PhotoSource:
   def __init__(self, size: int):
@@ -71,6 +93,9 @@ class PhotoSource:
 
   def __getitem__(self, index: int) -> dict:
     return {"image": self.images[index], "label": np.int32(0)}
+
+  def raw(self, index: int) -> dict:
+    return {"image": to_uint8(self.images[index]), "label": np.int32(0)}
 
 
 class TfdsSource:
@@ -88,22 +113,45 @@ class TfdsSource:
   def __len__(self) -> int:
     return len(self.source)
 
-  def __getitem__(self, index: int) -> dict:
+  def raw(self, index: int) -> dict:
     ex = self.source[index]
     image = ex["image"]
     if isinstance(image, (bytes, bytearray)):
       import io
 
-      image = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
-    return {"image": center_crop_resize(np.asarray(image), self.size), "label": np.int32(ex.get("label", 0))}
+      try:
+        with Image.open(io.BytesIO(image)) as im:
+          image = im.convert("RGB")
+      except Exception as e:
+        raise CorruptImageError(f"cannot decode example {index} of the tfds source: {e}") from e
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = np.repeat(image, 3, axis=-1)
+    return {"image": image, "label": np.int32(ex.get("label", 0))}
+
+  def __getitem__(self, index: int) -> dict:
+    ex = self.raw(index)
+    return {"image": center_crop_resize(ex["image"], self.size), "label": ex["label"]}
 
 
 def make_source(spec: str, size: int, *, seed: int = 0):
-  """``photos``, ``synthetic:N``, ``tfds:NAME:SPLIT[:DATA_DIR]`` or a folder path."""
+  """``photos``, ``synthetic:N[:SEED]``, ``tfds:NAME:SPLIT[:DATA_DIR]`` or a folder path.
+
+  ``synthetic:N:SEED`` picks another seed of the synthetic set (e.g. held-out
+  images that never appear in ``synthetic:N``).
+  """
   if spec == "photos":
     return PhotoSource(size)
   if spec.startswith("synthetic:"):
-    return SyntheticSource(int(spec.split(":", 1)[1]), size, seed)
+    parts = spec.split(":")
+    try:
+      num = int(parts[1])
+      seed = int(parts[2]) if len(parts) > 2 else seed
+    except (ValueError, IndexError):
+      raise ValueError(f"data source {spec!r}: use synthetic:N or synthetic:N:SEED") from None
+    if num < 1 or len(parts) > 3:
+      raise ValueError(f"data source {spec!r}: use synthetic:N or synthetic:N:SEED with N >= 1")
+    return SyntheticSource(num, size, seed)
   if spec.startswith("tfds:"):
     parts = spec.split(":")
     if len(parts) < 3:

@@ -132,6 +132,8 @@ _KEYS: dict[str, tuple[Any, type]] = {
     "ema_decay": (0.999, float),
     "entropy_annealing_steps": (2000, int),
     "entropy_annealing_factor": (0.0, float),
+    # This port: the converted perceptual network's weights file (read by the training script, not the loss).
+    "perceptual_checkpoint": ("", str),
 }
 # Sections of ``losses`` that belong to other losses (the generator's MLM loss).
 _OTHER_SECTIONS = ("mlm",)
@@ -157,6 +159,7 @@ class VQGANLossConfig:
   ema_decay: float = 0.999
   entropy_annealing_steps: int = 2000
   entropy_annealing_factor: float = 0.0
+  perceptual_checkpoint: str = ""
 
   def __post_init__(self):
     for key, allowed in (("reconstruction_loss", RECONSTRUCTION_LOSSES), ("perceptual_loss", PERCEPTUAL_LOSSES),
@@ -337,6 +340,7 @@ def generator_loss(
     disc_params,
     perceptual_fn: PerceptualFn,
     last_layer_vjp: Callable[[jax.Array], Any] | None = None,
+    gan_active: bool | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The reference ``VQGANLoss._forward_generator``.
 
@@ -355,6 +359,10 @@ def generator_loss(
     last_layer_vjp: required with ``discriminator_gradient_penalty:
       adopt_weight``: maps a cotangent on ``reconstructions`` to the gradient
       at the decoder's last layer (:func:`with_last_layer_vjp`).
+    gan_active: with a traced ``step``, whether ``step >= discriminator_start``
+      if the caller knows it (a train loop compiles one step for each phase);
+      the GAN branch is then chosen at trace time instead of by a
+      ``lax.cond``, which under autodiff costs XLA a lot of speed on CPU.
   Returns:
     ``(total, terms)``: float32 scalar total loss and the reference's logging
     dict (:data:`GENERATOR_TERMS`, plus ``codebook_loss`` when the quantizer
@@ -380,9 +388,12 @@ def generator_loss(
   def adaptive(nll_cotangent, gan_cotangent):
     return adaptive_generator_weight(last_layer_vjp(nll_cotangent), last_layer_vjp(gan_cotangent))
 
-  factor = discriminator_factor(cfg, step)
   one = jnp.ones((), jnp.float32)
-  if _is_python_number(step):
+  if gan_active is not None and not _is_python_number(step):
+    factor = float(cfg.discriminator_factor) if gan_active else 0.0
+  else:
+    factor = discriminator_factor(cfg, step)
+  if _is_python_number(step) or gan_active is not None:
     active = factor > 0.0
   elif cfg.discriminator_factor <= 0.0:
     active = False  # the factor is 0 at every step

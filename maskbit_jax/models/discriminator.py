@@ -66,14 +66,30 @@ def blur_downsample_2x(x_bhwc: jax.Array, kernel_size: int = 4, precision: Any =
 
   Output size ``ceil(H / 2)``; the total padding
   ``max((ceil(H/2) - 1) * 2 + k - H, 0)`` is split ``total // 2`` before, the
-  rest after, which is exactly what ``padding="SAME"`` does in XLA.
+  rest after (XLA's "SAME"). The kernel is the outer product of the binomial
+  taps, so the blur is applied as two 1-D passes of strided slices: the same
+  result as the reference's depthwise conv (to float rounding), and an order
+  of magnitude faster than a grouped convolution and its gradient on CPU.
+  ``precision`` is accepted for a uniform interface; no matmul is involved.
   """
-  channels = x_bhwc.shape[-1]
-  kernel = jnp.asarray(blur_kernel(kernel_size), dtype=x_bhwc.dtype)
-  kernel_hwio = jnp.broadcast_to(kernel[:, :, None, None], (kernel_size, kernel_size, 1, channels))
-  return jax.lax.conv_general_dilated(
-      x_bhwc, kernel_hwio, window_strides=(2, 2), padding="SAME",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels, precision=precision)
+  del precision
+  if kernel_size not in BLUR_TAPS:
+    raise ValueError(f"blur_kernel_size must be one of {sorted(BLUR_TAPS)}, got {kernel_size}")
+  taps = np.asarray(BLUR_TAPS[kernel_size], np.float64)
+  taps = (taps / taps.sum()).astype(np.float32)
+
+  def blur_axis(x, axis):
+    n = x.shape[axis]
+    out = -(-n // 2)
+    total = max((out - 1) * 2 + kernel_size - n, 0)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (total // 2, total - total // 2)
+    x = jnp.pad(x, pad)
+    stop = 2 * (out - 1) + 1
+    return sum(jnp.asarray(taps[i], x.dtype) * jax.lax.slice_in_dim(x, i, i + stop, 2, axis)
+               for i in range(kernel_size))
+
+  return blur_axis(blur_axis(x_bhwc, 1), 2)
 
 
 def _adaptive_windows(in_size: int, out_size: int) -> np.ndarray:

@@ -1,0 +1,65 @@
+"""Train a tokenizer (stage I) or a MaskBit generator (stage II): ``python -m maskbit_jax.train``.
+
+  python -m maskbit_jax.train --config configs/tokenizer_tiny.py --workdir runs/tok
+  python -m maskbit_jax.train --config configs/generator_tiny.py --workdir runs/gen \\
+      --config.experiment.vqgan_checkpoint=runs/tok/export/tokenizer
+  python -m maskbit_jax.train --config configs/maskbit_tokenizer_12bit.py --workdir gs://bucket/tok12 \\
+      --config.dataset.source=tfds:imagenet2012:train --config.losses.perceptual_checkpoint=resnet50.pth
+
+The stage follows from the config (``model.mlm_model`` -> generator). A run in
+an existing workdir resumes from its newest checkpoint; ``--config.x.y=v``
+overrides any config value (unknown keys are errors). Multi-host runs take
+``--coordinator_address/--num_processes/--process_id`` or find them in the
+environment (TPU pod slices, SLURM, Open MPI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parse(argv):
+  from maskbit_jax.config import split_config_args
+
+  config, overrides, rest = split_config_args(argv)
+  p = argparse.ArgumentParser(prog="python -m maskbit_jax.train", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", required=True, help="run folder: checkpoints, logs, images, exported weights")
+  p.add_argument("--steps", type=int, default=None,
+                 help="stop after this many steps in this invocation (the schedule still spans max_train_steps)")
+  try:
+    from maskbit_jax import distributed
+  except ImportError:  # pragma: no cover - the module ships with the package
+    distributed = None
+  if distributed is not None:
+    distributed.add_distributed_args(p)
+  args = p.parse_args(rest)
+  if config is None:
+    p.error("--config is required (a configs/*.py file or a reference .yaml)")
+  return config, overrides, args, distributed
+
+
+def main(argv=None) -> int:
+  config, overrides, args, distributed = _parse(sys.argv[1:] if argv is None else argv)
+  if distributed is not None:
+    distributed.initialize_from_args(args)
+  import logging
+
+  # Orbax reports every save step by step at INFO through absl; keep its warnings only.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  from maskbit_jax.config import load_config
+  from maskbit_jax.train.loop import train
+
+  cfg = load_config(config, overrides)
+  summary = train(cfg, args.workdir, num_steps=args.steps)
+  import jax
+
+  if jax.process_index() == 0:
+    print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}, default=str))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

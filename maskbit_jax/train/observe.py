@@ -1,0 +1,89 @@
+"""What a training run shows: metric writers (TensorBoard + console via clu), a progress line, image grids.
+
+Only process 0 writes; other processes get a no-op writer (clu's
+``just_logging`` on non-main processes would still print, so they get none).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from maskbit_jax import image_io
+
+
+class _NullWriter:
+  def write_scalars(self, step, scalars):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def make_writer(logdir: str, *, is_main: bool):
+  """clu's default writer (TensorBoard event files under ``logdir`` + console log lines) on process 0."""
+  if not is_main:
+    return _NullWriter()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from clu import metric_writers
+
+  return metric_writers.create_default_writer(logdir, asynchronous=True)
+
+
+def mean_metrics(history: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
+  """Means of each scalar over the steps since the last log (host numpy values)."""
+  if not history:
+    return {}
+  return {k: float(np.mean([np.asarray(h[k], np.float64) for h in history])) for k in history[0]}
+
+
+class Progress:
+  """``step 120/400 | 3.1 steps/s | 25 img/s | loss 0.123 | ETA 1m30s`` from wall-clock rates since the last call."""
+
+  def __init__(self, start_step: int, total_steps: int, global_batch: int):
+    self.total, self.batch = total_steps, global_batch
+    self._step, self._time = start_step, time.perf_counter()
+
+  def rates(self, step: int) -> tuple[float, float, float]:
+    """``(steps/s, images/s, eta_seconds)`` since the previous call; resets the window."""
+    now = time.perf_counter()
+    dt = max(now - self._time, 1e-9)
+    steps_per_s = (step - self._step) / dt
+    self._step, self._time = step, now
+    eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+    return steps_per_s, steps_per_s * self.batch, eta
+
+  def line(self, step: int, metrics: Mapping[str, float], keys: tuple[str, ...]) -> tuple[str, dict]:
+    steps_per_s, images_per_s, eta = self.rates(step)
+    shown = " | ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+    text = (f"step {step}/{self.total} | {steps_per_s:.2f} steps/s | {images_per_s:.1f} img/s"
+            + (f" | {shown}" if shown else "") + f" | ETA {format_seconds(eta)}")
+    return text, dict(steps_per_second=steps_per_s, images_per_second=images_per_s)
+
+
+def format_seconds(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def save_grid(workdir: str, name: str, step: int, images_bhwc: np.ndarray, labels: list[str], ncols: int) -> str:
+  """``workdir/images/{name}_{step:08d}.png``; returns the path."""
+  path = os.path.join(workdir, "images", f"{name}_{step:08d}.png")
+  image_io.save_labelled_grid(path, np.asarray(images_bhwc, np.float32), labels, ncols)
+  return path

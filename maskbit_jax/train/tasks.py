@@ -1,0 +1,342 @@
+"""The two training stages behind one interface, so one loop (:mod:`maskbit_jax.train.loop`) runs both.
+
+A task owns what differs between stages: models, optimizers, the jitted
+step, its input pipeline, what it draws every ``generate_every`` steps, what
+it evaluates and what it exports at the end. Both read the reference's
+config keys (``model.*``, ``losses.*``, ``optimizer.*``, ``lr_scheduler.*``,
+``training.*``, ``dataset.*``) plus this port's ``runtime.*``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from maskbit_jax import checkpointing, sharding
+from maskbit_jax.data import pipeline
+from maskbit_jax.data.sources import eval_batches, make_source, num_eval_batches
+from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
+from maskbit_jax.tokenizer import DTYPES, PRECISIONS
+
+STAGES = ("tokenizer", "generator")
+
+
+def stage_of(cfg: ml_collections.ConfigDict) -> str:
+  """``generator`` for a config with ``model.mlm_model``, ``tokenizer`` for one with ``model.discriminator``."""
+  model = cfg.get("model", None) or {}
+  if "mlm_model" in model:
+    return "generator"
+  if "discriminator" in model and "losses" in cfg:
+    return "tokenizer"
+  raise ValueError("cannot tell the training stage: a tokenizer config needs model.discriminator and losses, "
+                   "a generator config model.mlm_model")
+
+
+def compute_dtype(cfg: ml_collections.ConfigDict):
+  """bf16 compute with float32 params when ``runtime.dtype`` is bfloat16 or ``training.mixed_precision`` bf16."""
+  runtime = cfg.get("runtime", None) or {}
+  name = str(runtime.get("dtype", "float32"))
+  mixed = str((cfg.get("training", None) or {}).get("mixed_precision", "no")).lower()
+  if mixed == "bf16":
+    name = "bfloat16"
+  elif mixed not in ("no", "fp16"):  # fp16 is rejected by make_optimizer with its reason
+    raise ValueError(f"training.mixed_precision={mixed!r}; use 'no' or 'bf16'")
+  if name not in DTYPES:
+    raise ValueError(f"runtime.dtype={name!r}; use one of {sorted(DTYPES)}")
+  precision = str(runtime.get("precision", "default"))
+  if precision not in PRECISIONS:
+    raise ValueError(f"runtime.precision={precision!r}; use one of default, high, highest")
+  return DTYPES[name], PRECISIONS[precision]
+
+
+def _positive_int(cfg, dotted: str, minimum: int = 1) -> int:
+  node = cfg
+  for part in dotted.split("."):
+    node = node[part]
+  value = int(node)
+  if value < minimum:
+    raise ValueError(f"{dotted} must be >= {minimum}, got {value}")
+  return value
+
+
+def validate_common(cfg: ml_collections.ConfigDict) -> None:
+  """Range checks a run needs before anything is built; each error names the key."""
+  vq = cfg.model.vq_model
+  bits = int(vq.token_size)
+  if vq.get("quantizer_type") == "lookup-free" and not 1 <= bits <= MAX_TOKEN_BITS:
+    raise ValueError(f"model.vq_model.token_size={bits}: LFQ tokens need 1..{MAX_TOKEN_BITS} bits "
+                     "(indices are int32)")
+  for key in ("training.per_gpu_batch_size", "training.max_train_steps", "training.gradient_accumulation_steps",
+              "experiment.save_every", "experiment.log_every", "experiment.generate_every"):
+    _positive_int(cfg, key)
+  keep = int(cfg.runtime.get("keep_checkpoints", 3))
+  if keep < 1:
+    raise ValueError(f"runtime.keep_checkpoints must be >= 1, got {keep}")
+
+
+def global_batch_size(cfg, mesh) -> int:
+  """``per_gpu_batch_size x devices x gradient_accumulation_steps`` (the reference's total batch)."""
+  return int(cfg.training.per_gpu_batch_size) * mesh.devices.size * int(cfg.training.gradient_accumulation_steps)
+
+
+def _global_array(local: dict, shardings: dict) -> dict:
+  """Per-process numpy pieces -> global arrays on the mesh (the same call on one or many processes)."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local.items()}
+
+
+class _Task:
+  stage: str
+  log_keys: tuple[str, ...]
+
+  def __init__(self, cfg: ml_collections.ConfigDict, mesh, workdir: str):
+    self.cfg, self.mesh, self.workdir = cfg, mesh, workdir
+    self.process_index, self.process_count = jax.process_index(), jax.process_count()
+    self.global_batch = global_batch_size(cfg, mesh)
+    self.local_batch = pipeline.check_batch(self.global_batch, self.process_count, sharding.data_parallel_size(mesh))
+    self.size = int(cfg.dataset.preprocessing.resolution)
+    self.seed = int(cfg.training.get("seed", 0))
+
+  def to_device(self, local_batch: dict) -> dict:
+    return _global_array(local_batch, self.batch_shardings)
+
+  def source(self, key: str = "source"):
+    spec = str(self.cfg.dataset.get(key, ""))
+    if not spec:
+      raise ValueError(f"dataset.{key} is empty; give a data source (synthetic:N, a folder, tfds:NAME:SPLIT)")
+    return make_source(spec, self.size, seed=self.seed)
+
+  def image_dataset(self):
+    data = self.cfg.dataset
+    return pipeline.image_train_dataset(
+        self.source(), size=self.size, batch_size=self.local_batch, seed=self.seed,
+        preprocessing=data.preprocessing.to_dict(), process_index=self.process_index,
+        process_count=self.process_count, corrupt_images=str(data.get("corrupt_images", "error")),
+        num_threads=int(data.get("num_threads", 8)), prefetch_buffer_size=int(data.get("prefetch_buffer_size", 16)))
+
+  def export_params(self, params, name: str, kind: str) -> str:
+    path = os.path.join(self.workdir, "export", name)
+    return checkpointing.save_params(path, jax.device_get(params), kind=kind, config=self.cfg.to_dict(),
+                                     overwrite=True)
+
+
+class TokenizerTask(_Task):
+  """Stage I: VQGAN+ tokenizer with its discriminator (``scripts/train_tokenizer.py``)."""
+
+  stage = "tokenizer"
+  log_keys = ("total_loss", "reconstruction_loss", "quantizer_loss", "discriminator_loss")
+
+  def __init__(self, cfg, mesh, workdir):
+    super().__init__(cfg, mesh, workdir)
+    from maskbit_jax.losses import vqgan_loss as vl
+    from maskbit_jax.models.discriminator import build_discriminator
+    from maskbit_jax.models.tokenizer import build_tokenizer_module
+    from maskbit_jax.train import tokenizer_step as ts
+    from maskbit_jax.train.optim import make_optimizer, make_schedule
+
+    dtype, precision = compute_dtype(cfg)
+    if cfg.model.vq_model.get("model_class") not in ("vqgan+", "maskgit"):
+      raise ValueError(f"training model_class {cfg.model.vq_model.get('model_class')!r} is not supported "
+                       "(vqgan+ or maskgit)")
+    self.loss_cfg = vl.VQGANLossConfig.from_config(cfg.losses)
+    self.model = build_tokenizer_module(cfg.model.vq_model, dtype=dtype, precision=precision)
+    self.disc = build_discriminator(cfg.model.discriminator, dtype=dtype, precision=precision)
+    perceptual_fn, self.perceptual_vars = self._perceptual(vl, dtype, precision)
+    accum = int(cfg.training.gradient_accumulation_steps)
+    no_accum = _without_accumulation(cfg)  # the step accumulates itself
+    self.spec = ts.TokenizerStep(
+        model=self.model, disc=self.disc, loss_cfg=self.loss_cfg, perceptual_fn=perceptual_fn,
+        tx=make_optimizer(no_accum, kind="generator", total_batch_size=self.global_batch),
+        disc_tx=make_optimizer(no_accum, kind="discriminator", total_batch_size=self.global_batch),
+        use_ema=bool(cfg.training.get("use_ema", True)), accumulation=accum)
+    self.schedule = make_schedule(cfg, kind="generator", total_batch_size=self.global_batch)
+    self.step_fn = ts.JittedTokenizerStep(self.spec, mesh, self.perceptual_vars)
+    self.state_shardings = self.step_fn.state_shardings
+    self.batch_shardings = self.step_fn.batch_shardings
+    self._ts = ts
+
+  def _perceptual(self, vl, dtype, precision):
+    if self.loss_cfg.perceptual_weight == 0.0:
+      return None, None
+    path = self.loss_cfg.perceptual_checkpoint
+    if not path:
+      raise ValueError(
+          f"losses.perceptual_weight={self.loss_cfg.perceptual_weight} needs the perceptual network's weights: set "
+          f"losses.perceptual_checkpoint to the converted {self.loss_cfg.perceptual_loss} file (see "
+          "maskbit_jax.losses.perceptual), or losses.perceptual_weight=0 to train without it")
+    from maskbit_jax.losses import perceptual
+
+    variables = (perceptual.load_resnet50_params(path) if self.loss_cfg.perceptual_loss == "resnet50"
+                 else perceptual.load_lpips_params(path))
+    return vl.perceptual_loss_fn(self.loss_cfg, dtype=dtype, precision=precision), variables
+
+  def init_state(self):
+    from maskbit_jax.models.discriminator import init_discriminator_params
+    from maskbit_jax.models.tokenizer import init_tokenizer_params
+
+    key = jax.random.key(self.seed)
+    k_tok, k_disc, k_state = jax.random.split(key, 3)
+
+    def make():
+      return self._ts.init_state(self.spec, init_tokenizer_params(self.model, k_tok),
+                                 init_discriminator_params(self.disc, k_disc), k_state)
+
+    return jax.jit(make, out_shardings=self.state_shardings)()
+
+  def dataset(self):
+    return self.image_dataset()
+
+  def step(self, state, batch, step_number: int):
+    return self.step_fn(state, batch, self.perceptual_vars, step_number)
+
+  @functools.cached_property
+  def _reconstruct(self):
+    return jax.jit(lambda p, x: jnp.clip(self.model.apply({"params": p}, x)[0], 0.0, 1.0))
+
+  def _eval_images(self, num: int) -> np.ndarray:
+    source = self.source("eval_source")
+    return np.stack([source[i]["image"] for i in range(min(num, len(source)))])
+
+  def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
+    n = int(self.cfg.training.get("num_generated_images", 2))
+    images = self._eval_images(max(n, 1))
+    recon = np.asarray(self._reconstruct(jax.device_get(state.ema_params), images))
+    labels = [f"input {i}" for i in range(len(images))] + [f"recon {i}" for i in range(len(images))]
+    return np.concatenate([images, recon]), labels, len(images)
+
+  def evaluate(self, state) -> dict:
+    """Mean PSNR (dB) of EMA-weight reconstructions of the first ``experiment.eval_images`` eval images."""
+    num = int(self.cfg.experiment.get("eval_images", 0))
+    if num <= 0:
+      return {}
+    source = self.source("eval_source")
+    num = min(num, len(source))
+    batch = self.local_batch
+    rep = sharding.replicated(self.mesh)
+
+    @functools.partial(jax.jit, out_shardings=rep)
+    def psnr_sums(params, images, mask):
+      recon = jnp.clip(self.model.apply({"params": params}, images)[0], 0.0, 1.0)
+      mse = jnp.mean(jnp.square(recon - images), axis=(1, 2, 3))
+      psnr = 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
+      return jnp.sum(jnp.where(mask, psnr, 0.0)), jnp.sum(mask.astype(jnp.float32))
+
+    shardings = {"image": self.batch_shardings["image"], "mask": sharding.batch_sharding(self.mesh, 1)}
+    total = count = 0.0
+    steps = num_eval_batches(num, batch, self.process_count)
+    for b in eval_batches(source, batch, num=num, process_index=self.process_index,
+                          process_count=self.process_count, num_batches=steps):
+      s, c = psnr_sums(state.ema_params, *_global_array({"image": b["image"], "mask": b["mask"]},
+                                                        shardings).values())
+      total, count = total + float(s), count + float(c)
+    return {"eval_psnr": total / max(count, 1.0), "eval_images": count}
+
+  def learning_rate(self, step: int) -> float:
+    return float(self.schedule(step))
+
+  def export(self, state) -> str:
+    params = state.ema_params if self.spec.use_ema else state.params
+    return self.export_params(params, "tokenizer", "tokenizer")
+
+
+class GeneratorTask(_Task):
+  """Stage II: the MaskBit bit transformer on a frozen tokenizer (``scripts/train_maskbit.py``)."""
+
+  stage = "generator"
+  log_keys = ("mlm_loss", "correct_tokens", "grad_norm")
+
+  def __init__(self, cfg, mesh, workdir):
+    super().__init__(cfg, mesh, workdir)
+    from maskbit_jax.generator import generator_fields
+    from maskbit_jax.models.maskbit_transformer import build_generator_module
+    from maskbit_jax.tokenizer import load_tokenizer
+    from maskbit_jax.train import generator_step as gs
+    from maskbit_jax.train.optim import make_optimizer, make_schedule
+
+    dtype, precision = compute_dtype(cfg)
+    fields = generator_fields(cfg)
+    self.module = build_generator_module(fields, dtype=dtype, precision=precision)
+    checkpoint = str(cfg.experiment.get("vqgan_checkpoint", "") or "")
+    if not checkpoint:
+      raise ValueError("stage II needs the frozen tokenizer: set experiment.vqgan_checkpoint (a released .bin, a "
+                       "converted folder, or <stage-I workdir>/export/tokenizer)")
+    # float32 whatever the compute dtype: the targets must be the tokenizer's own tokens (the reference
+    # encodes in fp32/TF32).
+    self.tokenizer = load_tokenizer(cfg, checkpoint, dtype="float32")
+    self.settings = gs.MLMSettings.from_config(cfg)
+    self.tx = make_optimizer(_without_accumulation(cfg), kind="mlm")
+    self.schedule = make_schedule(cfg, kind="mlm")
+    self.pretokenized = str(cfg.dataset.get("pretokenized", "") or "")
+    tok_params = None if self.pretokenized else self.tokenizer.params
+    self.step_fn, self.state_shardings, self.batch_shardings = gs.make_jitted_step(
+        self.module, self.tx, self.settings, mesh, tokenizer=None if self.pretokenized else self.tokenizer.module,
+        tokenizer_params=tok_params)
+    self._gs = gs
+
+  def init_state(self):
+    from maskbit_jax.models.maskbit_transformer import init_generator_params
+
+    k_params, k_state = jax.random.split(jax.random.key(self.seed))
+
+    def make():
+      return self._gs.init_train_state(self.module, self.tx, init_generator_params(self.module, k_params), k_state)
+
+    return jax.jit(make, out_shardings=self.state_shardings)()
+
+  def dataset(self):
+    if not self.pretokenized:
+      return self.image_dataset()
+    from maskbit_jax.pretokenize import TokenDataset
+
+    tokens = TokenDataset(self.pretokenized)
+    return pipeline.token_train_dataset(
+        tokens, batch_size=self.local_batch, seed=self.seed, process_index=self.process_index,
+        process_count=self.process_count, random_flip=bool(self.cfg.dataset.preprocessing.get("random_flip", True)))
+
+  def step(self, state, batch, step_number: int):
+    del step_number
+    if self.pretokenized:
+      return self.step_fn(state, batch)
+    return self.step_fn(state, batch, self.tokenizer.params)
+
+  def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
+    from maskbit_jax.generator import Generator
+    from maskbit_jax.sample import sample
+
+    n = max(int(self.cfg.training.get("num_generated_images", 10)), 1)
+    labels = np.arange(n) % self.module.nclass
+    gen = Generator(self.cfg, self.module, jax.device_get(state.ema_params))
+    out = sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
+    return np.clip(np.asarray(out["images"]), 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
+
+  def evaluate(self, state) -> dict:
+    return {}
+
+  def learning_rate(self, step: int) -> float:
+    return float(self.schedule(step))
+
+  def export(self, state) -> str:
+    params = state.ema_params if self.settings.use_ema else state.params
+    return self.export_params(params, "generator", "generator")
+
+
+def _without_accumulation(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with ``gradient_accumulation_steps = 1``: the jitted steps accumulate over micro-batches
+  themselves (one optimizer step per call), so the optimizer must not wrap ``optax.MultiSteps``."""
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  out.training.gradient_accumulation_steps = 1
+  return out
+
+
+def make_task(cfg: ml_collections.ConfigDict, mesh, workdir: str) -> _Task:
+  stage = stage_of(cfg)
+  validate_common(cfg)
+  return TokenizerTask(cfg, mesh, workdir) if stage == "tokenizer" else GeneratorTask(cfg, mesh, workdir)
+
+
+__all__ = ["GeneratorTask", "STAGES", "TokenizerTask", "compute_dtype", "global_batch_size", "make_task", "stage_of",
+           "validate_common"]
