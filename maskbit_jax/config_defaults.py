@@ -61,7 +61,9 @@ def training_run(*, save_every: int, log_every: int = 50, generate_every: int, e
                  source: str = "tfds:imagenet2012:train", eval_source: str = "tfds:imagenet2012:validation") -> dict:
   """Run settings shared by both stages: the reference's cadence keys plus this port's data and mesh keys."""
   return dict(
-      cadence=dict(save_every=save_every, log_every=log_every, generate_every=generate_every, eval_every=eval_every),
+      # eval_images: held-out images for the in-training evaluation (stage I PSNR; 0 = none).
+      cadence=dict(save_every=save_every, log_every=log_every, generate_every=generate_every, eval_every=eval_every,
+                   eval_images=0),
       # ``dataset.source``: ``synthetic:N``, ``photos``, ``tfds:NAME:SPLIT[:DATA_DIR]`` or a folder with one
       # sub-folder per class. ``corrupt_images``: "error" stops at an unreadable image, "skip" counts and warns.
       data=dict(source=source, eval_source=eval_source, corrupt_images="error", num_threads=8,
@@ -72,8 +74,10 @@ def training_run(*, save_every: int, log_every: int = 50, generate_every: int, e
 def _add_run_sections(cfg: ml_collections.ConfigDict, run: dict, keep_checkpoints: int = 3) -> None:
   cfg.experiment.update(run["cadence"])
   cfg.dataset.update(run["data"])
-  # Mesh axis sizes (-1: all remaining devices) and how many checkpoints to keep.
+  # Mesh axis sizes (-1: all remaining devices) over the first ``num_devices`` devices (0: all of them),
+  # and how many checkpoints to keep.
   cfg.runtime.mesh = dict(data=-1, fsdp=1, tensor=1)
+  cfg.runtime.num_devices = 0
   cfg.runtime.keep_checkpoints = keep_checkpoints
 
 
@@ -94,7 +98,8 @@ def _add_tokenizer_recipe(cfg: ml_collections.ConfigDict, vq: dict) -> None:
                                                  epsilon=1e-8))
   cfg.lr_scheduler = dict(scheduler="cosine_with_minimum", params=dict(learning_rate=1e-4, warmup_steps=5000))
   cfg.training = dict(gradient_accumulation_steps=1, per_gpu_batch_size=16, mixed_precision="no", use_ema=True,
-                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=2)
+                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=2,
+                      global_batch_size=0)
   _add_run_sections(cfg, training_run(save_every=20_000, generate_every=2000, eval_every=20_000))
 
 
@@ -127,7 +132,8 @@ def generator_config(name: str, vq: dict, mlm: dict, *, resolution: int = 256, n
                                                  epsilon=1e-8))
   cfg.lr_scheduler = dict(scheduler="cosine_with_minimum", params=dict(learning_rate=1e-4, warmup_steps=5000))
   cfg.training = dict(gradient_accumulation_steps=1, per_gpu_batch_size=32, mixed_precision="no", use_ema=True,
-                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=10)
+                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=10,
+                      global_batch_size=0)
   # The reference's generator data: 256 px, random crop + flip (train_maskbit.py reuses the tokenizer pipeline).
   cfg.dataset.preprocessing.update(use_aspect_ratio_aug=True, use_random_crop=True, min_scale=0.8,
                                    interpolation="bilinear", random_flip=True)

@@ -227,7 +227,7 @@ def abstract_discriminator_params(module: NLayerDiscriminatorV2, image_size: int
 
 def init_discriminator_params(module: NLayerDiscriminatorV2, rng: jax.Array, image_size: int = INIT_IMAGE_SIZE):
   x = jnp.zeros((1, image_size, image_size, module.num_channels), jnp.float32)
-  return nn.meta.unbox(module.init(rng, x)["params"])
+  return nn.meta.unbox(layers.init_params(module, rng, x))
 
 
 def discriminator_param_mapping(cfg: Mapping[str, Any]) -> ParamMapping:

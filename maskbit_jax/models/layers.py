@@ -87,3 +87,29 @@ def upsample_nearest_2x(x_bhwc: jax.Array) -> jax.Array:
 def avg_pool_2x(x_bhwc: jax.Array) -> jax.Array:
   """2x2 average pooling, stride 2, odd trailing rows/cols dropped (``F.avg_pool2d``)."""
   return nn.avg_pool(x_bhwc, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def init_params(module: nn.Module, rng: jax.Array, *example_args):
+  """``module.init(rng, *example_args)["params"]`` compiled, with only the params as output.
+
+  XLA then drops the forward pass that eager ``init`` would run op by op (or a
+  plain ``jit(module.init)`` would compile in full).
+  """
+  return jit_init(lambda r, *a: module.init(r, *a)["params"])(rng, *example_args)
+
+
+# Parameter initialisers (hundreds of small RNG fusions) run once; LLVM's optimisation of them costs
+# XLA:CPU ~25 s for the tiny tokenizer and buys nothing, so init programs compile at level 0 (~5 s).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def jit_init(fn, **jit_kwargs):
+  """``jax.jit(fn)`` for one-off initialisation programs: compiled without backend optimisation."""
+  jitted = jax.jit(fn, **jit_kwargs)
+
+  def call(*args):
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+      return jitted(*args)  # inside another program: it is compiled (and optimised) with that one
+    return jitted.lower(*args).compile(compiler_options=INIT_COMPILER_OPTIONS)(*args)
+
+  return call

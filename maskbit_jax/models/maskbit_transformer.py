@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from maskbit_jax.models import layers
+
 LAYER_NORM_EPS = 1e-12
 # torch's trunc_normal_(std=0.02) truncates at +-2 absolute, i.e. +-100 std: a plain normal.
 _INIT = nn.initializers.normal(0.02)
@@ -270,4 +272,4 @@ def abstract_generator_params(module: MaskBitTransformer):
 
 def init_generator_params(module: MaskBitTransformer, rng: jax.Array):
   tokens = jnp.full((1, module.seq_len, module.codebook_splits), module.mask_token, jnp.int32)
-  return nn.meta.unbox(module.init(rng, tokens, jnp.zeros((1,), jnp.int32))["params"])
+  return nn.meta.unbox(layers.init_params(module, rng, tokens, jnp.zeros((1,), jnp.int32)))

@@ -202,4 +202,4 @@ def abstract_tokenizer_params(module: nn.Module, image_size: int = INIT_IMAGE_SI
 
 
 def init_tokenizer_params(module: nn.Module, rng: jax.Array, image_size: int = INIT_IMAGE_SIZE):
-  return nn.meta.unbox(module.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32))["params"])
+  return nn.meta.unbox(layers.init_params(module, rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32)))

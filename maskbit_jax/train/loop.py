@@ -30,7 +30,7 @@ import numpy as np
 
 from maskbit_jax import sharding
 from maskbit_jax.train import checkpoints, observe
-from maskbit_jax.train.tasks import make_task, stage_of
+from maskbit_jax.train.tasks import make_task, stage_of, validate_common
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,20 @@ class StopRequest:
     return self.signum is not None
 
 
+def make_mesh(cfg: ml_collections.ConfigDict):
+  """The mesh of ``runtime.mesh`` over all devices, or the first ``runtime.num_devices`` of them."""
+  runtime = cfg.get("runtime", None) or {}
+  devices = jax.devices()
+  num = int(runtime.get("num_devices", 0) or 0)
+  if num < 0 or num > len(devices):
+    raise ValueError(f"runtime.num_devices={num}: must be in [0, {len(devices)}] (0 = all devices)")
+  if num and jax.process_count() > 1:
+    raise ValueError("runtime.num_devices only applies to single-process runs")
+  shape = runtime.get("mesh", None)
+  shape = shape.to_dict() if hasattr(shape, "to_dict") else dict(shape or {"data": -1})
+  return sharding.create_mesh(shape, devices[:num] if num else devices)
+
+
 def _is_due(step: int, every: int) -> bool:
   return every > 0 and step % every == 0
 
@@ -139,7 +153,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
   stage = stage_of(cfg)
-  mesh = sharding.create_mesh(dict(cfg.runtime.get("mesh", None) or {"data": -1}))
+  validate_common(cfg)
+  mesh = make_mesh(cfg)
   check_workdir(workdir, cfg, is_main=is_main)
   task = make_task(cfg, mesh, workdir)
 
@@ -152,8 +167,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
   writer = observe.make_writer(os.path.join(workdir, "tensorboard"), is_main=is_main)
   say = print if is_main else (lambda *a, **k: None)
 
-  with mesh:
-    abstract = jax.eval_shape(task.init_state)
+  with jax.set_mesh(mesh):
+    abstract = jax.eval_shape(task.init_state)  # traces only; compiles nothing
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                             task.state_shardings)
     dataset = task.dataset()

@@ -18,8 +18,9 @@ import ml_collections
 import numpy as np
 
 from maskbit_jax import checkpointing, sharding
-from maskbit_jax.data import pipeline
+from maskbit_jax.data import augment, pipeline
 from maskbit_jax.data.sources import eval_batches, make_source, num_eval_batches
+from maskbit_jax.models.layers import jit_init
 from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.tokenizer import DTYPES, PRECISIONS
 
@@ -27,14 +28,17 @@ STAGES = ("tokenizer", "generator")
 
 
 def stage_of(cfg: ml_collections.ConfigDict) -> str:
-  """``generator`` for a config with ``model.mlm_model``, ``tokenizer`` for one with ``model.discriminator``."""
+  """``generator`` for a config with ``model.mlm_model``, ``bar`` for one with ``model.generator`` (BAR),
+  ``tokenizer`` for one with ``model.discriminator``."""
   model = cfg.get("model", None) or {}
   if "mlm_model" in model:
     return "generator"
+  if "generator" in model:
+    return "bar"
   if "discriminator" in model and "losses" in cfg:
     return "tokenizer"
   raise ValueError("cannot tell the training stage: a tokenizer config needs model.discriminator and losses, "
-                   "a generator config model.mlm_model")
+                   "a MaskBit generator config model.mlm_model, a BAR config model.generator")
 
 
 def compute_dtype(cfg: ml_collections.ConfigDict):
@@ -74,14 +78,30 @@ def validate_common(cfg: ml_collections.ConfigDict) -> None:
   for key in ("training.per_gpu_batch_size", "training.max_train_steps", "training.gradient_accumulation_steps",
               "experiment.save_every", "experiment.log_every", "experiment.generate_every"):
     _positive_int(cfg, key)
+  data = cfg.dataset
+  augment.check_preprocessing(data.preprocessing)
+  policy = str(data.get("corrupt_images", "error"))
+  if policy not in pipeline.CORRUPT_POLICIES:
+    raise ValueError(f"dataset.corrupt_images={policy!r}; use one of {pipeline.CORRUPT_POLICIES}")
   keep = int(cfg.runtime.get("keep_checkpoints", 3))
   if keep < 1:
     raise ValueError(f"runtime.keep_checkpoints must be >= 1, got {keep}")
 
 
 def global_batch_size(cfg, mesh) -> int:
-  """``per_gpu_batch_size x devices x gradient_accumulation_steps`` (the reference's total batch)."""
-  return int(cfg.training.per_gpu_batch_size) * mesh.devices.size * int(cfg.training.gradient_accumulation_steps)
+  """Images per optimizer step over all processes.
+
+  The reference's ``per_gpu_batch_size x devices x gradient_accumulation_steps``,
+  or ``training.global_batch_size x gradient_accumulation_steps`` when that
+  port key is set (> 0): on a pod one usually fixes the global batch.
+  """
+  training = cfg.training
+  accum = int(training.gradient_accumulation_steps)
+  fixed = int(training.get("global_batch_size", 0) or 0)
+  if fixed < 0:
+    raise ValueError(f"training.global_batch_size must be >= 0 (0: per_gpu_batch_size x devices), got {fixed}")
+  per_step = fixed if fixed else int(training.per_gpu_batch_size) * mesh.devices.size
+  return per_step * accum
 
 
 def _global_array(local: dict, shardings: dict) -> dict:
@@ -97,7 +117,10 @@ class _Task:
     self.cfg, self.mesh, self.workdir = cfg, mesh, workdir
     self.process_index, self.process_count = jax.process_index(), jax.process_count()
     self.global_batch = global_batch_size(cfg, mesh)
-    self.local_batch = pipeline.check_batch(self.global_batch, self.process_count, sharding.data_parallel_size(mesh))
+    accum = int(cfg.training.gradient_accumulation_steps)
+    # every micro-batch of the accumulation must split evenly over the batch axes and the processes
+    pipeline.check_batch(self.global_batch // accum, self.process_count, sharding.data_parallel_size(mesh))
+    self.local_batch = self.global_batch // self.process_count
     self.size = int(cfg.dataset.preprocessing.resolution)
     self.seed = int(cfg.training.get("seed", 0))
 
@@ -178,14 +201,12 @@ class TokenizerTask(_Task):
     from maskbit_jax.models.discriminator import init_discriminator_params
     from maskbit_jax.models.tokenizer import init_tokenizer_params
 
-    key = jax.random.key(self.seed)
-    k_tok, k_disc, k_state = jax.random.split(key, 3)
-
-    def make():
+    def make(key):
+      k_tok, k_disc, k_state = jax.random.split(key, 3)
       return self._ts.init_state(self.spec, init_tokenizer_params(self.model, k_tok),
                                  init_discriminator_params(self.disc, k_disc), k_state)
 
-    return jax.jit(make, out_shardings=self.state_shardings)()
+    return jit_init(make, out_shardings=self.state_shardings)(jax.random.key(self.seed))
 
   def dataset(self):
     return self.image_dataset()
@@ -280,12 +301,11 @@ class GeneratorTask(_Task):
   def init_state(self):
     from maskbit_jax.models.maskbit_transformer import init_generator_params
 
-    k_params, k_state = jax.random.split(jax.random.key(self.seed))
-
-    def make():
+    def make(key):
+      k_params, k_state = jax.random.split(key)
       return self._gs.init_train_state(self.module, self.tx, init_generator_params(self.module, k_params), k_state)
 
-    return jax.jit(make, out_shardings=self.state_shardings)()
+    return jit_init(make, out_shardings=self.state_shardings)(jax.random.key(self.seed))
 
   def dataset(self):
     if not self.pretokenized:
@@ -335,6 +355,10 @@ def _without_accumulation(cfg: ml_collections.ConfigDict) -> ml_collections.Conf
 def make_task(cfg: ml_collections.ConfigDict, mesh, workdir: str) -> _Task:
   stage = stage_of(cfg)
   validate_common(cfg)
+  if stage == "bar":
+    from maskbit_jax.train.bar_task import BarTask  # imports this module
+
+    return BarTask(cfg, mesh, workdir)
   return TokenizerTask(cfg, mesh, workdir) if stage == "tokenizer" else GeneratorTask(cfg, mesh, workdir)
 
 

@@ -1,0 +1,184 @@
+"""BAR generator training as a task of the shared loop (:mod:`maskbit_jax.train.loop`), stage ``bar``.
+
+Two data paths:
+
+* ``dataset.pretokenized``: a folder written as ``python -m maskbit_jax.pretokenize``
+  writes it (ArrayRecord shards + ``meta.json``). Records hold either ``bits`` /
+  ``bits_flipped`` (``[cells, K]`` or ``[cells*K]``, 0/1: BAR-FSQ tokens, the
+  reference's pretokenized layout) or ``tokens`` / ``tokens_flipped`` (LFQ
+  indices ``[h, w]``, which become bits, bit j = channel j). The original or the
+  flipped image is picked with probability 1/2, as the reference does.
+* otherwise, for a MaskBit LFQ tokenizer only (``model.vq_model.quantizer_type:
+  lookup-free``): images from ``dataset.source``, turned into bits by the frozen
+  tokenizer (``experiment.vqgan_checkpoint``) inside the jitted step.
+
+Samples drawn every ``experiment.generate_every`` steps decode with the MaskBit
+tokenizer (LFQ) or the BAR-FSQ decoder (``experiment.tokenizer_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from maskbit_jax import bar
+from maskbit_jax.bar_config import bar_fields
+from maskbit_jax.data import pipeline
+from maskbit_jax.train.tasks import _Task, compute_dtype
+
+
+def _with_resolution(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The released BAR configs name the image size ``dataset.preprocessing.crop_size``; the shared task code
+  reads ``resolution``. Returns ``cfg`` itself when it has one, else a copy with ``resolution = crop_size``."""
+  pre = cfg.dataset.preprocessing
+  if "resolution" in pre:
+    return cfg
+  if "crop_size" not in pre:
+    raise ValueError("dataset.preprocessing needs resolution (or the reference's crop_size): the image size")
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  out.dataset.preprocessing.resolution = int(pre.crop_size)
+  return out
+
+
+def record_bits(ex: dict, flip: bool, token_bits: int) -> np.ndarray:
+  """One pretokenized record -> uint8 bits ``[cells*K]`` of the original or the flipped image."""
+  if "bits" in ex:
+    bits = np.asarray(ex["bits_flipped" if flip else "bits"])
+    if bits.size % token_bits:
+      raise ValueError(f"a record's bits ({bits.shape}) do not split into {token_bits}-bit tokens")
+    return bits.astype(np.uint8).reshape(-1)
+  if "tokens" not in ex:
+    raise KeyError(f"a pretokenized record needs 'bits' or 'tokens', got keys {sorted(ex)}")
+  tokens = np.asarray(ex["tokens_flipped" if flip else "tokens"], np.int64)
+  bits = (tokens[..., None] >> np.arange(token_bits)) & 1
+  return bits.astype(np.uint8).reshape(-1)
+
+
+def bit_train_dataset(token_source, *, batch_size: int, seed: int, token_bits: int, process_index: int = 0,
+                      process_count: int = 1, random_flip: bool = True, num_threads: int = 8,
+                      prefetch_buffer_size: int = 16) -> grain.IterDataset:
+  """Batches ``{"bits": uint8 [b, cells*K], "label": int32 [b]}`` of this process from a pretokenized set."""
+  if len(token_source) < process_count:
+    raise ValueError(f"the token set has {len(token_source)} examples, fewer than the {process_count} processes")
+
+  def load(index, rng):
+    ex = token_source[int(index)]
+    flip = random_flip and rng.uniform() < 0.5
+    return {"bits": record_bits(ex, flip, token_bits), "label": np.int32(ex["label"])}
+
+  ds = grain.MapDataset.range(len(token_source))[process_index::process_count]
+  ds = ds.shuffle(seed=seed).repeat().random_map(load, seed=seed + 1)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
+  return it.batch(batch_size, drop_remainder=True)
+
+
+class BarTask(_Task):
+  """BAR: the causal bit transformer + MBM head on a frozen tokenizer's bits."""
+
+  stage = "bar"
+  log_keys = ("mbm_loss", "masked_bit_acc", "grad_norm")
+
+  def __init__(self, cfg, mesh, workdir):
+    super().__init__(_with_resolution(cfg), mesh, workdir)
+    from maskbit_jax.convert.bar_mapping import bar_param_mapping
+    from maskbit_jax.models.bar_generator import build_bar_module
+    from maskbit_jax.train import bar_optim
+    from maskbit_jax.train import bar_step as bs
+
+    cfg = self.cfg
+    dtype, precision = compute_dtype(cfg)
+    self.module = build_bar_module(bar_fields(cfg), dtype=dtype, precision=precision)
+    self.settings = bs.BarSettings.from_config(cfg)
+    opt = bar_optim.bar_optimizer_settings(cfg)
+    opt["gradient_accumulation_steps"] = 1  # the step accumulates over micro-batches itself
+    # the weight-decay groups are decided on the PyTorch names, as the reference does
+    self.tx = bar_optim.make_bar_optimizer(**opt, name_fn=bar_param_mapping().torch_key)
+    self.schedule = bar_optim.bar_schedule_from_config(cfg)
+    self.kind = bar.tokenizer_kind(cfg)
+    self.pretokenized = str(cfg.dataset.get("pretokenized", "") or "")
+    if not self.pretokenized and self.kind != bar.LFQ:
+      raise ValueError("BAR on BAR-FSQ tokens trains on a pretokenized set: set dataset.pretokenized (bits of "
+                       "every image and its flip); bits made on the fly need a MaskBit lookup-free tokenizer")
+    self.tokenizer = self._tokenizer()
+    self._check_grid()
+    on_the_fly = not self.pretokenized
+    self.step_fn, self.state_shardings, self.batch_shardings = bs.make_jitted_step(
+        self.module, self.tx, self.settings, mesh, tokenizer=self.tokenizer.module if on_the_fly else None,
+        tokenizer_params=self.tokenizer.params if on_the_fly else None)
+    self._bs = bs
+
+  def _tokenizer(self):
+    """The frozen tokenizer: encodes on the fly (LFQ) and decodes the samples (both kinds)."""
+    exp = self.cfg.get("experiment", None) or {}
+    key = "vqgan_checkpoint" if self.kind == bar.LFQ else "tokenizer_checkpoint"
+    checkpoint = str(exp.get(key, "") or "")
+    if not checkpoint:
+      raise ValueError(f"BAR training needs its frozen tokenizer: set experiment.{key} (a released .bin, a "
+                       "converted folder, or a stage-I run's export/tokenizer)")
+    if not os.path.exists(checkpoint):
+      raise FileNotFoundError(f"experiment.{key}={checkpoint!r} does not exist")
+    # float32 whatever the compute dtype: the bits must be the tokenizer's own
+    return bar.load_bar_tokenizer(self.cfg, checkpoint, dtype="float32")
+
+  def _check_grid(self) -> None:
+    grid = bar.tokenizer_grid(bar.BarModel(self.cfg, self.module, None), self.tokenizer)
+    if tuple(grid) != tuple(self.module.grid):
+      raise ValueError(f"model.generator.image_seq_len gives a {self.module.grid} latent grid but the tokenizer "
+                       f"makes {grid} tokens at {self.size} px")
+
+  def init_state(self):
+    from maskbit_jax.models.bar_generator import init_bar_params
+
+    k_params, k_state = jax.random.split(jax.random.key(self.seed))
+
+    def make():
+      return self._bs.init_train_state(self.tx, init_bar_params(self.module, k_params), k_state,
+                                       use_ema=self.settings.use_ema)
+
+    return jax.jit(make, out_shardings=self.state_shardings)()
+
+  def dataset(self):
+    if not self.pretokenized:
+      return self.image_dataset()
+    from maskbit_jax.pretokenize import TokenDataset
+
+    data = self.cfg.dataset
+    return bit_train_dataset(
+        TokenDataset(self.pretokenized), batch_size=self.local_batch, seed=self.seed,
+        token_bits=self.module.token_bits, process_index=self.process_index, process_count=self.process_count,
+        random_flip=bool(data.preprocessing.get("random_flip", True)), num_threads=int(data.get("num_threads", 8)),
+        prefetch_buffer_size=int(data.get("prefetch_buffer_size", 16)))
+
+  def step(self, state, batch, step_number: int):
+    del step_number  # the state carries its own step
+    if self.pretokenized:
+      return self.step_fn(state, batch)
+    return self.step_fn(state, batch, self.tokenizer.params)
+
+  def generator_params(self, state):
+    return state.ema_params if self.settings.use_ema else state.params
+
+  def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
+    n = max(int(self.cfg.training.get("num_generated_images", 10)), 1)
+    labels = np.arange(n) % self.module.num_classes
+    gen = bar.BarModel(self.cfg, self.module, jax.device_get(self.generator_params(state)))
+    out = bar.sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
+    return np.clip(np.asarray(out["images"]), 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
+
+  def evaluate(self, state) -> dict:
+    return {}
+
+  def learning_rate(self, step: int) -> float:
+    return float(self.schedule(step))
+
+  def export(self, state) -> str:
+    from maskbit_jax.convert.bar_mapping import CHECKPOINT_KIND
+
+    return self.export_params(self.generator_params(state), "bar_generator", CHECKPOINT_KIND)
+
+
+__all__ = ["BarTask", "bit_train_dataset", "record_bits"]
