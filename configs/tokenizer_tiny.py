@@ -6,7 +6,7 @@
 
 The training recipe is the released one (losses, AdamW, warm-up + cosine with
 floor, EMA, LeCam) scaled down to minutes on a CPU: the embedded synthetic
-set at 32 px, batch 16, 600 steps, a higher learning rate, the discriminator
+set at 32 px, batch 16, 500 steps, a higher learning rate, the discriminator
 from step 300 and entropy annealing over 200 steps. The perceptual weight is
 0 because the ResNet50 ImageNet weights are a download (set
 ``losses.perceptual_checkpoint`` and ``losses.perceptual_weight`` to use it).
@@ -23,8 +23,8 @@ def get_config(arg: str = ""):
   cfg.losses.update(perceptual_weight=0.0, discriminator_start=300, entropy_annealing_steps=200)
   cfg.optimizer.params.update(learning_rate=1e-3, discriminator_learning_rate=1e-4)
   cfg.lr_scheduler.params.update(learning_rate=1e-3, warmup_steps=50)
-  cfg.training.update(per_gpu_batch_size=16, max_train_steps=600, num_generated_images=8)
-  cfg.experiment.update(save_every=200, log_every=50, generate_every=300, eval_every=300, eval_images=64)
+  cfg.training.update(per_gpu_batch_size=16, max_train_steps=500, num_generated_images=8)
+  cfg.experiment.update(save_every=250, log_every=50, generate_every=250, eval_every=250, eval_images=64)
   # Train on 4096 synthetic images; evaluate on 64 others (another seed of the same generator).
   cfg.dataset.update(source=d.TINY_SOURCE, eval_source=d.TINY_EVAL_SOURCE, num_threads=2)
   return cfg
