@@ -167,6 +167,19 @@ def class_balanced_labels(num_images: int, nclass: int) -> np.ndarray:
   return (np.arange(num_images) % nclass).astype(np.int32)
 
 
+def generation_batch_indices(mine: np.ndarray, b: int, batch_size: int) -> tuple[np.ndarray, int]:
+  """Global image indices of this process's batch ``b`` (padded to ``batch_size``) and how many are real.
+
+  Padding repeats the batch's last index, or image 0 when the process has no image left (or none at all:
+  more processes than images); padded rows are masked out, so every process runs the same number of
+  batches (collectives stay aligned) and every image is counted exactly once.
+  """
+  idx = np.asarray(mine[b * batch_size:(b + 1) * batch_size], np.int64)
+  valid = len(idx)
+  filler = idx[-1:] if valid else np.asarray(mine[:1] if len(mine) else [0], np.int64)
+  return np.concatenate([idx, np.repeat(filler, batch_size - valid)]), valid
+
+
 def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int, inception, ref_stats=None,
                        samples_npz: str | None = None, settings: dict | None = None, progress: bool = True) -> dict:
   """Generates ``num_images`` class-balanced samples; FID (vs ``ref_stats`` = (mu, sigma)) and IS."""
@@ -192,9 +205,7 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
   progress = Progress(num_images) if progress else None
   try:
     for b in range(num_batches):
-      idx = mine[b * batch_size:(b + 1) * batch_size]
-      valid = len(idx)
-      padded = np.concatenate([idx, np.repeat(idx[-1:] if valid else mine[:1], batch_size - valid)])
+      padded, valid = generation_batch_indices(mine, b, batch_size)
       labels = jax.device_put(labels_all[padded], batch_sh(1))
       # one key per batch, from the global index of its first image: shards are disjoint, so no two
       # processes (or batches) share a key; the samples do depend on the batch size

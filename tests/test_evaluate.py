@@ -107,7 +107,8 @@ def test_generator_cli_writes_adm_samples(tmp_path, weights):
   result = json.loads(out.read_text())
   assert result["complete"] and result["num_images"] == 10 and np.isfinite(result["FID"])
   with np.load(samples) as data:
-    assert data["arr_0"].shape == (10, 64, 64, 3) and data["arr_0"].dtype == np.uint8
+    size = maskbit_jax.load_config(str(REPO / "configs/generator_tiny.py")).dataset.preprocessing.resolution
+    assert data["arr_0"].shape == (10, size, size, 3) and data["arr_0"].dtype == np.uint8
   bad = tmp_path / "bad.npz"
   np.savez(bad, mu=np.zeros(3), sigma=np.eye(3))
   with pytest.raises(ValueError):

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import linen as nn
 
 from maskbit_jax import sharding
 from maskbit_jax.train import checkpoints, observe
@@ -167,7 +168,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
   writer = observe.make_writer(os.path.join(workdir, "tensorboard"), is_main=is_main)
   say = print if is_main else (lambda *a, **k: None)
 
-  with jax.set_mesh(mesh):
+  # the models' activation constraints (logical names) only bind inside the rules context
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     abstract = jax.eval_shape(task.init_state)  # traces only; compiles nothing
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                             task.state_shardings)
