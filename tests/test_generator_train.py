@@ -67,3 +67,24 @@ def test_sharded_step_equals_single_device(setup):
                s8.params, s1.params)
   kernel = s8.params["transformer_layers_0_1"]["net_0"]["kernel"]
   assert kernel.sharding.spec[0] == "fsdp"
+
+
+def test_gradient_accumulation_equals_one_big_batch(setup):
+  """k micro-batches inside one step give the mean gradient: the same update as the whole batch at once."""
+  import dataclasses
+
+  cfg, gen, tx, settings = setup
+  batch = _toy_batch(np.random.default_rng(2), 8, int(gen.seq_len ** 0.5), gen.token_bits)
+  out = []
+  for k in (1, 4):
+    s = dataclasses.replace(settings, accumulation=k)
+    step = jax.jit(lambda st, b, s=s: mlm_train_step(st, b, module=gen.module, tx=tx, settings=s))
+    out.append(step(init_train_state(gen.module, tx, gen.params, jax.random.key(5)), batch))
+  (s1, m1), (s4, m4) = out
+  np.testing.assert_allclose(float(m4["mlm_loss"]), float(m1["mlm_loss"]), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+               s4.params, s1.params)
+  with pytest.raises(ValueError, match="does not split into 3"):
+    jax.jit(lambda st, b: mlm_train_step(st, b, module=gen.module, tx=tx,
+                                         settings=dataclasses.replace(settings, accumulation=3)))(
+        init_train_state(gen.module, tx, gen.params, jax.random.key(5)), batch)
