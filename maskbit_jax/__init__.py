@@ -4,8 +4,11 @@
     tok = maskbit_jax.load_tokenizer("configs/maskbit_tokenizer_12bit.py", "maskbit_tokenizer_12bit.bin")
     tokens = tok.encode(images)            # float32 NHWC in [0, 1] -> int32 [B, h, w]
     images = tok.decode_tokens(tokens)     # -> float32 NHWC
+    gen = maskbit_jax.load_generator("configs/maskbit_generator_12bit.py", "maskbit_generator_12bit.bin")
+    out = maskbit_jax.sample(gen, tok, [207, 360], jax.random.key(0))   # BAR: load_bar_generator / load_bar_tokenizer
 """
 
+from maskbit_jax.bar import load_bar_generator, load_bar_tokenizer
 from maskbit_jax.config import load_config
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError
 from maskbit_jax.convert.torch_pickle import UnsafeCheckpointError
@@ -21,6 +24,8 @@ __all__ = [
     "UnsafeCheckpointError",
     "bits_to_indices",
     "indices_to_bits",
+    "load_bar_generator",
+    "load_bar_tokenizer",
     "load_config",
     "load_generator",
     "load_tokenizer",

@@ -69,13 +69,15 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     idx = result["min_encoding_indices"]
     return idx[: images.shape[0]], idx[images.shape[0]:]
 
+  # replicated over the local mesh: params saved from (or loaded onto) one device would clash with the batch
+  params = jax.device_put(tok.params, sharding.replicated(mesh))
   mine = shard_indices(total, pid, pcount)
   tmp = final + ".tmp"
   writer = ArrayRecordWriter(tmp, "group_size:1")
   written, start = 0, time.perf_counter()
   try:
     for b, batch in enumerate(eval_batches(source, batch_size, num=total, process_index=pid, process_count=pcount)):
-      tokens, flipped = jax.device_get(encode_both(tok.params, jax.device_put(batch["image"], batch_sh)))
+      tokens, flipped = jax.device_get(encode_both(params, jax.device_put(batch["image"], batch_sh)))
       for j in np.flatnonzero(batch["mask"]):
         writer.write(encode_record(tokens[j], flipped[j], int(batch["label"][j]), int(mine[b * batch_size + j])))
         written += 1

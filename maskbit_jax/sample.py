@@ -4,15 +4,21 @@
       --tokenizer maskbit_tokenizer_12bit.bin --generator maskbit_generator_12bit.bin \
       --classes 1,207,360 --num_steps 64 --seed 0 --out out/samples
   python -m maskbit_jax.sample --config configs/generator_tiny.py --random_init --classes 1,2,3 --out out/tiny
+  python -m maskbit_jax.sample --config configs/bar_b.py --tokenizer bar_fsq_16bits_ft.bin \
+      --generator bar_b.bin --classes 1,207,360 --out out/bar_b
 
-Generation (all MaskGIT steps, recombining the splits, decoding) is one
-compiled function; the batch is split over every local device. Writes one PNG
-per image, a labelled grid and ``tokens.npz``.
+MaskBit configs (``model.mlm_model``): generation (all MaskGIT steps,
+recombining the splits, decoding) is one compiled function. BAR configs
+(``model.generator``): raster-order AR steps with a KV cache and the MBM head
+(``maskbit_jax.bar``), decoded by the BAR-FSQ decoder or, for BAR on MaskBit
+bits, the LFQ tokenizer. The batch is split over every local device. Writes
+one PNG per image, a labelled grid and ``tokens.npz`` (plus ``bits`` for BAR).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -82,6 +88,10 @@ def sample(gen: Generator, tok: Tokenizer, labels, key: jax.Array, *, decode: bo
            cat_gumbel_noise=None, conf_gumbel_noise=None, return_trace: bool = False, **settings):
   """Samples class-conditional images.
 
+  A BAR generator (``maskbit_jax.bar.BarModel``) is served by
+  ``maskbit_jax.bar.sample`` (settings ``guidance_scale``,
+  ``randomize_temperature``, ``tokens_allocation``; its result also holds ``bits``).
+
   Args:
     gen, tok: a MaskBit generator and the tokenizer of the same bit width.
     labels: int class ids ``[B]`` in ``[0, nclass)``.
@@ -98,6 +108,13 @@ def sample(gen: Generator, tok: Tokenizer, labels, key: jax.Array, *, decode: bo
     (decoded, not clamped; absent with ``decode=False``) and, with
     ``return_trace``, ``trace`` (per-step sampler arrays).
   """
+  from maskbit_jax import bar
+
+  if isinstance(gen, bar.BarModel):
+    if cat_gumbel_noise is not None or conf_gumbel_noise is not None:
+      raise TypeError("cat_gumbel_noise / conf_gumbel_noise are MaskGIT draws; BAR replays noise={'u_sample', "
+                      "'u_conf'} (maskbit_jax.bar.sample)")
+    return bar.sample(gen, tok, labels, key, decode=decode, return_trace=return_trace, **settings)
   check_pair(gen, tok)
   labels = gen.check_labels(labels)
   settings = resolve_settings(gen, settings)
@@ -113,8 +130,9 @@ def sample(gen: Generator, tok: Tokenizer, labels, key: jax.Array, *, decode: bo
   return out
 
 
-def sample_sharded(gen: Generator, tok: Tokenizer, labels, key: jax.Array, **settings) -> dict:
-  """``sample`` with the batch split over every local device (padded to a multiple of the device count)."""
+def sample_sharded(gen, tok, labels, key: jax.Array, **settings) -> dict:
+  """``sample`` (MaskBit or BAR) with the batch split over every local device (padded to a multiple of the
+  device count)."""
   from maskbit_jax import sharding
 
   labels = np.asarray(labels)
@@ -133,7 +151,8 @@ def _parse(argv):
   config, overrides, rest = split_config_args(argv)
   p = argparse.ArgumentParser(prog="python -m maskbit_jax.sample", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--tokenizer", help="tokenizer checkpoint (default: experiment.vqgan_checkpoint)")
+  p.add_argument("--tokenizer", help="tokenizer checkpoint (default: experiment.vqgan_checkpoint; "
+                 "BAR-FSQ: experiment.tokenizer_checkpoint)")
   p.add_argument("--generator", help="generator checkpoint (default: experiment.generator_checkpoint)")
   p.add_argument("--random_init", action="store_true", help="untrained weights for both (smoke test)")
   p.add_argument("--classes", required=True, help="comma-separated class ids, e.g. 1,207,360")
@@ -147,6 +166,7 @@ def _parse(argv):
   p.add_argument("--guidance_annealing", choices=("none", "linear", "cosine"))
   p.add_argument("--mask_schedule_strategy", choices=("linear", "square", "cosine", "arccos", "root"))
   p.add_argument("--use_sampling_annealing", choices=("true", "false"))
+  p.add_argument("--tokens_allocation", help="BAR: bits revealed per MBM step, comma-separated (e.g. 2,2,5,7)")
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required")
@@ -156,44 +176,82 @@ def _parse(argv):
     args.class_ids = [int(c) for c in args.classes.split(",") if c.strip()]
   except ValueError:
     p.error(f"--classes must be comma-separated integers, got {args.classes!r}")
+  if args.tokens_allocation is not None:
+    try:
+      args.tokens_allocation = tuple(int(t) for t in args.tokens_allocation.split(",") if t.strip())
+    except ValueError:
+      p.error(f"--tokens_allocation must be comma-separated integers, got {args.tokens_allocation!r}")
   return config, overrides, args
+
+
+def _replicated(model):
+  """``model`` with its params on every local device once (not sent again with every batch; checkpoints
+  restored onto one device would otherwise clash with the batch spread over all of them)."""
+  from maskbit_jax import sharding
+
+  rep = sharding.replicated(sharding.create_mesh({"data": -1}, jax.local_devices()))
+  return dataclasses.replace(model, params=jax.device_put(model.params, rep))
+
+
+def _maskbit_models(cfg, args):
+  """(generator, tokenizer, sampler overrides, resolved settings) of a MaskBit config."""
+  from maskbit_jax.generator import load_generator
+  from maskbit_jax.tokenizer import load_tokenizer
+
+  if args.tokens_allocation is not None:
+    raise ValueError("--tokens_allocation is a BAR setting; this is a MaskBit generator config")
+  tok = load_tokenizer(cfg, args.tokenizer, random_init=args.random_init, seed=args.seed, dtype=args.dtype)
+  gen = load_generator(cfg, args.generator, random_init=args.random_init, seed=args.seed + 1, dtype=args.dtype)
+  settings = {k: getattr(args, k) for k in SAMPLER_ARGS}
+  if settings["use_sampling_annealing"] is not None:
+    settings["use_sampling_annealing"] = settings["use_sampling_annealing"] == "true"
+  return gen, tok, settings, resolve_settings(gen, settings)
+
+
+def _bar_models(cfg, args):
+  """(generator, tokenizer, sampler overrides, resolved settings) of a BAR config."""
+  from maskbit_jax import bar
+
+  maskbit_only = [k for k in SAMPLER_ARGS if k not in bar.SAMPLING_KEYS and getattr(args, k) is not None]
+  if maskbit_only:
+    raise ValueError(f"{', '.join('--' + k for k in maskbit_only)}: MaskBit settings; a BAR config takes "
+                     f"{', '.join('--' + k for k in bar.SAMPLING_KEYS)}")
+  tok = bar.load_bar_tokenizer(cfg, args.tokenizer, random_init=args.random_init, seed=args.seed, dtype=args.dtype)
+  gen = bar.load_bar_generator(cfg, args.generator, random_init=args.random_init, seed=args.seed + 1,
+                               dtype=args.dtype)
+  settings = {k: getattr(args, k) for k in bar.SAMPLING_KEYS}
+  return gen, tok, settings, bar.resolve_settings(gen, settings)
 
 
 def main(argv=None) -> int:
   config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
-  from maskbit_jax import image_io
+  from maskbit_jax import bar, image_io
   from maskbit_jax.config import load_config
-  from maskbit_jax.generator import load_generator
-  from maskbit_jax.tokenizer import load_tokenizer
 
   cfg = load_config(config, overrides)
-  tok = load_tokenizer(cfg, args.tokenizer, random_init=args.random_init, seed=args.seed, dtype=args.dtype)
-  gen = load_generator(cfg, args.generator, random_init=args.random_init, seed=args.seed + 1, dtype=args.dtype)
+  gen, tok, settings, resolved = (_bar_models if bar.is_bar_config(cfg) else _maskbit_models)(cfg, args)
+  gen, tok = _replicated(gen), _replicated(tok)
   if args.random_init:
     print("NOTE: random (untrained) weights; the images are not meaningful.")
-  settings = {k: getattr(args, k) for k in SAMPLER_ARGS}
-  if settings["use_sampling_annealing"] is not None:
-    settings["use_sampling_annealing"] = settings["use_sampling_annealing"] == "true"
   labels = np.repeat(np.asarray(args.class_ids, np.int64), args.samples_per_class)
   gen.check_labels(labels)
-  resolved = resolve_settings(gen, settings)
 
   key = jax.random.key(args.seed)
-  tokens, images = [], []
+  outs = []
   start = time.perf_counter()
   for i, chunk in enumerate(range(0, len(labels), args.batch_size)):
-    out = sample_sharded(gen, tok, labels[chunk:chunk + args.batch_size], jax.random.fold_in(key, i), **settings)
-    tokens.append(out["tokens"])
-    images.append(out["images"])
+    outs.append(sample_sharded(gen, tok, labels[chunk:chunk + args.batch_size], jax.random.fold_in(key, i),
+                               **settings))
   seconds = time.perf_counter() - start
-  tokens, images = np.concatenate(tokens), np.concatenate(images)
+  arrays = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+  images = arrays.pop("images")
 
   os.makedirs(args.out, exist_ok=True)
   for i, (label, image) in enumerate(zip(labels, images)):
     image_io.save_png(os.path.join(args.out, f"{i:05d}_class{label}.png"), image)
   ncols = min(len(labels), 8)
   image_io.save_labelled_grid(os.path.join(args.out, "grid.png"), images, [f"class {c}" for c in labels], ncols)
-  np.savez(os.path.join(args.out, "tokens.npz"), tokens=tokens, labels=labels)
+  np.savez(os.path.join(args.out, "tokens.npz"), labels=labels, **arrays)
   summary = dict(images=len(labels), seconds=round(seconds, 3), images_per_s=round(len(labels) / seconds, 4),
                  devices=jax.local_device_count(), random_init=bool(args.random_init), settings=resolved)
   with open(os.path.join(args.out, "summary.json"), "w") as f:

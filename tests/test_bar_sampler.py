@@ -1,8 +1,9 @@
 """BAR sampling parity: replaying the stored uniforms of ``sampling.npz`` reproduces every trace.
 
-Bits, masks and tokens must match exactly; logits, confidences and conditions
-within rtol = atol = 1e-4 (README section 9). Traces, their generators and
-settings all come from ``fixture_configs.json`` (``sampling_<t>``).
+Bits, masks and tokens must match exactly; logits, confidences, conditions and
+images within rtol = atol = 1e-4 (README section 9). Traces, their generators and
+settings all come from ``fixture_configs.json`` (``sampling_<t>``); the images
+are the fixture tokenizer's ``decode_tokens`` of the final bits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from flax import linen as nn
 
 from conftest import REPO, load_npz
+from maskbit_jax import bar
 from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.convert.bar_mapping import bar_state_to_flax
 from maskbit_jax.convert.checkpoint_files import read_state_dict
@@ -119,6 +121,45 @@ def test_cached_conditions_equal_full_forward_on_the_final_sequence(replay):
   # the KV-cached conditions the sampler fed the head are the full forward's first L positions
   np.testing.assert_allclose(trace["head_conditions"], np.moveaxis(np.asarray(full[:, :steps]), 1, 0),
                              rtol=1e-5, atol=1e-5)
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer(golden: pathlib.Path, token_bits: int):
+  """The fixture's BAR-FSQ tokenizer of ``token_bits`` bits, decode-only, through the public loader."""
+  configs = _configs()
+  names = [k for k, v in configs.items() if k.startswith("tokenizer") and isinstance(v, dict) and "model" in v
+           and int(v["model"]["vq_model"]["token_size"]) == token_bits and (golden / f"{k}.bin").is_file()]
+  if not names:
+    pytest.skip(f"no {token_bits}-bit tokenizer fixture to decode the traces with")
+  cfg = json.loads(json.dumps(configs[names[0]]))
+  cfg["model"]["siglip2"] = configs[f"{names[0]}_siglip2_vision_config"]
+  cfg["model"]["vit_decoder"] = configs[f"{names[0]}_decoder_overrides"]
+  return bar.load_bar_tokenizer(cfg, golden / f"{names[0]}.bin")
+
+
+def test_trace_images_through_the_public_sampler(replay, golden_bar):
+  """``maskbit_jax.bar.sample`` replaying the noise gives the trace's bits and, decoded by the BAR tokenizer,
+  its ``image`` (the decoder's [-1, 1], here mapped to [0, 1]) and ``image_u8`` (the sample script's PNG values)."""
+  settings, module, params, stored, _, _ = replay
+  if "image" not in stored:
+    pytest.skip("this fixture set stores no trace images")
+  tok = _tokenizer(golden_bar, module.token_bits)
+  gen = bar.BarModel(ml_collections.ConfigDict(_configs()[settings["generator"]]), module, params)
+  with jax.default_matmul_precision("highest"):
+    out = bar.sample(gen, tok, np.asarray(stored["labels"]), None, guidance_scale=settings["guidance_scale"],
+                     randomize_temperature=settings["randomize_temperature"],
+                     tokens_allocation=settings["tokens_allocation"],
+                     noise=dict(u_sample=stored["u_sample"], u_conf=stored["u_conf"]))
+  np.testing.assert_array_equal(np.asarray(out["bits"]), stored["final_tokens"])
+  theirs = np.transpose(stored["image"], (0, 2, 3, 1))
+  ours = np.asarray(out["images"])
+  assert ours.shape == theirs.shape
+  np.testing.assert_allclose(2.0 * ours - 1.0, theirs, **TOL)
+  # the conversion itself is the reference's, value for value
+  np.testing.assert_array_equal(bar.images_to_uint8((theirs + 1.0) / 2.0), stored["image_u8"])
+  # ours may flip a truncation where a value sits within float error of an integer boundary
+  diff = np.abs(bar.images_to_uint8(ours).astype(np.int32) - stored["image_u8"].astype(np.int32))
+  assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3, f"{np.count_nonzero(diff)} uint8 values differ"
 
 
 def _random_params(abstract, seed: int):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, golden_path, tokenizer_config
+from conftest import golden_path, tokenizer_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.cli import main as convert_main
 
@@ -56,8 +56,10 @@ def test_existing_output_is_not_replaced(tmp_path, golden, fixture_configs):
   assert sorted(p.name for p in (tmp_path / "o").iterdir()) == before
 
 
-def test_cli_runs_as_a_module(tmp_path, golden):
-  out = subprocess.run([sys.executable, "-m", "maskbit_jax.convert", "--config", str(REPO / "configs/tokenizer_tiny.py"),
+def test_cli_runs_as_a_module(tmp_path, golden, fixture_configs):
+  config = tmp_path / "tokenizer_tiny.yaml"  # the fixture's own config, as a reference-style yaml
+  config.write_text(json.dumps({"model": {"vq_model": fixture_configs["configs"]["tokenizer_tiny"]}}))
+  out = subprocess.run([sys.executable, "-m", "maskbit_jax.convert", "--config", str(config),
                         "--checkpoint", str(golden / "tokenizer_tiny.bin"), "--out", str(tmp_path / "c")],
                        capture_output=True, text=True, cwd=tmp_path)
   assert out.returncode == 0, out.stderr

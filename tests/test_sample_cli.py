@@ -17,15 +17,16 @@ TINY = str(REPO / "configs/generator_tiny.py")
 
 def test_sample_cli_random_init(tmp_path, capsys):
   out = tmp_path / "s"
-  assert sample_main(["--config", TINY, "--random_init", "--classes", "1,207,360", "--samples_per_class", "2",
+  size = maskbit_jax.load_config(TINY).dataset.preprocessing.resolution
+  assert sample_main(["--config", TINY, "--random_init", "--classes", "1,7,15", "--samples_per_class", "2",
                       "--num_steps", "3", "--batch_size", "4", "--out", str(out)]) == 0
   assert "random (untrained)" in capsys.readouterr().out
   pngs = sorted(p.name for p in out.glob("0*.png"))
-  assert len(pngs) == 6 and pngs[0] == "00000_class1.png" and pngs[-1] == "00005_class360.png"
-  assert np.asarray(Image.open(out / pngs[0])).shape == (64, 64, 3)
+  assert len(pngs) == 6 and pngs[0] == "00000_class1.png" and pngs[-1] == "00005_class15.png"
+  assert np.asarray(Image.open(out / pngs[0])).shape == (size, size, 3)
   assert (out / "grid.png").is_file()
   data = np.load(out / "tokens.npz")
-  assert data["tokens"].shape == (6, 4, 4) and list(data["labels"]) == [1, 1, 207, 207, 360, 360]
+  assert data["tokens"].shape == (6, 4, 4) and list(data["labels"]) == [1, 1, 7, 7, 15, 15]
   summary = json.loads((out / "summary.json").read_text())
   assert summary["settings"]["num_steps"] == 3 and summary["settings"]["guidance_scale"] == 3.0
 
@@ -34,8 +35,9 @@ def test_sample_cli_config_override_and_errors(tmp_path):
   assert sample_main(["--config", TINY, "--random_init", "--classes", "5", "--out", str(tmp_path / "a"),
                       "--config.model.mlm_model.num_steps=2"]) == 0
   assert json.loads((tmp_path / "a" / "summary.json").read_text())["settings"]["num_steps"] == 2
-  with pytest.raises(ValueError, match=r"\[0, 1000\)"):
-    sample_main(["--config", TINY, "--random_init", "--classes", "1000", "--out", str(tmp_path / "b")])
+  nclass = maskbit_jax.load_config(TINY).model.nclass
+  with pytest.raises(ValueError, match=rf"\[0, {nclass}\)"):
+    sample_main(["--config", TINY, "--random_init", "--classes", str(nclass), "--out", str(tmp_path / "b")])
   with pytest.raises(SystemExit):
     sample_main(["--config", TINY, "--random_init", "--classes", "a,b", "--out", str(tmp_path / "c")])
   with pytest.raises(ValueError, match="random_init"):

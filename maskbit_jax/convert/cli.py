@@ -11,16 +11,30 @@ Export (Orbax directory -> PyTorch-layout state dict, ``.bin``/``.safetensors``/
 
 With a generator config (``model.mlm_model``) the file is taken to be the
 generator; ``--kind tokenizer`` converts the tokenizer of that config instead.
+BAR (``--kind bar_generator`` / ``bar_tokenizer``; the default for a config with
+``model.generator`` / ``model.siglip2``)::
+
+  python -m maskbit_jax.convert --config configs/bar_b.py --checkpoint bar_b.bin --out ckpt/bar_b
+  python -m maskbit_jax.convert --config configs/bar_fsq_16bits.py --checkpoint bar_fsq_16bits.bin --out ckpt/fsq16
+  python -m maskbit_jax.convert --config configs/bar_b.py --kind bar_tokenizer \
+      --checkpoint bar_fsq_16bits_ft.bin --out ckpt/fsq16_ft_decoder     # decoder + out_proj only
 
 Every import is verified: the params are converted back and must reproduce
-every tensor of the source file exactly.
+every tensor of the source file exactly (BAR: every parameter; the RoPE tables
+are checked against the config within ``ROPE_ATOL`` and regenerated on export,
+the tokenizer's alias copies are folded, a decode-only import keeps the
+decoder side).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,11 +48,11 @@ from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params, build_tokenizer_module
 
 EXPORT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".npz")
-KINDS = ("tokenizer", "generator")
+KINDS = ("tokenizer", "generator", "bar_generator", "bar_tokenizer")
 
 
 def model_for(cfg, kind: str):
-  """(abstract unboxed params, ParamMapping) of the ``kind`` model a config describes."""
+  """(abstract unboxed params, ParamMapping) of the MaskBit ``kind`` model a config describes."""
   if kind == "tokenizer":
     vq_cfg = vq_model_config(cfg)
     module = build_tokenizer_module(vq_cfg)
@@ -53,18 +67,87 @@ def model_for(cfg, kind: str):
   raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Converter:
+  """One model kind: PyTorch state <-> flax params, and what of a source file the round trip must reproduce."""
+
+  to_flax: Callable[[Mapping[str, np.ndarray], str], Any]          # (state, source) -> params, strict
+  to_torch: Callable[[Any, list[str] | None], "OrderedDict[str, np.ndarray]"]  # (params, key order) -> state
+  reproduced: Callable[[Mapping[str, np.ndarray]], "OrderedDict[str, np.ndarray]"] = OrderedDict
+
+
+def _reordered(state, key_order):
+  if key_order is None:
+    return state
+  out = OrderedDict((k, state[k]) for k in key_order if k in state)
+  out.update((k, v) for k, v in state.items() if k not in out)
+  return out
+
+
+def _bar_generator_converter(cfg) -> Converter:
+  from maskbit_jax.bar_config import bar_fields
+  from maskbit_jax.convert import bar_mapping as bm
+  from maskbit_jax.models.bar_generator import abstract_bar_params, build_bar_module
+
+  module = build_bar_module(bar_fields(cfg))
+  abstract = nn.meta.unbox(abstract_bar_params(module))
+  rope = set(bm.rope_buffers(module))
+  return Converter(
+      to_flax=lambda state, source: bm.bar_state_to_flax(state, abstract, module, source=source),
+      to_torch=lambda params, order: _reordered(bm.bar_flax_to_torch_state(params, module), order),
+      # the RoPE tables are derived from the config (checked within ROPE_ATOL on import)
+      reproduced=lambda state: OrderedDict((k, v) for k, v in state.items() if k not in rope))
+
+
+def _bar_tokenizer_converter(cfg) -> Converter:
+  from maskbit_jax.convert import bar_tokenizer_mapping as btm
+  from maskbit_jax.models.bar_tokenizer import abstract_bar_tokenizer_params, bar_tokenizer_from_config
+
+  # a tokenizer config (model.siglip2) converts the whole tokenizer, a BAR generator config its decoder side
+  with_encoder = "siglip2" in (cfg.get("model", None) or {})
+  module = bar_tokenizer_from_config(cfg, with_encoder=with_encoder)
+  abstract = nn.meta.unbox(abstract_bar_tokenizer_params(module))
+
+  def reproduced(state):
+    canonical = btm.canonical_state(state)
+    if with_encoder:
+      return canonical
+    return OrderedDict((k, v) for k, v in canonical.items() if k.startswith(("decoder.", "quantize.out_proj.")))
+
+  return Converter(
+      to_flax=lambda state, source: btm.bar_tokenizer_state_to_flax(state, abstract, source=source,
+                                                                     skip_unbuilt_parts=not with_encoder),
+      to_torch=lambda params, order: _reordered(btm.flax_to_bar_tokenizer_state(params, module), order),
+      reproduced=reproduced)
+
+
+def converter(cfg, kind: str) -> Converter:
+  if kind == "bar_generator":
+    return _bar_generator_converter(cfg)
+  if kind == "bar_tokenizer":
+    return _bar_tokenizer_converter(cfg)
+  abstract, mapping = model_for(cfg, kind)
+  return Converter(to_flax=lambda state, source: torch_state_to_flax(state, abstract, mapping, source=source),
+                   to_torch=lambda params, order: flax_to_torch_state(params, mapping, key_order=order))
+
+
 def default_kind(cfg) -> str:
-  return "generator" if "mlm_model" in (cfg.get("model", None) or {}) else "tokenizer"
+  model = cfg.get("model", None) or {}
+  if "mlm_model" in model:
+    return "generator"
+  if "generator" in model:
+    return "bar_generator"
+  return "bar_tokenizer" if "siglip2" in model else "tokenizer"
 
 
 def import_checkpoint(cfg, checkpoint: str, out: str, kind: str | None = None, overwrite: bool = False) -> str:
   """Converts a PyTorch-format file into an Orbax checkpoint directory, verifying the round trip."""
   kind = kind or default_kind(cfg)
-  abstract, mapping = model_for(cfg, kind)
+  conv = converter(cfg, kind)
   state = read_state_dict(checkpoint)
-  params = torch_state_to_flax(state, abstract, mapping, source=checkpoint)
-  back = flax_to_torch_state(params, mapping, key_order=list(state))
-  verify_round_trip(state, back, checkpoint)
+  params = conv.to_flax(state, checkpoint)
+  back = conv.to_torch(params, list(state))
+  verify_round_trip(conv.reproduced(state), conv.reproduced(back), checkpoint)
   return checkpointing.save_params(
       out, params, kind=kind, config=cfg.to_dict(), overwrite=overwrite,
       meta=dict(source=os.path.abspath(checkpoint), torch_key_order=list(state)))
@@ -85,10 +168,9 @@ def verify_round_trip(original, converted, source: str) -> None:
 def export_checkpoint(directory: str, out: str) -> str:
   """Writes the PyTorch-layout state dict of one of our checkpoints (released key names and order)."""
   meta = checkpointing.read_meta(directory)
-  _, mapping = model_for(load_config(meta["config"]), meta["kind"])
+  conv = converter(load_config(meta["config"]), meta["kind"])
   params = checkpointing.to_numpy(checkpointing.load_params(directory))
-  state = flax_to_torch_state(params, mapping, key_order=meta.get("torch_key_order"))
-  write_state_dict(out, state)
+  write_state_dict(out, conv.to_torch(params, meta.get("torch_key_order")))
   return out
 
 
@@ -100,8 +182,9 @@ def main(argv=None) -> int:
   p.add_argument("--checkpoint", required=True, help="source: PyTorch file, or our checkpoint dir to export")
   p.add_argument("--out", required=True, help="Orbax directory (import) or .bin/.safetensors/.npz (export)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-  p.add_argument("--kind", choices=KINDS, help="which model of the config the file holds "
-                 "(default: generator if the config has model.mlm_model, else tokenizer)")
+  p.add_argument("--kind", choices=KINDS, help="which model of the config the file holds (default: generator "
+                 "for model.mlm_model, bar_generator for model.generator, bar_tokenizer for model.siglip2, "
+                 "else tokenizer)")
   args = p.parse_args(rest)
   if checkpointing.is_params_checkpoint(args.checkpoint):
     if not args.out.lower().endswith(EXPORT_SUFFIXES):

@@ -74,6 +74,24 @@ def draw_mbm_noise(key: jax.Array, num_rows: int, num_bits: int) -> tuple[jax.Ar
           jax.random.uniform(key_u, (num_rows, num_bits), jnp.float32))
 
 
+def mbm_masking(normal_draw: jax.Array, uniform: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The masking of N rows of k bits from its two draws ``n [N]`` and ``u [N, k]``.
+
+  Returns ``(mask_ratio [N] float32, num_masked [N] int32, mask [N, k] bool)``;
+  ``mask_ratio`` (not ``num_masked / k``) is what the MBM head's time embedding gets.
+  """
+  uniform = jnp.asarray(uniform, jnp.float32)
+  k = uniform.shape[-1]
+  ratio = mbm_mask_ratio(mbm_timesteps(normal_draw), k)
+  num_masked = mbm_num_masked(ratio, k)
+  return ratio, num_masked, mbm_mask_from_uniform(uniform, num_masked)
+
+
+def draw_mbm_masking(key: jax.Array, num_rows: int, num_bits: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``mbm_masking`` with fresh draws from ``key`` (``draw_mbm_noise``)."""
+  return mbm_masking(*draw_mbm_noise(key, num_rows, num_bits))
+
+
 def mbm_mask_bits(bits: jax.Array, key: jax.Array | None = None, *, mask_id: int = MASK_ID,
                   normal_draw: jax.Array | None = None,
                   uniform: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -96,10 +114,8 @@ def mbm_mask_bits(bits: jax.Array, key: jax.Array | None = None, *, mask_id: int
     if key is None:
       raise ValueError("mbm_mask_bits needs a PRNG key when the draws are not given")
     normal_draw, uniform = draw_mbm_noise(key, n_rows, k)
-  normal_draw = jnp.asarray(normal_draw, jnp.float32).reshape(n_rows)
-  uniform = jnp.asarray(uniform, jnp.float32).reshape(n_rows, k)
-  ratio = mbm_mask_ratio(mbm_timesteps(normal_draw), k)
-  mask = mbm_mask_from_uniform(uniform, mbm_num_masked(ratio, k))
+  ratio, _, mask = mbm_masking(jnp.asarray(normal_draw, jnp.float32).reshape(n_rows),
+                               jnp.asarray(uniform, jnp.float32).reshape(n_rows, k))
   masked = jnp.where(mask, jnp.asarray(mask_id, rows.dtype), rows)
   return masked.reshape(bits.shape), mask.reshape(bits.shape), ratio.reshape(lead)
 

@@ -48,8 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax.models.bar_mbm_head import (OUT, MBMHead, RMSNorm, SwiGLU, dense, draw_mbm_masking, embed,
-                                             mbm_loss, mbm_masking, modulate, swiglu_hidden)
+from maskbit_jax.losses.bar_masking import draw_mbm_masking, mbm_masking
+from maskbit_jax.losses.bar_mbm_loss import mbm_loss
+from maskbit_jax.models.bar_mbm_head import OUT, MBMHead, RMSNorm, SwiGLU, dense, embed, modulate, swiglu_hidden
 
 _INIT = nn.initializers.normal(0.02)
 ROPE_THETA = 10000.0
@@ -456,9 +457,9 @@ class BarGenerator(nn.Module):
       ratio, num_masked, masks = mbm_masking(*mask_draws)
     masked = jnp.where(masks, jnp.int32(self.mask_id), target)
     logits = self.lm_head(masked, z, ratio)
-    loss, ce, weights = mbm_loss(logits, target, masks)
+    loss, terms = mbm_loss(logits, target, masks, return_aux=True)
     aux = dict(logits=logits, target=target, masks=masks, masked_input=masked, mask_ratio=ratio,
-               num_masked=num_masked, per_bit_ce=ce, loss_weights=weights, conditions=z)
+               num_masked=num_masked, conditions=z, **terms)
     return loss, aux
 
   def _orders(self, orders, batch: int) -> jax.Array:

@@ -14,9 +14,10 @@ condition ``z`` [N, W]. It is a per-row MLP (no attention across bits):
 * a final modulated RMSNorm (chunks scale | shift, no gate) and
   ``Linear(W -> 2 k)``: two logits per bit, columns ``2j, 2j+1`` for bit j.
 
-Training masks a logit-normal fraction of the bits (``mbm_masking``) and
-weights the per-bit cross-entropy 1.0 on masked bits, 0.1 on visible ones
-(``mbm_loss``). Parameter names follow the PyTorch module (see
+Training masks a logit-normal fraction of the bits and weights the per-bit
+cross-entropy 1.0 on masked bits, 0.1 on visible ones; both live in
+``maskbit_jax.losses`` (``bar_masking.mbm_masking``, ``bar_mbm_loss.mbm_loss``)
+and are re-exported here. Parameter names follow the PyTorch module (see
 ``maskbit_jax.convert.bar_mapping``).
 """
 
@@ -31,9 +32,10 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from maskbit_jax.losses import bar_masking, bar_mbm_loss
+
 RMS_NORM_EPS = 1e-6
 FOURIER_SIZE = 256
-VISIBLE_BIT_WEIGHT = 0.1
 # Suffix of a sow name that would clash with a sub-module of the same name (e.g. the output of the
 # ``input_proj`` Linear, sown from its parent); ``collect_intermediates`` strips it.
 OUT = "__out"
@@ -235,41 +237,12 @@ class MBMHead(nn.Module):
     return logits.astype(jnp.float32).reshape(n, self.bits, self.num_classes)
 
 
-# ---- training-time masking and loss ----
+# ---- training-time masking and loss: one implementation, in maskbit_jax.losses ----
 
-def mbm_masking(normal_n: jax.Array, uniform_nk: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The reference's random bit masking from its two draws: ``n ~ N(0,1) [N]``, then ``u ~ U[0,1) [N, k]``.
-
-  ``t = sigmoid(0.8 n)``, ``ratio = clip(1 - t, 1/k, 1)``,
-  ``m = max(round_half_even(k ratio), 1)``, and bit j is masked where
-  ``argsort(u)[j] < m`` (the reference's reading: still m uniformly random
-  bits, but not the m smallest u). Returns ``(ratio [N] float32, m [N] int32,
-  masks [N, k] bool)``; ``ratio`` (not m/k) is what the head's time embedding gets.
-  """
-  k = uniform_nk.shape[-1]
-  t = jax.nn.sigmoid(normal_n.astype(jnp.float32) * 0.8 + 0.0)
-  ratio = jnp.clip(1.0 - t, np.float32(1.0 / k), 1.0)
-  num_masked = jnp.maximum(jnp.round(np.float32(k) * ratio), 1.0).astype(jnp.int32)
-  masks = jnp.argsort(uniform_nk, axis=-1) < num_masked[:, None]
-  return ratio, num_masked, masks
-
-
-def draw_mbm_masking(key: jax.Array, rows: int, bits: int):
-  """``mbm_masking`` with fresh draws from ``key``."""
-  key_n, key_u = jax.random.split(key)
-  return mbm_masking(jax.random.normal(key_n, (rows,), jnp.float32),
-                     jax.random.uniform(key_u, (rows, bits), jnp.float32))
+mbm_masking = bar_masking.mbm_masking
 
 
 def mbm_loss(logits_nkc: jax.Array, target_nk: jax.Array, masks_nk: jax.Array):
-  """Weighted per-bit cross-entropy in float32: weights 1.0 (masked) / 0.1 (visible), normalised over the batch.
-
-  Returns ``(loss [], per_bit_ce [N, k], weights [N, k])``.
-  """
-  logits = logits_nkc.astype(jnp.float32)
-  chosen = jnp.take_along_axis(logits, target_nk.astype(jnp.int32)[..., None], axis=-1)[..., 0]
-  ce = jax.nn.logsumexp(logits, axis=-1) - chosen
-  m = masks_nk.astype(jnp.float32)
-  weights = (1.0 - m) * VISIBLE_BIT_WEIGHT + m
-  loss = jnp.sum(ce * weights) / (jnp.sum(weights) + 1e-8)
-  return loss, ce, weights
+  """``losses.bar_mbm_loss.mbm_loss`` as ``(loss [], per_bit_ce [N, k], weights [N, k])`` (the generator's aux)."""
+  loss, aux = bar_mbm_loss.mbm_loss(logits_nkc, target_nk, masks_nk, return_aux=True)
+  return loss, aux["per_bit_ce"], aux["loss_weights"]

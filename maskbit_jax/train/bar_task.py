@@ -2,12 +2,13 @@
 
 Two data paths:
 
-* ``dataset.pretokenized``: a folder written as ``python -m maskbit_jax.pretokenize``
-  writes it (ArrayRecord shards + ``meta.json``). Records hold either ``bits`` /
-  ``bits_flipped`` (``[cells, K]`` or ``[cells*K]``, 0/1: BAR-FSQ tokens, the
-  reference's pretokenized layout) or ``tokens`` / ``tokens_flipped`` (LFQ
-  indices ``[h, w]``, which become bits, bit j = channel j). The original or the
-  flipped image is picked with probability 1/2, as the reference does.
+* ``dataset.pretokenized``: a token set in the layout of ``python -m
+  maskbit_jax.pretokenize`` (ArrayRecord shards of msgpack records +
+  ``meta.json``). Records hold ``tokens`` / ``tokens_flipped`` (LFQ indices
+  ``[h, w]``, what ``pretokenize`` writes; bit j = channel j) or ``bits`` /
+  ``bits_flipped`` (``[cells, K]`` or ``[cells*K]`` 0/1, the reference's BAR-FSQ
+  layout). The original or the flipped image is picked with probability 1/2,
+  as the reference does.
 * otherwise, for a MaskBit LFQ tokenizer only (``model.vq_model.quantizer_type:
   lookup-free``): images from ``dataset.source``, turned into bits by the frozen
   tokenizer (``experiment.vqgan_checkpoint``) inside the jitted step.
@@ -18,6 +19,7 @@ tokenizer (LFQ) or the BAR-FSQ decoder (``experiment.tokenizer_checkpoint``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import grain
@@ -25,9 +27,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from maskbit_jax import bar
+from maskbit_jax import bar, sharding
 from maskbit_jax.bar_config import bar_fields
-from maskbit_jax.data import pipeline
+from maskbit_jax.models.layers import jit_init
 from maskbit_jax.train.tasks import _Task, compute_dtype
 
 
@@ -105,10 +107,12 @@ class BarTask(_Task):
                        "every image and its flip); bits made on the fly need a MaskBit lookup-free tokenizer")
     self.tokenizer = self._tokenizer()
     self._check_grid()
-    on_the_fly = not self.pretokenized
+    # the frozen params of on-the-fly encoding, placed on the mesh once (not sent with every step)
+    self.tokenizer_params = None if self.pretokenized else jax.device_put(
+        jax.device_get(self.tokenizer.params), sharding.replicated(mesh))
     self.step_fn, self.state_shardings, self.batch_shardings = bs.make_jitted_step(
-        self.module, self.tx, self.settings, mesh, tokenizer=self.tokenizer.module if on_the_fly else None,
-        tokenizer_params=self.tokenizer.params if on_the_fly else None)
+        self.module, self.tx, self.settings, mesh, tokenizer=None if self.pretokenized else self.tokenizer.module,
+        tokenizer_params=self.tokenizer_params)
     self._bs = bs
 
   def _tokenizer(self):
@@ -121,11 +125,13 @@ class BarTask(_Task):
                        "converted folder, or a stage-I run's export/tokenizer)")
     if not os.path.exists(checkpoint):
       raise FileNotFoundError(f"experiment.{key}={checkpoint!r} does not exist")
-    # float32 whatever the compute dtype: the bits must be the tokenizer's own
-    return bar.load_bar_tokenizer(self.cfg, checkpoint, dtype="float32")
+    # float32 whatever the compute dtype: the bits must be the tokenizer's own; host params (samples decode
+    # on the default device)
+    tok = bar.load_bar_tokenizer(self.cfg, checkpoint, dtype="float32")
+    return dataclasses.replace(tok, params=jax.device_get(tok.params))
 
   def _check_grid(self) -> None:
-    grid = bar.tokenizer_grid(bar.BarModel(self.cfg, self.module, None), self.tokenizer)
+    grid = bar.tokenizer_grid(self.tokenizer, self.size)
     if tuple(grid) != tuple(self.module.grid):
       raise ValueError(f"model.generator.image_seq_len gives a {self.module.grid} latent grid but the tokenizer "
                        f"makes {grid} tokens at {self.size} px")
@@ -133,13 +139,12 @@ class BarTask(_Task):
   def init_state(self):
     from maskbit_jax.models.bar_generator import init_bar_params
 
-    k_params, k_state = jax.random.split(jax.random.key(self.seed))
-
-    def make():
+    def make(key):
+      k_params, k_state = jax.random.split(key)
       return self._bs.init_train_state(self.tx, init_bar_params(self.module, k_params), k_state,
                                        use_ema=self.settings.use_ema)
 
-    return jax.jit(make, out_shardings=self.state_shardings)()
+    return jit_init(make, out_shardings=self.state_shardings)(jax.random.key(self.seed))
 
   def dataset(self):
     if not self.pretokenized:
@@ -157,7 +162,7 @@ class BarTask(_Task):
     del step_number  # the state carries its own step
     if self.pretokenized:
       return self.step_fn(state, batch)
-    return self.step_fn(state, batch, self.tokenizer.params)
+    return self.step_fn(state, batch, self.tokenizer_params)
 
   def generator_params(self, state):
     return state.ema_params if self.settings.use_ema else state.params

@@ -218,7 +218,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
         if _is_due(step, generate_every) or step == total:
           images, labels, ncols = task.visualize(state)
           if is_main:
-            summary["image_grid"] = observe.save_grid(workdir, "samples" if stage == "generator" else "recon",
+            summary["image_grid"] = observe.save_grid(workdir, "recon" if stage == "tokenizer" else "samples",
                                                       step, images, labels, ncols)
         checkpoints.save(manager, step, state, {"data": data_iter.get_state(), "stage": stage})
       if step > start and (stop or step == end) and manager.latest_step() != step:

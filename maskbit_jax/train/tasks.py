@@ -24,7 +24,7 @@ from maskbit_jax.models.layers import jit_init
 from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.tokenizer import DTYPES, PRECISIONS
 
-STAGES = ("tokenizer", "generator")
+STAGES = ("tokenizer", "generator", "bar")
 
 
 def stage_of(cfg: ml_collections.ConfigDict) -> str:
