@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from maskbit_jax.models.entropy import entropy_terms
+from maskbit_jax.models.entropy import lfq_entropy_terms
 
 MAX_TOKEN_BITS = 30  # indices are int32
 
@@ -65,9 +65,9 @@ class LookupFreeQuantizer(nn.Module):
     zero = jnp.zeros((), jnp.float32)
     entropy_loss, per_sample, avg = zero, zero, zero
     if train and self.entropy_loss_weight != 0.0:
-      affinity = 2.0 * jnp.einsum("bhwk,nk->bhwn", z, lfq_codebook(self.token_bits),
-                                  precision=jax.lax.Precision.HIGHEST)
-      per_sample, avg = entropy_terms(affinity, self.entropy_loss_temperature, self.entropy_gamma)
+      # chunked for large codebooks (18 bits: 2^18 codes per token), same values as the full softmax
+      per_sample, avg = lfq_entropy_terms(z, lfq_codebook(self.token_bits), self.entropy_loss_temperature,
+                                          self.entropy_gamma)
       entropy_loss = self.entropy_loss_weight * (per_sample - avg)
     z_q = z + jax.lax.stop_gradient(q - z)
     return z_q, dict(
