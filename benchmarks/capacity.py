@@ -101,20 +101,6 @@ class ModelPlan:
 # -- exact state bytes ------------------------------------------------------------------
 
 
-def _mirror(opt_abstract, params_abstract, param_sh, replicated):
-  """Shardings of an optimizer state: sub-trees shaped like the params are sharded like them."""
-  param_struct = jax.tree.structure(params_abstract)
-
-  def is_param_tree(x):
-    try:
-      return jax.tree.structure(x) == param_struct
-    except Exception:
-      return False
-
-  return jax.tree.map(lambda x: param_sh if is_param_tree(x) else jax.tree.map(lambda _: replicated, x),
-                      opt_abstract, is_leaf=is_param_tree)
-
-
 def state_layout(plan: ModelPlan, mesh) -> tuple[dict, dict]:
   """(abstract train state, its shardings): params, optimizer states, EMAs of every trained network, and frozen."""
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -124,7 +110,8 @@ def state_layout(plan: ModelPlan, mesh) -> tuple[dict, dict]:
     param_sh = sharding.logical_to_sharding(boxed, mesh)
     opt = jax.eval_shape(plan.txs[name].init, params)
     abstract[f"{name}/params"], shardings[f"{name}/params"] = params, param_sh
-    abstract[f"{name}/opt"], shardings[f"{name}/opt"] = opt, _mirror(opt, params, param_sh, replicated)
+    abstract[f"{name}/opt"] = opt
+    shardings[f"{name}/opt"] = sharding.optimizer_state_sharding(opt, params, param_sh, mesh)
     if name in plan.ema:
       abstract[f"{name}/ema"], shardings[f"{name}/ema"] = params, param_sh
   if plan.frozen is not None:

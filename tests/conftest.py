@@ -30,6 +30,26 @@ def golden_path() -> pathlib.Path:
   return pathlib.Path(os.environ.get("MASKBIT_GOLDEN", REPO.parent / "shared" / "golden")).resolve()
 
 
+def golden_bar_path() -> pathlib.Path:
+  """The BAR fixture folder: ``MASKBIT_GOLDEN_BAR`` (default ``../shared/golden_bar`` next to the repository)."""
+  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", REPO.parent / "shared" / "golden_bar")).resolve()
+
+
+def require_folder(path: pathlib.Path, marker: str, what: str, env: str) -> pathlib.Path:
+  """``path`` if it holds ``marker``; otherwise skip (fail under CI) with a message naming ``env``."""
+  if not (path / marker).exists():
+    message = f"{what} not found at {path} (set {env})"
+    if os.environ.get("CI"):
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+@pytest.fixture(scope="session")
+def golden_bar() -> pathlib.Path:
+  return require_folder(golden_bar_path(), "fixture_configs.json", "BAR golden fixtures", "MASKBIT_GOLDEN_BAR")
+
+
 @pytest.fixture(scope="session")
 def golden() -> pathlib.Path:
   path = golden_path()

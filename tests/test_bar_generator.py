@@ -9,7 +9,6 @@ logits and gradients, 1e-5 for losses; bits, masks and indices exact.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from conftest import REPO, load_npz
+from conftest import golden_bar_path, load_npz
 from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.convert.bar_mapping import (CHECKPOINT_KIND, ROPE_ATOL, bar_flax_to_torch_state, bar_param_mapping,
                                              bar_state_to_flax, load_bar_params, mbm_head_flax_to_torch_state)
@@ -33,10 +32,6 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def golden_bar_path() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", REPO.parent / "shared" / "golden_bar")).resolve()
-
-
 def _fixture_configs() -> dict:
   path = golden_bar_path() / "fixture_configs.json"
   return json.loads(path.read_text()) if path.is_file() else {}
@@ -47,17 +42,6 @@ def _generator_names():
            if isinstance(v, dict) and "generator" in v.get("model", {})
            and (golden_bar_path() / f"{n}_io.npz").is_file()]
   return names or ["<no fixtures>"]
-
-
-@pytest.fixture(scope="session")
-def golden_bar() -> pathlib.Path:
-  path = golden_bar_path()
-  if not (path / "fixture_configs.json").is_file():
-    message = f"BAR golden fixtures not found at {path} (set MASKBIT_GOLDEN_BAR)"
-    if os.environ.get("CI"):
-      pytest.fail(message)
-    pytest.skip(message)
-  return path
 
 
 @pytest.fixture(autouse=True)

@@ -32,14 +32,11 @@ from maskbit_jax.losses.bar_masking import (
 )
 from maskbit_jax.losses.bar_mbm_loss import mbm_loss
 from maskbit_jax.train import bar_optim
+from conftest import golden_bar_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-4, atol=1e-4)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def golden_bar_path() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", REPO.parent / "shared" / "golden_bar")).resolve()
 
 
 def _read_json(name: str) -> dict:

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 
 import numpy as np
 import pytest
 from flax import linen as nn
 
-from conftest import REPO
+from conftest import REPO, golden_bar_path
 from maskbit_jax.bar_config import bar_fields, bar_sampling_defaults
 from maskbit_jax.config import load_config
 from maskbit_jax.convert.bar_mapping import bar_key_order, expected_bar_shapes
 from maskbit_jax.models.bar_generator import abstract_bar_params, build_bar_module
 from maskbit_jax.models.bar_mbm_head import swiglu_hidden
-
-
-def golden_bar_path() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", REPO.parent / "shared" / "golden_bar")).resolve()
 
 
 def _generator_manifests():

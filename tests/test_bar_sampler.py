@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from conftest import REPO, load_npz
+from conftest import golden_bar_path, load_npz
 from maskbit_jax import bar
 from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.convert.bar_mapping import bar_state_to_flax
@@ -32,10 +32,6 @@ from maskbit_jax.sampling.bar_sampler import generate
 TOL = dict(rtol=1e-4, atol=1e-4)
 # Trace arrays that are inputs, or need the tokenizer (images): not produced by the sampler.
 NOT_SAMPLER_OUTPUTS = ("labels", "torch_seed", "image", "image_u8", "full_forward_z")
-
-
-def golden_bar_path() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", REPO.parent / "shared" / "golden_bar")).resolve()
 
 
 def _configs() -> dict:

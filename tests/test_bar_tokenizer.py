@@ -29,13 +29,10 @@ from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError
 from maskbit_jax.models import bar_fsq
 from maskbit_jax.models.bar_tokenizer import BarTokenizer, abstract_bar_tokenizer_params, bar_tokenizer_from_config
+from conftest import golden_bar_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-4, atol=1e-4)
-
-
-def golden_bar_path() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", REPO.parent / "shared" / "golden_bar")).resolve()
 
 
 def _tokenizer_names() -> list[str]:

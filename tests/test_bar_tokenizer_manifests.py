@@ -19,12 +19,9 @@ from flax import linen as nn
 from maskbit_jax.config import load_config
 from maskbit_jax.convert.bar_tokenizer_mapping import expected_bar_tokenizer_shapes, flax_param_count
 from maskbit_jax.models.bar_tokenizer import abstract_bar_tokenizer_params, bar_tokenizer_from_config
+from conftest import golden_bar_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def golden_bar_path() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", REPO.parent / "shared" / "golden_bar")).resolve()
 
 
 def _is_tokenizer_manifest(manifest: dict) -> bool:

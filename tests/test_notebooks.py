@@ -1,0 +1,166 @@
+"""The Colab notebooks (colab/*.ipynb): committed without outputs, and each runs top to bottom.
+
+Each notebook is executed with nbclient in a fresh IPython kernel of this interpreter, on the
+tiny configs (``MASKBIT_NB_FAST=1``, which the notebooks' parameters cells read) with a few
+steps; a cell injected after the "parameters" cell points the outputs at a temporary folder
+(and, for the tokenizer notebook, at a checkpoint made here). A cell error fails the test with
+the cell's traceback; the key outputs (printed lines, displayed images, written PNGs) are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+from conftest import REPO  # noqa: E402
+
+COLAB = REPO / "colab"
+NOTEBOOKS = ("tokenizer", "maskbit_sampling", "bar_sampling", "train_tiny")
+KERNEL = "maskbit-jax-tests"
+RANDOM_NOTICE = "using RANDOM (untrained) weights"
+
+
+def _read(name: str):
+  path = COLAB / f"{name}.ipynb"
+  assert path.is_file(), f"missing notebook {path}"
+  return nbformat.read(path, as_version=4)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_committed_without_outputs(name):
+  nb = _read(name)
+  nbformat.validate(nb)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  dirty = [i for i, c in enumerate(code) if c.outputs or c.execution_count is not None]
+  assert not dirty, f"{name}.ipynb: code cells {dirty} hold outputs or execution counts; strip them"
+  assert "pip" in code[0].source and "<ORG>" in code[0].source, f"{name}.ipynb: first cell must install the package"
+  params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+  assert len(params) == 1, f"{name}.ipynb: needs exactly one code cell tagged 'parameters', found {len(params)}"
+  assert "MASKBIT_NB_FAST" in params[0].source, f"{name}.ipynb: parameters cell must honour MASKBIT_NB_FAST"
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+  """A kernelspec for this interpreter (found through JUPYTER_PATH) and the kernel's environment."""
+  jupyter = tmp_path_factory.mktemp("jupyter")
+  spec = jupyter / "kernels" / KERNEL
+  spec.mkdir(parents=True)
+  (spec / "kernel.json").write_text(json.dumps(dict(
+      argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      display_name="maskbit_jax tests", language="python")))
+  saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR")}
+  os.environ["JUPYTER_PATH"] = str(jupyter)
+  os.environ["JUPYTER_RUNTIME_DIR"] = str(jupyter / "runtime")
+  env = dict(os.environ)
+  # one CPU device in the kernel (the tests' 8 simulated devices would split the tiny batches 8 ways)
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+  if flags:
+    env["XLA_FLAGS"] = flags
+  else:
+    env.pop("XLA_FLAGS", None)
+  env.update(MASKBIT_NB_FAST="1", MASKBIT_REPO=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
+             PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+  yield env
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
+def run_notebook(name: str, workdir, env: dict, **params):
+  """Executes colab/<name>.ipynb in ``workdir`` with ``params`` assigned after its parameters cell.
+
+  Returns (all printed text, number of displayed PNG images, seconds).
+  """
+  nb = _read(name)
+  index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+  injected = nbformat.v4.new_code_cell("# injected by tests/test_notebooks.py\n"
+                                       + "\n".join(f"{k} = {v!r}" for k, v in params.items()))
+  injected.metadata["tags"] = ["injected-parameters"]
+  nb.cells.insert(index + 1, injected)
+  client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600, allow_errors=False,
+                                   resources={"metadata": {"path": str(workdir)}})
+  start = time.perf_counter()
+  client.execute(env=env)  # raises CellExecutionError (with the cell's traceback) on any error
+  seconds = time.perf_counter() - start
+  text, pngs = [], 0
+  for cell in nb.cells:
+    for out in cell.get("outputs", []):
+      if out.output_type == "stream":
+        text.append(out.text)
+      elif out.output_type in ("display_data", "execute_result"):
+        pngs += "image/png" in out.data
+        text.append(out.data.get("text/plain", ""))
+  return "".join(text), pngs, seconds
+
+
+def _tiny_tokenizer_bin(path) -> str:
+  """A released-format ``.bin`` of the tiny tokenizer (random weights), written like the release."""
+  import maskbit_jax
+  from maskbit_jax.checkpointing import save_params
+  from maskbit_jax.convert.cli import main as convert_main
+
+  tok = maskbit_jax.load_tokenizer(str(REPO / "configs/tokenizer_tiny.py"), random_init=True, seed=3)
+  orbax = save_params(path / "orbax", tok.params, kind="tokenizer", config=tok.config.to_dict())
+  out = str(path / "tokenizer_tiny.bin")
+  assert convert_main(["--checkpoint", orbax, "--out", out]) == 0
+  return out
+
+
+def test_tokenizer_notebook(tmp_path, kernel_env):
+  checkpoint = _tiny_tokenizer_bin(tmp_path)
+  out = tmp_path / "out"
+  text, pngs, seconds = run_notebook("tokenizer", tmp_path, kernel_env, TOKENIZER_CHECKPOINT=checkpoint,
+                                     OUT_DIR=str(out))
+  assert "python -m maskbit_jax.convert" in text and "converted in" in text
+  assert (out / "converted_tokenizer").is_dir()
+  assert RANDOM_NOTICE not in text
+  assert "PSNR" in text and "12-bit tokens" in text
+  for png in ("reconstructions.png", "bit_planes.png", "bit_flips.png"):
+    assert (out / png).is_file(), png
+  assert pngs >= 3
+  print(f"tokenizer.ipynb: {seconds:.1f} s")
+
+
+def test_maskbit_sampling_notebook(tmp_path, kernel_env):
+  out = tmp_path / "out"
+  text, pngs, seconds = run_notebook("maskbit_sampling", tmp_path, kernel_env, OUT_DIR=str(out))
+  assert text.count(RANDOM_NOTICE) == 2  # tokenizer and generator
+  for png in ("samples.png", "sweep_guidance_scale.png", "sweep_num_steps.png"):
+    assert (out / png).is_file(), png
+  assert pngs >= 3
+  print(f"maskbit_sampling.ipynb: {seconds:.1f} s")
+
+
+def test_bar_sampling_notebook(tmp_path, kernel_env):
+  out = tmp_path / "out"
+  text, pngs, seconds = run_notebook("bar_sampling", tmp_path, kernel_env, OUT_DIR=str(out))
+  assert text.count(RANDOM_NOTICE) == 4  # BAR and MaskBit, tokenizer and generator each
+  assert "BAR also returns the bits" in text
+  for png in ("bar_samples.png", "maskbit_samples.png", "bar_vs_maskbit.png"):
+    assert (out / png).is_file(), png
+  assert pngs >= 3
+  print(f"bar_sampling.ipynb: {seconds:.1f} s")
+
+
+def test_train_tiny_notebook(tmp_path, kernel_env):
+  workdir = tmp_path / "runs"
+  text, pngs, seconds = run_notebook("train_tiny", tmp_path, kernel_env, WORKDIR=str(workdir))
+  assert "[tokenizer] done" in text and "[generator] done" in text
+  assert (workdir / "tok" / "export" / "tokenizer").is_dir()
+  assert (workdir / "gen" / "export" / "generator").is_dir()
+  grids = sorted((workdir / "gen" / "images").glob("samples_*.png"))
+  assert grids and grids[-1].name == "samples_00000020.png", grids  # FAST: 20 generator steps
+  assert (workdir / "samples_all_classes.png").is_file()
+  assert pngs >= 3
+  print(f"train_tiny.ipynb: {seconds:.1f} s")
