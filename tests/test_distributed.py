@@ -42,8 +42,12 @@ def global_train_batches(bits: int, grid: int, nclass: int) -> list[dict]:
            "label": rng.integers(0, nclass, (GLOBAL_BATCH,)).astype(np.int32)} for _ in range(TRAIN_STEPS)]
 
 
-def run_train_steps(devices, process_index: int, process_count: int) -> tuple[list[float], dict]:
-  """3 jitted, sharded stage-II steps from a seeded init; returns the losses and the final params (numpy)."""
+def run_train_steps(devices, process_index: int, process_count: int, checkpoint_dir: str | None = None
+                    ) -> tuple[list[float], dict]:
+  """3 jitted, sharded stage-II steps from a seeded init; returns the losses and the final params (numpy).
+
+  With ``checkpoint_dir`` the final train state is saved there (all processes together, Orbax).
+  """
   import jax
   from jax.sharding import NamedSharding, PartitionSpec
 
@@ -69,6 +73,13 @@ def run_train_steps(devices, process_index: int, process_count: int) -> tuple[li
     with jax.set_mesh(mesh):
       state, metrics = step(state, distributed.global_batch_from_local(mine, mesh, batch_sh))
     losses.append(float(metrics["mlm_loss"]))
+  if checkpoint_dir is not None:
+    from maskbit_jax.train import checkpoints
+
+    manager = checkpoints.make_manager(checkpoint_dir, save_every=1)
+    checkpoints.save(manager, TRAIN_STEPS, state, {"written_by_processes": process_count})
+    manager.wait_until_finished()
+    manager.close()
   replicated = jax.jit(lambda p: p, out_shardings=NamedSharding(mesh, PartitionSpec()))(state.params)
   flat = jax.tree_util.tree_flatten_with_path(replicated)[0]
   return losses, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
@@ -131,7 +142,8 @@ def worker_main(argv) -> int:
   import jax
 
   out = pathlib.Path(args.out)
-  losses, params = run_train_steps(jax.devices(), jax.process_index(), jax.process_count())
+  losses, params = run_train_steps(jax.devices(), jax.process_index(), jax.process_count(),
+                                   checkpoint_dir=str(out / "checkpoints"))
   if distributed.is_main_process():
     np.savez(out / "params.npz", **params)
   result, stats = run_generator_eval(EVAL_IMAGES, EVAL_BATCH, str(out / "samples.npz"))
@@ -405,6 +417,42 @@ def test_two_processes_train_like_one_process_with_four_devices(two_process_job)
   checksum = lambda tree: sum(float(np.abs(v).astype(np.float64).sum()) for v in tree.values())
   with np.load(out / "params.npz") as multi:
     assert checksum(dict(multi)) == pytest.approx(checksum(params), rel=1e-6)
+
+
+def test_checkpoint_of_two_processes_restores_in_one_process_on_another_mesh(two_process_job):
+  """The state the 2 processes (mesh data2 x fsdp2 over 4 devices) saved restores in this single process
+  onto 8 devices with fsdp=8 and onto 1 device, and holds the same parameters."""
+  import jax
+
+  import maskbit_jax
+  from maskbit_jax import sharding
+  from maskbit_jax.generator import generator_fields
+  from maskbit_jax.models.maskbit_transformer import build_generator_module, init_generator_params
+  from maskbit_jax.train import checkpoints
+  from maskbit_jax.train.generator_step import TrainState, init_train_state, state_shardings
+  from maskbit_jax.train.optim import make_optimizer
+
+  out, _ = two_process_job
+  with np.load(out / "params.npz") as f:
+    expected = dict(f)
+  cfg = maskbit_jax.load_config(TINY, TINY_OVERRIDES)
+  module = build_generator_module(generator_fields(cfg))
+  tx = make_optimizer(cfg, kind="mlm")
+  for shape, devices in (({"fsdp": 8}, jax.devices()), ({"data": 1}, jax.devices()[:1])):
+    mesh = sharding.create_mesh(shape, devices)
+    target = state_shardings(module, tx, mesh)
+    abstract = jax.eval_shape(lambda: init_train_state(module, tx, init_generator_params(module, jax.random.key(0)),
+                                                       jax.random.key(1)))
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, target)
+    manager = checkpoints.make_manager(str(out / "checkpoints"))
+    step, state, meta = checkpoints.restore_latest(manager, abstract)
+    manager.close()
+    assert step == TRAIN_STEPS and meta == {"written_by_processes": 2}
+    assert isinstance(state, TrainState) and int(state.step) == TRAIN_STEPS
+    flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    for (path, value), want in zip(flat, jax.tree.leaves(target.params)):
+      assert value.sharding == want  # placed on this mesh by the rules table
+      np.testing.assert_array_equal(np.asarray(value), expected[jax.tree_util.keystr(path)])
 
 
 def test_two_process_generator_evaluation_counts_every_image_once(two_process_job):
