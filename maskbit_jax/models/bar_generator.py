@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from maskbit_jax.models import layers
 from maskbit_jax.losses.bar_masking import draw_mbm_masking, mbm_masking
 from maskbit_jax.losses.bar_mbm_loss import mbm_loss
 from maskbit_jax.models.bar_mbm_head import OUT, MBMHead, RMSNorm, SwiGLU, dense, embed, modulate, swiglu_hidden
@@ -524,5 +525,6 @@ def abstract_bar_params(module: BarGenerator):
 def init_bar_params(module: BarGenerator, rng: jax.Array):
   bits = jnp.zeros((1, module.image_seq_len * module.token_bits), jnp.int32)
   cond = jnp.full((1,), module.none_condition_id, jnp.int32)
-  variables = module.init({"params": rng, "masking": jax.random.fold_in(rng, 1)}, bits, cond)
-  return nn.meta.unbox(variables["params"])
+  params = layers.jit_init(lambda r, b, c: module.init({"params": r, "masking": jax.random.fold_in(r, 1)}, b,
+                                                       c)["params"])(rng, bits, cond)
+  return nn.meta.unbox(params)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from maskbit_jax.models import layers
 from maskbit_jax.models.bar_encoder import BarSiglip2Encoder
 from maskbit_jax.models.bar_fsq import LEVELS, BinaryFSQ, unpack_bits
 from maskbit_jax.models.bar_vit_decoder import CLIP_TARGET_WIDTH, BarViTDecoder
@@ -201,7 +202,8 @@ def abstract_bar_tokenizer_params(module: BarTokenizer) -> Any:
 def init_bar_tokenizer_params(module: BarTokenizer, key: jax.Array) -> Any:
   """Freshly initialised (boxed) params."""
   images = _init_images(module)
-  return module.init(key, jnp.zeros(images.shape, images.dtype), method=BarTokenizer.init_all)["params"]
+  init = lambda k, x: module.init(k, x, method=BarTokenizer.init_all)["params"]
+  return layers.jit_init(init)(key, jnp.zeros(images.shape, images.dtype))
 
 
 def bar_fsq_config(name: str, *, token_size: int, crop_size: int, checkpoint: str = ""):
