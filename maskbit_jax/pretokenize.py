@@ -3,12 +3,19 @@
   python -m maskbit_jax.pretokenize --config configs/maskbit_tokenizer_12bit.py \
       --checkpoint maskbit_tokenizer_12bit.bin --data tfds:imagenet2012:train --out data/in256_tok12
 
+  python -m maskbit_jax.pretokenize --config configs/bar_b.py --checkpoint bar_sfq_16bits.bin \
+      --data tfds:imagenet2012:train --out data/in256_bar16
+
 Writes ArrayRecord files ``tokens-PPPPP-of-NNNNN.array_record`` (one per
-process) whose records hold, per image, the int32 tokens ``[h, w]`` of the
-image and of its horizontal flip, the label and the image index
-(msgpack via ``flax.serialization``), plus ``meta.json``. ``TokenDataset``
-reads them back as a grain random-access source. Tokens equal what
-``Tokenizer.encode`` gives on the fly.
+process) whose records hold, per image, the tokens of the image and of its
+horizontal flip, the label and the image index (msgpack via
+``flax.serialization``), plus ``meta.json``. A MaskBit tokenizer (or a BAR
+config on MaskBit's LFQ tokens) writes int32 ``tokens`` / ``tokens_flipped``
+``[h, w]``; a BAR config on BAR's binary-FSQ tokenizer writes its bits, uint8
+``bits`` / ``bits_flipped`` ``[h*w, K]``, never packed, as the reference stores
+them (its encoder sees images in [-1, 1]). ``TokenDataset`` reads them back as a
+grain random-access source. Tokens equal what the tokenizer's encoder gives on
+the fly.
 """
 
 from __future__ import annotations
@@ -32,10 +39,13 @@ def shard_path(out_dir: str, process_index: int, process_count: int) -> str:
   return os.path.join(out_dir, f"tokens-{process_index:05d}-of-{process_count:05d}.array_record")
 
 
-def encode_record(tokens: np.ndarray, tokens_flipped: np.ndarray, label: int, index: int) -> bytes:
-  return serialization.msgpack_serialize(dict(tokens=np.asarray(tokens, np.int32),
-                                              tokens_flipped=np.asarray(tokens_flipped, np.int32),
-                                              label=np.int32(label), index=np.int64(index)))
+def encode_record(tokens: np.ndarray, tokens_flipped: np.ndarray, label: int, index: int, *,
+                  field: str = "tokens") -> bytes:
+  """One image's record; ``field`` "tokens" (int32 indices ``[h, w]``) or "bits" (uint8 ``[h*w, K]``)."""
+  dtype = np.uint8 if field == "bits" else np.int32
+  return serialization.msgpack_serialize({field: np.asarray(tokens, dtype),
+                                          f"{field}_flipped": np.asarray(tokens_flipped, dtype),
+                                          "label": np.int32(label), "index": np.int64(index)})
 
 
 def decode_record(record: bytes) -> dict:
@@ -62,12 +72,12 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
   mesh = sharding.create_mesh({"data": -1}, jax.local_devices())
   batch_sh = sharding.batch_sharding(mesh, 4)
 
+  field, encode, grid_of, extra_meta = _encoder(tok)
+
   @jax.jit
   def encode_both(params, images):
-    both = jnp.concatenate([images, images[:, :, ::-1]])
-    _, result = tok.module.apply({"params": params}, both, method="encode")
-    idx = result["min_encoding_indices"]
-    return idx[: images.shape[0]], idx[images.shape[0]:]
+    out = encode(params, jnp.concatenate([images, images[:, :, ::-1]]))
+    return out[: images.shape[0]], out[images.shape[0]:]
 
   # replicated over the local mesh: params saved from (or loaded onto) one device would clash with the batch
   params = jax.device_put(tok.params, sharding.replicated(mesh))
@@ -79,7 +89,8 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     for b, batch in enumerate(eval_batches(source, batch_size, num=total, process_index=pid, process_count=pcount)):
       tokens, flipped = jax.device_get(encode_both(params, jax.device_put(batch["image"], batch_sh)))
       for j in np.flatnonzero(batch["mask"]):
-        writer.write(encode_record(tokens[j], flipped[j], int(batch["label"][j]), int(mine[b * batch_size + j])))
+        writer.write(encode_record(tokens[j], flipped[j], int(batch["label"][j]), int(mine[b * batch_size + j]),
+                                   field=field))
         written += 1
     writer.close()
   except BaseException:
@@ -87,14 +98,43 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     os.remove(tmp)
     raise
   os.replace(tmp, final)  # a half-written shard never carries the final name
-  meta = dict(num_images=total, process_count=pcount, token_grid=list(tokens.shape[1:]),
-              codebook_size=tok.codebook_size, config=tok.config.to_dict(), seconds=round(time.perf_counter() - start, 3))
+  meta = dict(num_images=total, process_count=pcount, field=field, token_grid=grid_of(source, total), **extra_meta,
+              config=tok.config.to_dict(), seconds=round(time.perf_counter() - start, 3))
   if pid == 0:
     with open(os.path.join(out_dir, META_FILE), "w") as f:
       json.dump(meta, f, indent=1)
   if written != len(mine):
     raise AssertionError(f"wrote {written} records for {len(mine)} images")
   return meta
+
+
+def _encoder(tok):
+  """(record field, ``encode(params, images01 [B, H, W, 3]) -> [B, ...]``, grid of a source, extra meta)."""
+  from maskbit_jax.bar import BarFsqTokenizer
+
+  if isinstance(tok, BarFsqTokenizer):
+    if not tok.module.with_encoder:
+      raise ValueError("this BAR tokenizer was loaded decode-only; load it with with_encoder=True to pretokenize")
+
+    def encode(params, images01):  # BAR's SigLIP2 encoder takes [-1, 1]
+      bits = tok.module.apply({"params": params}, images01 * 2.0 - 1.0, method="encode_bits")
+      return bits.astype(jnp.uint8)
+
+    meta = dict(token_bits=tok.token_bits, codebook_size=int(tok.module.codebook_size), tokenizer="bar_fsq")
+    return "bits", encode, (lambda source, n: list(tok.grid)), meta
+
+  def encode(params, images01):
+    _, result = tok.module.apply({"params": params}, images01, method="encode")
+    return result["min_encoding_indices"]
+
+  def grid(source, n):  # from one image's shape (the same for every image of a source)
+    if n == 0:
+      return None
+    h, w = np.asarray(source[0]["image"]).shape[:2]
+    return [h // tok.latent_stride, w // tok.latent_stride]
+
+  meta = dict(codebook_size=tok.codebook_size, tokenizer="maskbit")
+  return "tokens", encode, grid, meta
 
 
 class TokenDataset:
@@ -123,6 +163,7 @@ class TokenDataset:
 
 
 def main(argv=None) -> int:
+  from maskbit_jax import bar
   from maskbit_jax.config import load_config, split_config_args
   from maskbit_jax.data.sources import make_source
   from maskbit_jax.tokenizer import load_tokenizer
@@ -142,8 +183,15 @@ def main(argv=None) -> int:
   if config is None:
     p.error("--config is required")
   cfg = load_config(config, overrides)
-  tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init)
-  size = args.size or int(cfg.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
+  pre = cfg.get("dataset", {}).get("preprocessing", {})
+  # BAR's released configs name the image size crop_size
+  size = args.size or int(pre.get("resolution", pre.get("crop_size", 256)))
+  if bar.is_bar_config(cfg):  # the tokenizer a BAR config trains on: MaskBit's LFQ or BAR's binary FSQ
+    tok = bar.load_bar_tokenizer(cfg, args.checkpoint, random_init=args.random_init, with_encoder=True)
+    if isinstance(tok, bar.BarFsqTokenizer) and size != tok.module.image_size:
+      raise ValueError(f"--size {size}: this BAR tokenizer encodes {tok.module.image_size} px images")
+  else:
+    tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init)
   meta = pretokenize(tok, make_source(args.data, size), args.out, batch_size=args.batch_size,
                      num_images=args.num_images, overwrite=args.overwrite)
   if jax.process_index() == 0:

@@ -82,6 +82,15 @@ def tokenizer_config(fixture_configs, name: str) -> dict:
   return {"model": {"vq_model": dict(fixture_configs["configs"][name])}}
 
 
+def bar_tokenizer_config(fixture_configs: dict, name: str) -> dict:
+  """A golden_bar tokenizer's reference config plus the port-only sections for the offline stand-ins it was
+  built with (``fixture_configs.json`` of ``MASKBIT_GOLDEN_BAR``)."""
+  cfg = json.loads(json.dumps(fixture_configs[name]))
+  cfg["model"]["siglip2"] = fixture_configs[f"{name}_siglip2_vision_config"]
+  cfg["model"]["vit_decoder"] = fixture_configs[f"{name}_decoder_overrides"]
+  return cfg
+
+
 def pytest_collection_modifyitems(config, items):
   """``slow`` tests run only when selected (``pytest -m slow``); the default suite skips them."""
   if "slow" in (config.getoption("markexpr") or ""):

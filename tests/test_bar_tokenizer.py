@@ -29,7 +29,7 @@ from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError
 from maskbit_jax.models import bar_fsq
 from maskbit_jax.models.bar_tokenizer import BarTokenizer, abstract_bar_tokenizer_params, bar_tokenizer_from_config
-from conftest import golden_bar_path
+from conftest import bar_tokenizer_config, golden_bar_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -52,14 +52,6 @@ def _nhwc(x):
   return np.transpose(x, (0, 2, 3, 1))
 
 
-def fixture_tokenizer_config(fixture_configs: dict, name: str) -> dict:
-  """The reference config of ``name`` plus the port-only sections for the offline stand-ins it was built with."""
-  cfg = json.loads(json.dumps(fixture_configs[name]))
-  cfg["model"]["siglip2"] = fixture_configs[f"{name}_siglip2_vision_config"]
-  cfg["model"]["vit_decoder"] = fixture_configs[f"{name}_decoder_overrides"]
-  return cfg
-
-
 @pytest.fixture(autouse=True)
 def _highest_precision():
   # One precision for every test: parity needs it, and eager ops compiled once are reused.
@@ -77,7 +69,7 @@ def case(request):
     pytest.skip(message)
   name = request.param
   configs = json.loads((golden / "fixture_configs.json").read_text())
-  cfg = fixture_tokenizer_config(configs, name)
+  cfg = bar_tokenizer_config(configs, name)
   module = bar_tokenizer_from_config(cfg)
   abstract = nn.meta.unbox(abstract_bar_tokenizer_params(module))
   state = _load_npz(golden / f"{name}_state.npz")
