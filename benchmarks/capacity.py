@@ -289,9 +289,57 @@ MODELS: dict[str, Callable[[], ModelPlan]] = {
     **{c: (lambda c=c: generator_plan(c)) for c in GENERATOR_CONFIGS},
     **{c: (lambda c=c: tokenizer_plan(c)) for c in TOKENIZER_CONFIGS},
 }
-# BAR: register builders here, e.g. {"bar_b": lambda: ModelPlan(...)} with the BAR train step as make_step
-# (or module_plan(...) for state only); they join the tables below unchanged.
-BAR_MODELS: dict[str, Callable[[], ModelPlan]] = {}
+def bar_plan(config: str, batches: tuple[int, ...], *, remat: bool = False) -> ModelPlan:
+  """A BAR generator and its pretokenized-bits train step (``bar_step.make_jitted_step``), bf16 compute as
+  released; the AdamW groups of the reference; no EMA (the released recipe keeps none). ``remat``: the
+  blocks rematerialised in the backward pass (``model.generator.use_checkpoint``)."""
+  import maskbit_jax
+  from maskbit_jax.bar_config import bar_fields
+  from maskbit_jax.convert.bar_mapping import bar_param_mapping
+  from maskbit_jax.models.bar_generator import abstract_bar_params, build_bar_module
+  from maskbit_jax.train import bar_optim
+  from maskbit_jax.train import bar_step as bs
+  from maskbit_jax.train.tasks import compute_dtype
+
+  cfg = maskbit_jax.load_config(os.path.join(REPO, "configs", f"{config}.py"),
+                                ["--config.model.generator.use_checkpoint=True"] if remat else [])
+  dtype, _ = compute_dtype(cfg)
+  module = build_bar_module(bar_fields(cfg), dtype=dtype)
+  opt = bar_optim.bar_optimizer_settings(cfg)
+  opt["gradient_accumulation_steps"] = 1
+  tx = bar_optim.make_bar_optimizer(**opt, name_fn=bar_param_mapping().torch_key)
+  settings = bs.BarSettings.from_config(cfg)
+  boxed = abstract_bar_params(module)
+
+  def make_step(mesh, per_device_batch):
+    step, state_sh, batch_sh = bs.make_jitted_step(module, tx, settings, mesh)
+    params = nn.meta.unbox(boxed)
+    state = bs.BarTrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                             opt_state=jax.eval_shape(tx.init, params),
+                             ema_params=params if settings.use_ema else None,
+                             rng=jax.eval_shape(lambda: jax.random.key(0)))
+    b = per_device_batch * mesh.size
+    batch = {"bits": jax.ShapeDtypeStruct((b, module.image_seq_len * module.token_bits), jnp.int32),
+             "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    return step, (_with_sharding(state, state_sh), _with_sharding(batch, batch_sh))
+
+  return ModelPlan(config + ("+remat" if remat else ""), "bar", {"generator": boxed}, {"generator": tx},
+                   ema=("generator",) if settings.use_ema else (),
+                   make_step=make_step, default_batches=batches,
+                   note="BAR: bar_step.bar_train_step on pretokenized bits, bf16 compute, float32 params"
+                   + (", blocks rematerialised" if remat else ""))
+
+
+# BAR: every released size, compiled at the recipe's per-GPU batch (bar.md: 128 for B, 64 for L, 32 for
+# L-512) and at a quarter or half of it, the fallback for smaller chips.
+BAR_MODELS: dict[str, Callable[[], ModelPlan]] = {
+    **{c: (lambda c=c: bar_plan(c, (32, 128))) for c in ("bar_b", "bar_b_patch2", "bar_b_patch4")},
+    "bar_l": lambda: bar_plan("bar_l", (32, 64)),
+    "bar_l_res512": lambda: bar_plan("bar_l_res512", (16, 32)),
+}
+# No "+remat" rows: XLA:CPU gives rematerialisation no saving (bar_b_patch4 at 1 device, 16 per device:
+# 3.22 GiB of temporaries without, 3.42 GiB with; a 24-layer toy MLP: 292 MiB without, 384 MiB with
+# jax.checkpoint), so its effect can only be read from an accelerator's compile (bar_plan(..., remat=True)).
 MODELS.update(BAR_MODELS)
 # Compiled memory of the tokenizers is measured on this one: the sizes differ only in the encoder's last
 # and the decoder's first convolution (token_size channels), so their activations are the same to <0.1 %.
@@ -417,6 +465,56 @@ def _conclusions(records: dict) -> str:
   return "\n".join(out) if out else "(no compiled numbers in this run)"
 
 
+def _largest_batch(fixed: float, per_example: float, hbm_gib: float) -> int:
+  """The largest per-device batch whose peak stays below 90 % of HBM (0 when none does)."""
+  room = 0.9 * hbm_gib * GIB - fixed
+  return max(int(room // per_example), 0) if per_example > 0 else 0
+
+
+def _bar_section(records: dict) -> str:
+  """Per BAR model and mesh: activations per example and the fixed part (from two compiled batches), the
+  largest per-device batch each target holds, and whether the recipe's per-GPU batch fits."""
+  rows = []
+  for name, rec in records["models"].items():
+    if rec["kind"] != "bar" or len(rec["compiled"]) < 2:
+      continue
+    for mode in MESH_MODES:
+      pts = sorted((int(k.split(":")[1]), m["peak_bytes"]) for k, m in rec["compiled"].items()
+                   if k.startswith(mode + ":"))
+      if len(pts) < 2:
+        continue
+      (b0, p0), (b1, p1) = pts[0], pts[-1]
+      per_example = (p1 - p0) / (b1 - b0)
+      act0 = p0 - rec["state"][f"{mode}:{COMPILE_DEVICES}"]["per_device_state_bytes"] - b0 * per_example
+      cells = []
+      for t in TARGETS:
+        fixed = act0 + rec["state"][f"{mode}:{t.devices}"]["per_device_state_bytes"]
+        cells.append(str(_largest_batch(fixed, per_example, t.hbm_gib)))
+      label = "data" if mode == "data" else "fsdp (all devices)"
+      rows.append(f"| {name} | {label} | {per_example / GIB:.3f} | " + " | ".join(cells) + " |")
+  if not rows:
+    return "No BAR model was compiled in this run (`BAR_MODELS` in `benchmarks/capacity.py`)."
+  head = ["model", "mesh", "GiB per example"] + [f"{t.name}" for t in TARGETS]
+  table = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows)
+  return (
+      "BAR's recipe (`../shared/specs/bar.md`): global batch 2048, 128 per GPU for the B models, 64 for L, "
+      "32 for L-512, bf16 compute, no EMA. Each row is fitted to two compiled batches (the detail table "
+      "above: peak = fixed + batch x per-example, a straight line through the two) and "
+      "gives the largest per-device batch under 90 % of HBM. Where the recipe's batch does not fit, keep "
+      "the global batch with `training.gradient_accumulation_steps` (or more chips), or rematerialise "
+      "the blocks (`--config.model.generator.use_checkpoint=True`). That last saving cannot be read from "
+      "these compiles: XLA:CPU gives rematerialisation none (bar_b_patch4, 16 per device on one device: "
+      "3.22 GiB of temporaries without, 3.42 GiB with; a 24-layer toy MLP: 292 MiB without, 384 MiB "
+      "with `jax.checkpoint`). XLA:CPU also keeps float32 copies of bf16 matmul operands and weights "
+      "and fuses little, so a GPU/TPU holds more than these upper bounds (not measured here: no GPU was "
+      "available). An fsdp mesh costs BAR-B, L and L-512 more temporaries than it saves in state (the "
+      "all-gathered weights of every block stay live for the backward pass); it pays only where the "
+      "state dominates, B/2 and B/4 at 32 per device. The attention scores are materialised "
+      "(`[B, heads, T, T]` in float32 per block, kept for the backward pass): at L-512's 1056 positions "
+      "they are most of its 10 GiB per example; a fused (flash) attention kernel on the accelerator "
+      "would remove them.\n\n" + table)
+
+
 def render(records: dict) -> str:
   models = records["models"]
   lines = ["| model | trained parameters | params + AdamW + EMA (+ frozen) | per device, data mesh | "
@@ -474,12 +572,12 @@ def render(records: dict) -> str:
   return DOC_TEMPLATE.format(state_table=state_table, memory_table=memory_table, validation_table=validation_table,
                              detail_table=detail_table, jax=mach.get("jax"), commit=mach.get("commit"),
                              cpu=mach.get("cpu"), tok=TOKENIZER_COMPILED, n=COMPILE_DEVICES, ablation=ablation,
-                             conclusions=_conclusions(records))
+                             conclusions=_conclusions(records), bar_section=_bar_section(records))
 
 
 DOC_TEMPLATE = """# Capacity plan
 
-How much memory each released MaskBit model needs to train, per device, on candidate
+How much memory each released MaskBit and BAR model needs to train, per device, on candidate
 TPU slices and an 8xH100 node, for a data-parallel mesh (`{{"data": n}}`: every device
 holds the whole train state) and a fully sharded one (`{{"fsdp": n}}`: parameters,
 AdamW moments and EMA split over all devices, `sharding.RULES`). Written by
@@ -538,11 +636,9 @@ largest member of the family (per-size numbers: the last table).
 
 {detail_table}
 
-## BAR
+## BAR: the largest per-device batch
 
-BAR models are not in these tables yet: register a builder in `BAR_MODELS` of
-`benchmarks/capacity.py` (a `ModelPlan` with the BAR train step as `make_step`, or
-`module_plan(...)` for state only) and re-run the script.
+{bar_section}
 """
 
 
@@ -565,8 +661,13 @@ def main(argv=None) -> int:
     batches = None
     if args.batches:
       b = tuple(int(x) for x in args.batches.split(","))
-      batches = {"generator": b, "tokenizer": b}
+      batches = {"generator": b, "tokenizer": b, "bar": b}
     records = collect(models, batches, validate=not args.no_validate)
+    if args.models != "all" and os.path.exists(CACHE):  # a partial run updates its models in the cache
+      with open(CACHE) as f:
+        cached = json.load(f)
+      cached["models"].update(records["models"])
+      records = dict(cached, machine=records["machine"])
     os.makedirs(RESULTS_DIR, exist_ok=True)
     with open(CACHE, "w") as f:
       json.dump(records, f, indent=1)
