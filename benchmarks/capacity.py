@@ -510,7 +510,7 @@ def _bar_section(records: dict) -> str:
       "available). An fsdp mesh costs BAR-B, L and L-512 more temporaries than it saves in state (the "
       "all-gathered weights of every block stay live for the backward pass); it pays only where the "
       "state dominates, B/2 and B/4 at 32 per device. The attention scores are materialised "
-      "(`[B, heads, T, T]` per block, kept for the backward pass): fitting a + b T + c T^2 per example to "
+      "(`[B, heads, T, T]` per block, kept for the backward pass): fitting b T + c T^2 per example to "
       "L (T = 288) and L-512 (T = 1056) gives c = 8 bytes per head and position pair per block (two "
       "float32 copies), about 4.3 of L-512's 10.1 GiB per example; a fused (flash) attention kernel on "
       "the accelerator would remove them.\n\n" + table)
