@@ -53,8 +53,9 @@ def decode_record(record: bytes) -> dict:
 
 
 def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int | None = None,
-                overwrite: bool = False) -> dict:
-  """Encodes ``source`` (and its flips) with ``tok`` into ``out_dir``; returns the metadata written."""
+                overwrite: bool = False, crop: str = "center") -> dict:
+  """Encodes ``source`` (and its flips) with ``tok`` into ``out_dir``; returns the metadata written.
+  ``crop`` names the source's preprocessing for the metadata."""
   from array_record.python.array_record_module import ArrayRecordWriter
 
   from maskbit_jax import sharding
@@ -98,7 +99,8 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     os.remove(tmp)
     raise
   os.replace(tmp, final)  # a half-written shard never carries the final name
-  meta = dict(num_images=total, process_count=pcount, field=field, token_grid=grid_of(source, total), **extra_meta,
+  meta = dict(num_images=total, process_count=pcount, field=field, token_grid=grid_of(source, total), crop=crop,
+              **extra_meta,
               config=tok.config.to_dict(), seconds=round(time.perf_counter() - start, 3))
   if pid == 0:
     with open(os.path.join(out_dir, META_FILE), "w") as f:
@@ -165,7 +167,7 @@ class TokenDataset:
 def main(argv=None) -> int:
   from maskbit_jax import bar
   from maskbit_jax.config import load_config, split_config_args
-  from maskbit_jax.data.sources import make_source
+  from maskbit_jax.data.sources import AdmCropSource, make_source
   from maskbit_jax.tokenizer import load_tokenizer
 
   config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
@@ -179,6 +181,9 @@ def main(argv=None) -> int:
   p.add_argument("--num_images", type=int, default=None)
   p.add_argument("--out", required=True)
   p.add_argument("--overwrite", action="store_true")
+  p.add_argument("--crop", choices=("center", "adm"), default=None,
+                 help="centre crop + bicubic resize, or ADM's box-halving crop (default: adm for BAR's "
+                      "binary-FSQ tokenizer, as its reference pretokenizes; center otherwise)")
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required")
@@ -192,8 +197,12 @@ def main(argv=None) -> int:
       raise ValueError(f"--size {size}: this BAR tokenizer encodes {tok.module.image_size} px images")
   else:
     tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init)
-  meta = pretokenize(tok, make_source(args.data, size), args.out, batch_size=args.batch_size,
-                     num_images=args.num_images, overwrite=args.overwrite)
+  source = make_source(args.data, size)
+  crop = args.crop or ("adm" if isinstance(tok, bar.BarFsqTokenizer) else "center")
+  if crop == "adm":
+    source = AdmCropSource(source, size)
+  meta = pretokenize(tok, source, args.out, batch_size=args.batch_size,
+                     num_images=args.num_images, overwrite=args.overwrite, crop=crop)
   if jax.process_index() == 0:
     print(f"wrote {meta['num_images']} images' tokens ({meta['token_grid']} grid) to {args.out}")
   return 0

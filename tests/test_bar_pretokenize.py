@@ -18,7 +18,7 @@ from flax import linen as nn
 import maskbit_jax
 from conftest import REPO, bar_tokenizer_config
 from maskbit_jax import bar, sharding
-from maskbit_jax.data.sources import SyntheticSource
+from maskbit_jax.data.sources import AdmCropSource, SyntheticSource
 from maskbit_jax.models.bar_fsq import SHIFT
 from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main, pretokenize
 from maskbit_jax.train.bar_task import BarTask
@@ -83,12 +83,11 @@ def _on_the_fly(tok, images01):
   return encode(images01), encode(images01[:, :, ::-1])
 
 
-def _check_set(out, tok, size):
+def _check_set(out, tok, src):
   ds = TokenDataset(out)
   assert len(ds) == NUM_IMAGES
   assert ds.meta["field"] == "bits" and ds.meta["tokenizer"] == "bar_fsq"
   assert ds.meta["token_grid"] == list(tok.grid) and ds.meta["token_bits"] == tok.token_bits
-  src = SyntheticSource(NUM_IMAGES, size)
   expected, expected_flipped = _on_the_fly(tok, np.stack([src[i]["image"] for i in range(NUM_IMAGES)]))
   got = [ds[i] for i in range(NUM_IMAGES)]
   assert [int(r["index"]) for r in got] == list(range(NUM_IMAGES))
@@ -102,7 +101,8 @@ def _check_set(out, tok, size):
 
 def test_cli_writes_the_encoders_bits(fsq_setup, token_set):
   _, tok, size = fsq_setup
-  _check_set(token_set[0], tok, size)
+  _check_set(token_set[0], tok, AdmCropSource(SyntheticSource(NUM_IMAGES, size), size))  # BAR's crop by default
+  assert TokenDataset(token_set[0]).meta["crop"] == "adm"
 
 
 def test_pretokenized_bits_equal_the_encoder_on_the_fly(fsq_setup, tmp_path):
@@ -111,7 +111,7 @@ def test_pretokenized_bits_equal_the_encoder_on_the_fly(fsq_setup, tmp_path):
   tok = _varied(tok)
   meta = pretokenize(tok, SyntheticSource(NUM_IMAGES, size), str(tmp_path / "bits"), batch_size=8)
   assert meta["num_images"] == NUM_IMAGES
-  bits, flipped = _check_set(str(tmp_path / "bits"), tok, size)
+  bits, flipped = _check_set(str(tmp_path / "bits"), tok, SyntheticSource(NUM_IMAGES, size))
   assert 0.1 < bits.mean() < 0.9  # the comparison above is not between constant arrays
   assert np.any(bits != flipped)  # the flip is really another image
 

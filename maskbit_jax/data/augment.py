@@ -93,3 +93,20 @@ def check_preprocessing(pre) -> None:
       raise ValueError("without use_random_crop, min_scale must be 1.0 and use_aspect_ratio_aug False "
                        "(as in the reference)")
   interpolation(str(pre.get("interpolation", "bilinear")))
+
+
+def adm_center_crop(image_hwc: np.ndarray, size: int) -> np.ndarray:
+  """ADM's centre crop (guided-diffusion, used by BAR's pretokenizing), uint8 HWC -> uint8 ``[size, size, 3]``.
+
+  Halve the image with a box filter while its shorter side is at least ``2 * size``, resize it
+  bicubically so the shorter side is ``size`` (each side rounded), then cut the centre square
+  (offsets rounded down).
+  """
+  im = Image.fromarray(np.asarray(image_hwc, np.uint8)[..., :3])
+  while min(im.size) >= 2 * size:
+    im = im.resize(tuple(s // 2 for s in im.size), resample=Image.Resampling.BOX)
+  scale = size / min(im.size)
+  im = im.resize(tuple(round(s * scale) for s in im.size), resample=Image.Resampling.BICUBIC)
+  arr = np.asarray(im)
+  top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+  return arr[top:top + size, left:left + size]

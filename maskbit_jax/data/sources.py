@@ -195,3 +195,23 @@ def eval_batches(source, batch_size: int, *, num: int | None = None, process_ind
     batch = {k: np.stack([e[k] for e in examples + filler]) for k in examples[0]}
     batch["mask"] = np.arange(batch_size) < valid
     yield batch
+
+
+class AdmCropSource:
+  """``source`` with every image cropped by :func:`~maskbit_jax.data.augment.adm_center_crop` from its
+  stored pixels (``source.raw``) instead of the plain centre crop: BAR's preprocessing."""
+
+  def __init__(self, source, size: int):
+    if not hasattr(source, "raw"):
+      raise TypeError(f"{type(source).__name__} has no raw(index): cannot re-crop its images")
+    self.source, self.size = source, size
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    from maskbit_jax.data.augment import adm_center_crop
+
+    ex = self.source.raw(index)
+    image = adm_center_crop(ex["image"], self.size).astype(np.float32) / 255.0
+    return {"image": image, "label": ex["label"]}
