@@ -100,8 +100,7 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     raise
   os.replace(tmp, final)  # a half-written shard never carries the final name
   meta = dict(num_images=total, process_count=pcount, field=field, token_grid=grid_of(source, total), crop=crop,
-              **extra_meta,
-              config=tok.config.to_dict(), seconds=round(time.perf_counter() - start, 3))
+              **extra_meta, config=tok.config.to_dict(), seconds=round(time.perf_counter() - start, 3))
   if pid == 0:
     with open(os.path.join(out_dir, META_FILE), "w") as f:
       json.dump(meta, f, indent=1)
@@ -140,7 +139,8 @@ def _encoder(tok):
 
 
 class TokenDataset:
-  """Random-access source over a pretokenized folder: ``{"tokens", "tokens_flipped", "label", "index"}``."""
+  """Random-access source over a pretokenized folder: ``{"tokens", "tokens_flipped", "label", "index"}`` (or
+  ``"bits"`` / ``"bits_flipped"`` for BAR's binary-FSQ tokenizer; ``meta["field"]`` says which)."""
 
   def __init__(self, out_dir: str):
     import grain.python as grain
