@@ -108,8 +108,13 @@ def _fake_sample(gen, tok, labels, key, **settings):
   return {"images": jnp.broadcast_to(value[:, None, None, None], (labels.shape[0], side, side, 3))}
 
 
-def run_generator_eval(num_images: int, batch_size: int, samples_npz: str | None = None):
-  """``evaluate_generator`` with a painted-label sampler and a one-hot feature net; returns (result, merged stats)."""
+def run_generator_eval(num_images: int, batch_size: int, samples_npz: str | None = None, *, patch_sample=True):
+  """``evaluate_generator`` with a painted-label sampler and a one-hot feature net; returns (result, merged stats).
+
+  ``patch_sample=False``: the caller has put ``_fake_sample`` in place already. Threads must not patch it each:
+  overlapping ``mock.patch`` exits restore each other's fakes and leave one behind for later tests.
+  """
+  import contextlib
   from types import SimpleNamespace
   from unittest import mock
 
@@ -125,7 +130,8 @@ def run_generator_eval(num_images: int, batch_size: int, samples_npz: str | None
     return out
 
   gen = SimpleNamespace(nclass=1000, module=SimpleNamespace(img_size=4))
-  with mock.patch("maskbit_jax.sample.sample", _fake_sample), mock.patch.object(M, "allgather_merge", recording_merge):
+  fake = mock.patch("maskbit_jax.sample.sample", _fake_sample) if patch_sample else contextlib.nullcontext()
+  with fake, mock.patch.object(M, "allgather_merge", recording_merge):
     result = evaluate.evaluate_generator(gen, None, num_images=num_images, batch_size=batch_size, seed=0,
                                          inception=(_FakeInception(), {}), samples_npz=samples_npz, progress=False)
   return result, merged[0]
@@ -360,6 +366,12 @@ def test_generator_evaluation_with_more_processes_than_images(monkeypatch):
       merged = merged.merge(slots[me.calls, pid])
     return merged
 
+  import importlib
+
+  sample_module = importlib.import_module("maskbit_jax.sample")  # the module; maskbit_jax.sample is the function
+
+  original_sample = sample_module.sample
+  monkeypatch.setattr(sample_module, "sample", _fake_sample)  # once, for all threads
   monkeypatch.setattr(M, "allgather_merge", allgather_merge)
   monkeypatch.setattr(jax, "process_count", lambda: count)
   monkeypatch.setattr(jax, "process_index", lambda: me.pid)
@@ -368,7 +380,7 @@ def test_generator_evaluation_with_more_processes_than_images(monkeypatch):
   def one(pid):
     me.pid = pid
     try:
-      results[pid] = run_generator_eval(2, jax.local_device_count())
+      results[pid] = run_generator_eval(2, jax.local_device_count(), patch_sample=False)
     except BaseException as e:  # reported below; the barrier is broken so the others stop too
       errors.append((pid, e))
       barrier.abort()
@@ -379,6 +391,8 @@ def test_generator_evaluation_with_more_processes_than_images(monkeypatch):
   for t in threads:
     t.join(120)
   assert not errors, errors
+  monkeypatch.undo()
+  assert sample_module.sample is original_sample  # nothing left behind for the tests after this one
   for pid in range(count):
     result, stats = results[pid]
     assert result["complete"] and result["num_images"] == stats.count == 2
