@@ -33,19 +33,29 @@ def save_png(path: str, image_hwc: np.ndarray) -> None:
   Image.fromarray(to_uint8(image_hwc)).save(path)
 
 
+def caption(label: str, width_px: int) -> str:
+  """``label`` cut to what fits above a ``width_px`` tile (PIL's default font is ~6 px a character); a label
+  that does not fit keeps its last word, so "class 207" on a 32-px tile reads "207", not "class"."""
+  room = max(4, width_px // 6)
+  text = str(label)
+  if len(text) > room:
+    text = text.split()[-1] if text.split() else text
+  return text[:room]
+
+
 def save_labelled_grid(path: str, images_bhwc: np.ndarray, labels: Sequence[str], ncols: int) -> None:
   """A grid with a caption strip above every image."""
   images = to_uint8(images_bhwc)
   b, h, w, _ = images.shape
-  caption = 14
+  caption_h = 14
   nrows = -(-b // ncols)
-  canvas = Image.new("RGB", (ncols * (w + 2) + 2, nrows * (h + caption + 2) + 2), "white")
+  canvas = Image.new("RGB", (ncols * (w + 2) + 2, nrows * (h + caption_h + 2) + 2), "white")
   draw = ImageDraw.Draw(canvas)
   for i in range(b):
     r, q = divmod(i, ncols)
-    x, y = 2 + q * (w + 2), 2 + r * (h + caption + 2)
-    draw.text((x + 2, y + 1), str(labels[i])[: max(4, w // 6)], fill="black")
-    canvas.paste(Image.fromarray(images[i]), (x, y + caption))
+    x, y = 2 + q * (w + 2), 2 + r * (h + caption_h + 2)
+    draw.text((x + 2, y + 1), caption(labels[i], w), fill="black")
+    canvas.paste(Image.fromarray(images[i]), (x, y + caption_h))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   canvas.save(path)
 
