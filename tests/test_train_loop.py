@@ -17,10 +17,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import linen as nn
 
 import maskbit_jax
 from conftest import REPO
-from maskbit_jax import checkpointing
+from maskbit_jax import checkpointing, sharding
 from maskbit_jax.data.sources import make_source
 from maskbit_jax.train import checkpoints
 from maskbit_jax.train.loop import RunMismatchError, train
@@ -158,6 +159,33 @@ def test_generator_resume_is_bit_identical(tmp_path, random_tokenizer):
   _, a, _ = restored_state(split)
   _, b, _ = restored_state(straight)
   assert_trees_equal(a, b)
+
+
+def test_without_ema_the_trained_weights_are_shown_and_exported(tmp_path, random_tokenizer):
+  """training.use_ema=False: sample grids and exports use the trained weights, not the untouched EMA copy."""
+  from maskbit_jax.generator import Generator
+  from maskbit_jax.train.tasks import make_task
+
+  cfg = gen_config(random_tokenizer, "--config.training.use_ema=False", "--config.training.per_gpu_batch_size=8",
+                   "--config.training.num_generated_images=4")
+  mesh = sharding.create_mesh({"data": -1}, jax.devices()[:1])
+  task = make_task(cfg, mesh, str(tmp_path))
+  state, data = task.init_state(), iter(task.dataset())
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    for i in range(3):
+      state, _ = task.step(state, task.to_device(next(data)), i)
+  trained, untouched = jax.device_get(state.params), jax.device_get(state.ema_params)
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(untouched)))
+  shown = []
+  real_grid = task.sample_grid
+  task.sample_grid = lambda gen, n: shown.append(gen.params) or real_grid(gen, n)
+  images, labels, _ = task.visualize(state)
+  assert_trees_equal(shown[0], trained)  # (3 steps barely move the samples, so the weights are compared)
+  expected, _, _ = real_grid(Generator(task.cfg, task.module, trained), task.module.nclass)
+  np.testing.assert_array_equal(images, expected)
+  assert labels == [f"class {c}" for c in range(4)]
+  exported = maskbit_jax.load_generator(task.cfg, task.export(state))
+  assert_trees_equal(exported.params, trained)
 
 
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path):

@@ -181,15 +181,13 @@ class BarTask(_Task):
       return self.step_fn(state, batch)
     return self.step_fn(state, batch, self.tokenizer_params)
 
-  def generator_params(self, state):
-    return state.ema_params if self.settings.use_ema else state.params
+  @property
+  def use_ema(self) -> bool:
+    return self.settings.use_ema
 
   def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
-    n = max(int(self.cfg.training.get("num_generated_images", 10)), 1)
-    labels = np.arange(n) % self.module.num_classes
-    gen = bar.BarModel(self.cfg, self.module, jax.device_get(self.generator_params(state)))
-    out = bar.sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
-    return np.clip(np.asarray(out["images"]), 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
+    gen = bar.BarModel(self.cfg, self.module, jax.device_get(self.model_params(state)))
+    return self.sample_grid(gen, self.module.num_classes)
 
   def evaluate(self, state) -> dict:
     return {}
@@ -200,7 +198,7 @@ class BarTask(_Task):
   def export(self, state) -> str:
     from maskbit_jax.convert.bar_mapping import CHECKPOINT_KIND
 
-    return self.export_params(self.generator_params(state), "bar_generator", CHECKPOINT_KIND)
+    return self.export_params(self.model_params(state), "bar_generator", CHECKPOINT_KIND)
 
 
 __all__ = ["BarTask", "bit_train_dataset", "record_bits"]

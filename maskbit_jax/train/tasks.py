@@ -141,6 +141,22 @@ class _Task:
         process_count=self.process_count, corrupt_images=str(data.get("corrupt_images", "error")),
         num_threads=int(data.get("num_threads", 8)), prefetch_buffer_size=int(data.get("prefetch_buffer_size", 16)))
 
+  use_ema: bool  # training.use_ema, as each task's step settings hold it (a property there)
+
+  def model_params(self, state):
+    """The weights the model is shown, evaluated and exported with: the EMA copy where the recipe keeps one,
+    else the trained weights (the state's ``ema_params`` then stays at its initial copy)."""
+    return state.ema_params if self.use_ema else state.params
+
+  def sample_grid(self, gen, num_classes: int) -> tuple[np.ndarray, list[str], int]:
+    """``training.num_generated_images`` class-conditional samples of ``gen`` (MaskBit or BAR) for the grid."""
+    from maskbit_jax.sample import sample
+
+    n = max(int(self.cfg.training.get("num_generated_images", 10)), 1)
+    labels = np.arange(n) % num_classes
+    out = sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
+    return np.clip(np.asarray(out["images"]), 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
+
   def export_params(self, params, name: str, kind: str) -> str:
     path = os.path.join(self.workdir, "export", name)
     return checkpointing.save_params(path, jax.device_get(params), kind=kind, config=self.cfg.to_dict(),
@@ -208,6 +224,10 @@ class TokenizerTask(_Task):
 
     return jit_init(make, out_shardings=self.state_shardings)(jax.random.key(self.seed))
 
+  @property
+  def use_ema(self) -> bool:
+    return self.spec.use_ema
+
   def dataset(self):
     return self.image_dataset()
 
@@ -225,12 +245,12 @@ class TokenizerTask(_Task):
   def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
     n = int(self.cfg.training.get("num_generated_images", 2))
     images = self._eval_images(max(n, 1))
-    recon = np.asarray(self._reconstruct(jax.device_get(state.ema_params), images))
+    recon = np.asarray(self._reconstruct(jax.device_get(self.model_params(state)), images))
     labels = [f"input {i}" for i in range(len(images))] + [f"recon {i}" for i in range(len(images))]
     return np.concatenate([images, recon]), labels, len(images)
 
   def evaluate(self, state) -> dict:
-    """Mean PSNR (dB) of EMA-weight reconstructions of the first ``experiment.eval_images`` eval images."""
+    """Mean PSNR (dB) of reconstructions (``model_params``) of the first ``experiment.eval_images`` eval images."""
     num = int(self.cfg.experiment.get("eval_images", 0))
     if num <= 0:
       return {}
@@ -248,10 +268,11 @@ class TokenizerTask(_Task):
 
     shardings = {"image": self.batch_shardings["image"], "mask": sharding.batch_sharding(self.mesh, 1)}
     total = count = 0.0
+    params = self.model_params(state)
     steps = num_eval_batches(num, batch, self.process_count)
     for b in eval_batches(source, batch, num=num, process_index=self.process_index,
                           process_count=self.process_count, num_batches=steps):
-      s, c = psnr_sums(state.ema_params, *_global_array({"image": b["image"], "mask": b["mask"]},
+      s, c = psnr_sums(params, *_global_array({"image": b["image"], "mask": b["mask"]},
                                                         shardings).values())
       total, count = total + float(s), count + float(c)
     return {"eval_psnr": total / max(count, 1.0), "eval_images": count}
@@ -260,8 +281,7 @@ class TokenizerTask(_Task):
     return float(self.schedule(step))
 
   def export(self, state) -> str:
-    params = state.ema_params if self.spec.use_ema else state.params
-    return self.export_params(params, "tokenizer", "tokenizer")
+    return self.export_params(self.model_params(state), "tokenizer", "tokenizer")
 
 
 class GeneratorTask(_Task):
@@ -323,15 +343,15 @@ class GeneratorTask(_Task):
       return self.step_fn(state, batch)
     return self.step_fn(state, batch, self.tokenizer.params)
 
+  @property
+  def use_ema(self) -> bool:
+    return self.settings.use_ema
+
   def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
     from maskbit_jax.generator import Generator
-    from maskbit_jax.sample import sample
 
-    n = max(int(self.cfg.training.get("num_generated_images", 10)), 1)
-    labels = np.arange(n) % self.module.nclass
-    gen = Generator(self.cfg, self.module, jax.device_get(state.ema_params))
-    out = sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
-    return np.clip(np.asarray(out["images"]), 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
+    return self.sample_grid(Generator(self.cfg, self.module, jax.device_get(self.model_params(state))),
+                            self.module.nclass)
 
   def evaluate(self, state) -> dict:
     return {}
@@ -340,8 +360,7 @@ class GeneratorTask(_Task):
     return float(self.schedule(step))
 
   def export(self, state) -> str:
-    params = state.ema_params if self.settings.use_ema else state.params
-    return self.export_params(params, "generator", "generator")
+    return self.export_params(self.model_params(state), "generator", "generator")
 
 
 def _without_accumulation(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
