@@ -82,6 +82,31 @@ def tokenizer_config(fixture_configs, name: str) -> dict:
   return {"model": {"vq_model": dict(fixture_configs["configs"][name])}}
 
 
+def restored_state(workdir) -> tuple[int, dict, dict]:
+  """``(step, state, meta)`` of the latest checkpoint of a train run's ``workdir``, restored without a target."""
+  import orbax.checkpoint as ocp
+
+  from maskbit_jax.train import checkpoints
+
+  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
+  step = mgr.latest_step()
+  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  mgr.close()
+  return step, out["state"], out["meta"]
+
+
+def drop_simulated_devices(env: dict) -> dict:
+  """``env`` without the tests' simulated-device XLA flag: a subprocess or kernel runs on one CPU device."""
+  import re
+
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+  if flags:
+    env["XLA_FLAGS"] = flags
+  else:
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
 def bar_tokenizer_config(fixture_configs: dict, name: str) -> dict:
   """A golden_bar tokenizer's reference config plus the port-only sections for the offline stand-ins it was
   built with (``fixture_configs.json`` of ``MASKBIT_GOLDEN_BAR``)."""

@@ -19,10 +19,9 @@ from flax import linen as nn
 from PIL import Image
 
 import maskbit_jax
-from conftest import REPO
+from conftest import REPO, restored_state
 from maskbit_jax import bar, checkpointing, sharding
 from maskbit_jax.sample import main as sample_main
-from maskbit_jax.train import checkpoints
 from maskbit_jax.train.bar_step import indices_to_bit_rows
 from maskbit_jax.train.bar_task import BarTask, bit_train_dataset, record_bits
 from maskbit_jax.train.loop import train
@@ -108,16 +107,6 @@ def test_export_and_sample_end_to_end(trained, random_tokenizer, tmp_path):
   tok = maskbit_jax.load_tokenizer(task.cfg, random_tokenizer)
   images = np.asarray(tok.decode_tokens(tokens))
   assert images.shape == (6, 32, 32, 3) and np.all(np.isfinite(images))
-
-
-def restored_state(workdir):
-  import orbax.checkpoint as ocp
-
-  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
-  step = mgr.latest_step()
-  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  mgr.close()
-  return step, out["state"], out["meta"]
 
 
 def test_resume_is_bit_identical(tmp_path, random_tokenizer):

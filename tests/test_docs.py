@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, drop_simulated_devices
 
 DOCS = REPO / "docs"
 PAGES = ("training", "converting", "sampling", "evaluation", "bar")
@@ -81,11 +81,7 @@ def shell_env(tmp_path_factory):
   shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
   shim.chmod(0o755)
   env = dict(os.environ)
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
-  if flags:
-    env["XLA_FLAGS"] = flags
-  else:
-    env.pop("XLA_FLAGS", None)
+  drop_simulated_devices(env)
   env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
   return env

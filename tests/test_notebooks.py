@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import resource
 import sys
 import time
@@ -22,7 +21,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, drop_simulated_devices  # noqa: E402
 
 COLAB = REPO / "colab"
 NOTEBOOKS = ("tokenizer", "maskbit_sampling", "bar_sampling", "train_tiny")
@@ -63,11 +62,7 @@ def kernel_env(tmp_path_factory):
   os.environ["JUPYTER_RUNTIME_DIR"] = str(jupyter / "runtime")
   env = dict(os.environ)
   # one CPU device in the kernel (the tests' 8 simulated devices would split the tiny batches 8 ways)
-  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
-  if flags:
-    env["XLA_FLAGS"] = flags
-  else:
-    env.pop("XLA_FLAGS", None)
+  drop_simulated_devices(env)
   env.update(MASKBIT_NB_FAST="1", MASKBIT_REPO=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
   yield env

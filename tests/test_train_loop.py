@@ -15,15 +15,13 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import linen as nn
 
 import maskbit_jax
-from conftest import REPO
+from conftest import REPO, restored_state
 from maskbit_jax import checkpointing, sharding
 from maskbit_jax.data.sources import make_source
-from maskbit_jax.train import checkpoints
 from maskbit_jax.train.loop import RunMismatchError, train
 
 TOK = str(REPO / "configs/tokenizer_tiny.py")
@@ -38,14 +36,6 @@ def tok_config(*overrides):
 def gen_config(tokenizer_dir, *overrides):
   return maskbit_jax.load_config(GEN, ONE_DEVICE + [f"--config.experiment.vqgan_checkpoint={tokenizer_dir}"]
                                  + list(overrides))
-
-
-def restored_state(workdir):
-  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
-  step = mgr.latest_step()
-  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  mgr.close()
-  return step, out["state"], out["meta"]
 
 
 def assert_trees_equal(a, b):
