@@ -289,10 +289,11 @@ MODELS: dict[str, Callable[[], ModelPlan]] = {
     **{c: (lambda c=c: generator_plan(c)) for c in GENERATOR_CONFIGS},
     **{c: (lambda c=c: tokenizer_plan(c)) for c in TOKENIZER_CONFIGS},
 }
-def bar_plan(config: str, batches: tuple[int, ...], *, remat: bool = False) -> ModelPlan:
+
+
+def bar_plan(config: str, batches: tuple[int, ...]) -> ModelPlan:
   """A BAR generator and its pretokenized-bits train step (``bar_step.make_jitted_step``), bf16 compute as
-  released; the AdamW groups of the reference; no EMA (the released recipe keeps none). ``remat``: the
-  blocks rematerialised in the backward pass (``model.generator.use_checkpoint``)."""
+  released; the AdamW groups of the reference; no EMA (the released recipe keeps none)."""
   import maskbit_jax
   from maskbit_jax.bar_config import bar_fields
   from maskbit_jax.convert.bar_mapping import bar_param_mapping
@@ -301,8 +302,7 @@ def bar_plan(config: str, batches: tuple[int, ...], *, remat: bool = False) -> M
   from maskbit_jax.train import bar_step as bs
   from maskbit_jax.train.tasks import compute_dtype
 
-  cfg = maskbit_jax.load_config(os.path.join(REPO, "configs", f"{config}.py"),
-                                ["--config.model.generator.use_checkpoint=True"] if remat else [])
+  cfg = maskbit_jax.load_config(os.path.join(REPO, "configs", f"{config}.py"))
   dtype, _ = compute_dtype(cfg)
   module = build_bar_module(bar_fields(cfg), dtype=dtype)
   opt = bar_optim.bar_optimizer_settings(cfg)
@@ -323,11 +323,10 @@ def bar_plan(config: str, batches: tuple[int, ...], *, remat: bool = False) -> M
              "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
     return step, (_with_sharding(state, state_sh), _with_sharding(batch, batch_sh))
 
-  return ModelPlan(config + ("+remat" if remat else ""), "bar", {"generator": boxed}, {"generator": tx},
+  return ModelPlan(config, "bar", {"generator": boxed}, {"generator": tx},
                    ema=("generator",) if settings.use_ema else (),
                    make_step=make_step, default_batches=batches,
-                   note="BAR: bar_step.bar_train_step on pretokenized bits, bf16 compute, float32 params"
-                   + (", blocks rematerialised" if remat else ""))
+                   note="BAR: bar_step.bar_train_step on pretokenized bits, bf16 compute, float32 params")
 
 
 # BAR: every released size, compiled at the recipe's per-GPU batch (bar.md: 128 for B, 64 for L, 32 for
@@ -339,7 +338,7 @@ BAR_MODELS: dict[str, Callable[[], ModelPlan]] = {
 }
 # No "+remat" rows: XLA:CPU gives rematerialisation no saving (bar_b_patch4 at 1 device, 16 per device:
 # 3.22 GiB of temporaries without, 3.42 GiB with; a 24-layer toy MLP: 292 MiB without, 384 MiB with
-# jax.checkpoint), so its effect can only be read from an accelerator's compile (bar_plan(..., remat=True)).
+# jax.checkpoint), so its effect can only be read from an accelerator's compile.
 MODELS.update(BAR_MODELS)
 # Compiled memory of the tokenizers is measured on this one: the sizes differ only in the encoder's last
 # and the decoder's first convolution (token_size channels), so their activations are the same to <0.1 %.
