@@ -107,6 +107,18 @@ def drop_simulated_devices(env: dict) -> dict:
   return env
 
 
+def expected_spec(names, shape, mesh) -> tuple:
+  """The mesh axes the rules table gives a parameter with logical ``names``: ``sharding.RULES``, an axis left
+  replicated where its mesh size does not divide the dimension. Written out here, not taken from
+  ``sharding.logical_to_sharding``, so the sharding tests check that function."""
+  from flax import linen as nn
+
+  from maskbit_jax import sharding
+
+  spec = nn.logical_to_mesh_axes(names, sharding.RULES)
+  return tuple(a if a is None or dim % sharding._axis_size(mesh, a) == 0 else None for a, dim in zip(spec, shape))
+
+
 def bar_tokenizer_config(fixture_configs: dict, name: str) -> dict:
   """A golden_bar tokenizer's reference config plus the port-only sections for the offline stand-ins it was
   built with (``fixture_configs.json`` of ``MASKBIT_GOLDEN_BAR``)."""

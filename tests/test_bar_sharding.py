@@ -13,7 +13,7 @@ import pytest
 from flax import linen as nn
 
 import maskbit_jax
-from conftest import REPO
+from conftest import REPO, expected_spec
 from maskbit_jax import checkpointing, sharding
 from maskbit_jax.train.loop import make_mesh
 from maskbit_jax.train.tasks import make_task
@@ -39,11 +39,6 @@ def _task(tokenizer_dir, mesh_overrides, workdir):
   return make_task(cfg, mesh, str(workdir)), mesh
 
 
-def _spec(names, shape, mesh):
-  spec = nn.logical_to_mesh_axes(names, sharding.RULES)
-  return tuple(a if a is None or dim % sharding._axis_size(mesh, a) == 0 else None for a, dim in zip(spec, shape))
-
-
 def test_state_shardings_follow_the_rules_table(tokenizer_dir, tmp_path):
   from maskbit_jax.models.bar_generator import abstract_bar_params
 
@@ -56,7 +51,7 @@ def test_state_shardings_follow_the_rules_table(tokenizer_dir, tmp_path):
   assert len(boxed) == len(params) > 0
   for box, p in zip(boxed, params):
     got = tuple(p.sharding.spec) + (None,) * (p.ndim - len(p.sharding.spec))
-    assert got == _spec(box.names, p.shape, mesh), (box.names, p.shape, got)
+    assert got == expected_spec(box.names, p.shape, mesh), (box.names, p.shape, got)
   assert any("fsdp" in tuple(p.sharding.spec) for p in params)  # something is actually split
   # AdamW moments are placed like the parameters they follow
   moments = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "ndim", 0) > 0]

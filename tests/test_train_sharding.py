@@ -8,8 +8,7 @@ import pytest
 from flax import linen as nn
 
 import maskbit_jax
-from conftest import REPO
-from maskbit_jax import sharding
+from conftest import REPO, expected_spec
 from maskbit_jax.data.sources import make_source
 from maskbit_jax.train.loop import make_mesh
 from maskbit_jax.train.tasks import TokenizerTask
@@ -29,11 +28,6 @@ def _batch():
   return {"image": np.stack([src[i]["image"] for i in range(8)]), "label": np.arange(8, dtype=np.int32)}
 
 
-def _expected_spec(names, shape, mesh):
-  spec = nn.logical_to_mesh_axes(names, sharding.RULES)
-  return tuple(a if a is None or dim % sharding._axis_size(mesh, a) == 0 else None for a, dim in zip(spec, shape))
-
-
 @pytest.mark.parametrize("mesh_overrides", [
     ["--config.runtime.mesh.data=8"],
     ["--config.runtime.mesh.data=2", "--config.runtime.mesh.fsdp=4"],
@@ -48,7 +42,7 @@ def test_state_shardings_follow_the_rules_table(mesh_overrides, tmp_path):
   flat_params = jax.tree.leaves(state.params)
   mu = state.opt_state[1][0].mu  # clip -> adamw(scale_by_adam ...): Adam's first moment follows the params
   for box, p, m in zip(flat_boxed, flat_params, jax.tree.leaves(mu)):
-    want = _expected_spec(box.names, p.shape, mesh)
+    want = expected_spec(box.names, p.shape, mesh)
     got = tuple(p.sharding.spec) + (None,) * (p.ndim - len(p.sharding.spec))
     assert got == want, (box.names, p.shape, got, want)
     assert m.sharding == p.sharding
