@@ -27,8 +27,9 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import append_result, machine, peak_memory_bytes  # noqa: E402
-from benchmarks.sampling import time_interleaved  # noqa: E402
+from benchmarks.common import (append_result, machine, peak_memory_bytes, torch_device, torch_precision,  # noqa: E402
+                               torch_sync)
+from benchmarks.sampling import record_reference, time_interleaved  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("bar_b_patch4", "bar_b_patch2", "bar_b")
@@ -84,8 +85,9 @@ def _stub_missing_reference_imports() -> None:
   _stub_torchvision_if_missing()
 
 
-def reference_runner(reference_dir: str, name: str, batch: int, settings: dict, threads: int | None):
-  """``run(_)`` for the reference ``generate`` + ``decode_tokens`` of ``configs/generator/<name>.yaml``."""
+def reference_runners(reference_dir: str, name: str, batch: int, settings: dict, threads: int | None, device: str,
+                      dtypes):
+  """``{dtype: run(_)}`` for the reference ``generate`` + ``decode_tokens`` of ``configs/generator/<name>.yaml``."""
   import torch
   from omegaconf import OmegaConf
 
@@ -101,20 +103,28 @@ def reference_runner(reference_dir: str, name: str, batch: int, settings: dict, 
   crop = 512 if "res512" in name else 256
   cfg.dataset.preprocessing = OmegaConf.create({"crop_size": crop, **(cfg.dataset.get("preprocessing") or {})})
   cfg.model.vq_model.setdefault("vit_dec_patch_size", 16)
-  gen = BAR(cfg).eval()
-  decoder = SigLIP2Decoder(cfg).eval()
-  quantize = FSQ(in_channel=None, out_channel=decoder.width, token_size=cfg.model.vq_model.token_size, config=cfg)
-  labels = torch.arange(batch) % cfg.model.generator.condition_num_classes
+  gen = BAR(cfg).eval().to(device)
+  decoder = SigLIP2Decoder(cfg).eval().to(device)
+  quantize = FSQ(in_channel=None, out_channel=decoder.width, token_size=cfg.model.vq_model.token_size,
+                 config=cfg).to(device)
+  labels = (torch.arange(batch) % cfg.model.generator.condition_num_classes).to(device)
 
-  def run(_=None):
-    tokens = gen.generate(condition=labels.long(), guidance_scale=settings["guidance_scale"],
-                          randomize_temperature=settings["randomize_temperature"], kv_cache=True,
-                          tokens_allocation=list(settings["tokens_allocation"]))
-    tokens = tokens.squeeze(1)  # BAR_FSQ.decode_tokens without the encoder it never uses
-    z = quantize.get_codebook_entry(tokens.reshape(tokens.shape[0], -1)).reshape(tokens.shape[0], -1, decoder.width)
-    decoder(z)
+  def runner(dtype):
+    def run(_=None):
+      with torch_precision(device, dtype):
+        tokens = gen.generate(condition=labels.long(), guidance_scale=settings["guidance_scale"],
+                              randomize_temperature=settings["randomize_temperature"], kv_cache=True,
+                              tokens_allocation=list(settings["tokens_allocation"]))
+        tokens = tokens.squeeze(1)  # BAR_FSQ.decode_tokens without the encoder it never uses
+        z = quantize.get_codebook_entry(tokens.reshape(tokens.shape[0], -1)).reshape(
+            tokens.shape[0], -1, decoder.width)
+        decoder(z)
+      torch_sync(device)
 
-  return run, torch.__version__
+    return run
+
+  return {d: runner(d) for d in dtypes}, torch.__version__
+
 
 
 def main() -> None:
@@ -125,6 +135,7 @@ def main() -> None:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--reference", help="checkout of amazon-far/BAR (modeling/, configs/)")
   p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+  p.add_argument("--torch-device", default=None, help="the reference's device (default: cuda when torch sees a GPU)")
   p.add_argument("--no-save", action="store_true")
   args = p.parse_args()
 
@@ -145,7 +156,11 @@ def main() -> None:
                     timing="min over interleaved repeats after a warm-up call", repeats=args.repeats,
                     machine=machine(), jax={})
       if args.reference:
-        runners["reference"], torch_version = reference_runner(args.reference, name, batch, settings, args.threads)
+        device = torch_device(args.torch_device)
+        ref_dtypes = [d for d in dtypes if d == "float32" or device != "cpu"]  # no bf16 autocast on a CPU
+        ref_runs, torch_version = reference_runners(args.reference, name, batch, settings, args.threads, device,
+                                                    ref_dtypes)
+        runners.update({f"reference_{d}": run for d, run in ref_runs.items()})
       best = time_interleaved(runners, [0], args.repeats)
       for d in dtypes:
         t = best[f"jax_{d}", 0]
@@ -153,12 +168,8 @@ def main() -> None:
         print(f"{name:13s} batch {batch:3d} jax {d:9s} {batch / t:9.3f} img/s ({t:.2f} s)", flush=True)
       record["jax"].update(peak_memory_bytes())
       if args.reference:
-        t = best["reference", 0]
-        record["reference"] = dict(seconds=t, images_per_s=batch / t, torch=torch_version,
-                                   threads=args.threads or os.cpu_count())
-        record["ratio_ours_over_reference_float32"] = record["jax"]["float32"]["images_per_s"] / (batch / t)
-        print(f"{name:13s} batch {batch:3d} reference {batch / t:9.3f} img/s  ratio "
-              f"{record['ratio_ours_over_reference_float32']:.2f}x", flush=True)
+        record_reference(record, {d: best[f"reference_{d}", 0] for d in ref_dtypes}, batch, torch_version, device,
+                         args.threads or os.cpu_count(), label=f"{name:13s} ")
       if not args.no_save:
         append_result("bar_sampling", record)
 

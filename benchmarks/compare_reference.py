@@ -41,7 +41,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from benchmarks.common import append_result, machine, time_call  # noqa: E402
+from benchmarks.common import allow_reference_tf32, append_result, machine, time_call, torch_precision  # noqa: E402
 from benchmarks.sampling import jax_runner, seconds_for, time_interleaved  # noqa: E402
 from benchmarks.tokenizer import _stub_torchvision_if_missing  # noqa: E402
 
@@ -76,7 +76,7 @@ def _omega(section):
 class Reference:
   """The reference's modules built from our configs (same key names), on ``device``."""
 
-  def __init__(self, path: str, device: str, threads: int):
+  def __init__(self, path: str, device: str, threads: int, dtype: str = "float32"):
     import torch
 
     if not os.path.isdir(os.path.join(path, "modeling")):
@@ -85,7 +85,12 @@ class Reference:
     _stub_torchvision_if_missing()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    self.torch, self.device, self.path = torch, torch.device(device), path
+    allow_reference_tf32(device)
+    self.torch, self.device, self.path, self.dtype = torch, torch.device(device), path, dtype
+
+  def precision(self):
+    """The reference's compute precision, as a context (bfloat16: autocast, as its scripts' mixed precision)."""
+    return torch_precision(str(self.device), self.dtype)
 
   def sync(self):
     if self.device.type == "cuda":
@@ -125,12 +130,12 @@ def reference_codec(ref: Reference, cfg, images: np.ndarray):
     tokens = model.encode(x)[1]["min_encoding_indices"].reshape(x.shape[0], -1)
 
   def encode(_=None):
-    with torch.no_grad():
+    with torch.no_grad(), ref.precision():
       model.encode(x)
     ref.sync()
 
   def decode(_=None):
-    with torch.no_grad():
+    with torch.no_grad(), ref.precision():
       model.decode_tokens(tokens)
     ref.sync()
 
@@ -145,7 +150,7 @@ def reference_forward(ref: Reference, cfg, tokens: np.ndarray, labels: np.ndarra
   drop = torch.zeros(len(labels), dtype=torch.bool, device=ref.device)
 
   def run(_=None):
-    with torch.no_grad():
+    with torch.no_grad(), ref.precision():
       gen(t, lab.clone(), drop)  # the reference writes into the labels it is given
     ref.sync()
 
@@ -163,7 +168,7 @@ def reference_sampler(ref: Reference, cfg, batch: int, settings: dict):
   labels = (torch.arange(batch) % int(cfg.model.nclass)).to(ref.device)
 
   def run(num_steps):
-    with torch.no_grad():
+    with torch.no_grad(), ref.precision():
       ref_sample(gen, tok, num_samples=batch, labels=labels.clone(), num_steps=num_steps, mask_token=gen.mask_token,
                  patch_size=side, codebook_size=2**vq.token_size, codebook_splits=mlm.codebook_splits, **settings)
     ref.sync()
@@ -195,14 +200,16 @@ def reference_tokenizer_step(ref: Reference, cfg, images: np.ndarray):
   step = [0]
 
   def run(_=None):
-    recon, extra = model(x)
-    loss, _ = loss_module(x, recon, extra, step[0], last_layer=model.get_last_layer(), mode="gen")
+    with ref.precision():
+      recon, extra = model(x)
+      loss, _ = loss_module(x, recon, extra, step[0], last_layer=model.get_last_layer(), mode="gen")
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
     ema.step(model.parameters())
-    d_loss, _ = loss_module(x, recon, extra, step[0], last_layer=model.get_last_layer(), mode="disc")
+    with ref.precision():
+      d_loss, _ = loss_module(x, recon, extra, step[0], last_layer=model.get_last_layer(), mode="disc")
     d_loss.backward()
     torch.nn.utils.clip_grad_norm_(loss_module.parameters(), clip)
     disc_opt.step()
@@ -230,13 +237,14 @@ def reference_generator_step(ref: Reference, cfg, images: np.ndarray, labels: np
   codebook_size = 2**cfg.model.vq_model.token_size
 
   def run(_=None):
-    with torch.no_grad():
+    with torch.no_grad(), ref.precision():
       tokens = tok.encode(x)[1]["min_encoding_indices"].reshape(x.shape[0], -1)
     tokens = split_factorized_tokens(tokens, codebook_size=codebook_size, splits=mlm.codebook_splits)
     masked, masks = get_mask_tokens(tokens, gen.mask_token, mode=mlm.train_mask_schedule_strategy)
     drop = torch.rand(lab.shape, device=ref.device) < mlm.class_label_dropout
-    logits = gen(masked, lab.clone(), drop)
-    loss, _ = loss_module(logits, tokens, masks)
+    with ref.precision():
+      logits = gen(masked, lab.clone(), drop)
+      loss, _ = loss_module(logits, tokens, masks)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(gen.parameters(), clip)
     opt.step()
@@ -254,13 +262,13 @@ def median_step_s(run, repeats: int) -> float:
 
 # ---------------------------------------------------------------------------------------------- our side
 
-def our_forward(gen_cfg, tokens: np.ndarray, labels: np.ndarray):
+def our_forward(gen_cfg, tokens: np.ndarray, labels: np.ndarray, dtype: str):
   import jax
   import jax.numpy as jnp
 
   import maskbit_jax
 
-  gen = maskbit_jax.load_generator(gen_cfg, random_init=True)
+  gen = maskbit_jax.load_generator(gen_cfg, random_init=True, dtype=dtype)
   fwd = jax.jit(lambda p, t, l, d: gen.module.apply({"params": p}, t, l, d))
   t, lab = jnp.asarray(tokens, jnp.int32), jnp.asarray(labels, jnp.int32)
   drop = jnp.zeros(len(labels), bool)
@@ -298,7 +306,7 @@ def run_rows(args, ref: Reference) -> list[dict]:
     ref_enc, ref_dec = reference_codec(ref, tok_cfg, images)
     import jax
 
-    tok = maskbit_jax.load_tokenizer(tok_cfg, random_init=True)
+    tok = maskbit_jax.load_tokenizer(tok_cfg, random_init=True, dtype=args.dtype)
     x = jax.device_put(images)
     tokens = tok.encode(x, validate=False)
     runners = dict(ours_encode=lambda _: tok.encode(x, validate=False).block_until_ready(),
@@ -317,7 +325,7 @@ def run_rows(args, ref: Reference) -> list[dict]:
     b = batch["forward"]
     tokens = rng.integers(0, 2**bits + 1, (b, seq, int(mlm.codebook_splits))).astype(np.int64)  # 2**bits: mask
     labels = rng.integers(0, int(gen_cfg.model.nclass), b)
-    best = time_interleaved(dict(ours=our_forward(gen_cfg, tokens, labels),
+    best = time_interleaved(dict(ours=our_forward(gen_cfg, tokens, labels, args.dtype),
                                  ref=reference_forward(ref, gen_cfg, tokens, labels)), [1], args.repeats)
     report(row("forward", "img/s", b, best["ours", 1], best["ref", 1], inference, tokens=seq,
                hidden_dim=int(mlm.hidden_dim), depth=int(mlm.depth)))
@@ -328,7 +336,7 @@ def run_rows(args, ref: Reference) -> list[dict]:
     settings["mask_schedule_strategy"] = gen_cfg.model.mlm_model.get("gen_mask_schedule_strategy", "arccos")
     b = batch["sampling"]
     steps = [args.num_steps] if args.measure_steps is None else [1, args.measure_steps]
-    best = time_interleaved(dict(ours=jax_runner(gen_cfg, b, "float32"), ref=reference_sampler(ref, gen_cfg, b, settings)),
+    best = time_interleaved(dict(ours=jax_runner(gen_cfg, b, args.dtype), ref=reference_sampler(ref, gen_cfg, b, settings)),
                             steps, args.repeats)
     ours = seconds_for(best, "ours", args.num_steps, args.measure_steps)
     theirs = seconds_for(best, "ref", args.num_steps, args.measure_steps)
@@ -338,7 +346,7 @@ def run_rows(args, ref: Reference) -> list[dict]:
   with tempfile.TemporaryDirectory() as tmp:
     if "train_tokenizer" in args.rows:
       b = batch["train_tokenizer"]
-      ours = bench_stage("tokenizer", batch_per_device=b, dtype="float32", reduced=args.reduced,
+      ours = bench_stage("tokenizer", batch_per_device=b, dtype=args.dtype, reduced=args.reduced,
                          repeats=args.repeats, workdir=os.path.join(tmp, "tokenizer"))
       images = rng.uniform(0, 1, (b, size, size, 3)).astype(np.float32)
       theirs = median_step_s(reference_tokenizer_step(ref, tok_cfg, images), args.repeats)
@@ -346,7 +354,7 @@ def run_rows(args, ref: Reference) -> list[dict]:
                  f"median of {args.repeats} steps after compile + warm-up", step="generator + discriminator"))
     if "train_generator" in args.rows:
       b = batch["train_generator"]
-      ours = bench_stage("generator", batch_per_device=b, dtype="float32", reduced=args.reduced,
+      ours = bench_stage("generator", batch_per_device=b, dtype=args.dtype, reduced=args.reduced,
                          repeats=args.repeats, workdir=os.path.join(tmp, "generator"))
       images = rng.uniform(0, 1, (b, size, size, 3)).astype(np.float32)
       labels = rng.integers(0, int(gen_cfg.model.nclass), b)
@@ -388,6 +396,8 @@ def main(argv=None) -> int:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
   p.add_argument("--torch-device", default=None, help="default: cuda when torch sees a GPU, else cpu")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="both sides' compute: ours bf16 with float32 parameters, the reference under bf16 autocast")
   p.add_argument("--reference-commit", default=None,
                  help="the reference's commit, recorded (default: asked of git; give it for an exported checkout)")
   p.add_argument("--no-save", action="store_true")
@@ -404,7 +414,7 @@ def main(argv=None) -> int:
   import torch
 
   device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
-  ref = Reference(args.reference, device, args.threads)
+  ref = Reference(args.reference, device, args.threads, args.dtype)
   _, _, overrides = our_configs(args.reduced)
   start = time.perf_counter()
   rows = run_rows(args, ref)
@@ -412,7 +422,7 @@ def main(argv=None) -> int:
                 rows=rows, machine=machine(), torch=torch.__version__, torch_device=device, torch_threads=args.threads,
                 reference=dict(path=os.path.abspath(args.reference),
                                commit=args.reference_commit or _reference_commit(args.reference)),
-                dtype="float32", seconds=round(time.perf_counter() - start, 1))
+                dtype=args.dtype, seconds=round(time.perf_counter() - start, 1))
   if not args.no_save:
     print("appended to", append_result("compare_reference", record))
   return 0

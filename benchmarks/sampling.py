@@ -20,7 +20,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import append_result, machine, peak_memory_bytes  # noqa: E402
+from benchmarks.common import (append_result, machine, peak_memory_bytes, torch_device, torch_precision,  # noqa: E402
+                               torch_sync)
 from benchmarks.tokenizer import _stub_torchvision_if_missing  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +48,8 @@ def jax_runner(config: str, batch: int, dtype: str):
   return run
 
 
-def reference_runner(reference_dir: str, batch: int, settings: dict):
-  """``run(num_steps)`` for the PyTorch reference ``sample()`` on the same settings."""
+def reference_runners(reference_dir: str, batch: int, settings: dict, device: str, dtypes):
+  """``{dtype: run(num_steps)}`` for the PyTorch reference ``sample()`` on the same settings, on ``device``."""
   import torch
 
   sys.path.insert(0, reference_dir)
@@ -62,20 +63,39 @@ def reference_runner(reference_dir: str, batch: int, settings: dict):
   cfg = OmegaConf.load(os.path.join(reference_dir, "configs/generator/maskbit_generator_12bit.yaml"))
   vq = cfg.model.vq_model
   vq.codebook_size = 2**vq.token_size
-  tok = ConvVQModel(vq).eval()
+  tok = ConvVQModel(vq).eval().to(device)
   mlm = cfg.model.mlm_model
   gen = LFQBert(img_size=256, hidden_dim=mlm.hidden_dim, codebook_size=vq.codebook_size,
                 codebook_splits=mlm.codebook_splits, depth=mlm.depth, heads=mlm.heads, mlp_dim=mlm.mlp_dim,
-                dropout=mlm.dropout, use_prenorm=mlm.use_prenorm).eval()
-  labels = torch.arange(batch) % 1000
+                dropout=mlm.dropout, use_prenorm=mlm.use_prenorm).eval().to(device)
+  labels = (torch.arange(batch) % 1000).to(device)
 
-  def run(num_steps):
-    with torch.no_grad():
-      ref_sample(gen, tok, num_samples=batch, labels=labels.clone(), num_steps=num_steps,
-                 mask_token=gen.mask_token, patch_size=16, codebook_size=vq.codebook_size,
-                 codebook_splits=mlm.codebook_splits, **settings)
+  def runner(dtype):
+    def run(num_steps):
+      with torch.no_grad(), torch_precision(device, dtype):
+        ref_sample(gen, tok, num_samples=batch, labels=labels.clone(), num_steps=num_steps,
+                   mask_token=gen.mask_token, patch_size=16, codebook_size=vq.codebook_size,
+                   codebook_splits=mlm.codebook_splits, **settings)
+      torch_sync(device)
 
-  return run, torch.__version__
+    return run
+
+  return {d: runner(d) for d in dtypes}, torch.__version__
+
+
+def record_reference(record: dict, seconds: dict, batch: int, torch_version: str, device: str, threads,
+                     label: str = "") -> None:
+  """Adds the reference's timings and the ratios at equal precision to ``record`` (and prints them).
+
+  ``record["reference"]`` holds the float32 figure (the layout of every earlier record);
+  other precisions go to ``record["reference_<dtype>"]``.
+  """
+  for d, t in seconds.items():
+    key = "reference" if d == "float32" else f"reference_{d}"
+    record[key] = dict(seconds=t, images_per_s=batch / t, torch=torch_version, torch_device=device, threads=threads)
+    ratio = record["jax"][d]["images_per_s"] / (batch / t)
+    record[f"ratio_ours_over_reference_{d}"] = ratio
+    print(f"{label}batch {batch:3d} reference {d:9s} {batch / t:9.4f} img/s  ratio {ratio:.2f}x ({device})", flush=True)
 
 
 def time_interleaved(runners: dict, step_counts, repeats: int) -> dict:
@@ -114,6 +134,7 @@ def main() -> None:
   p.add_argument("--dtypes", default=None, help="default float32 on CPU, float32,bfloat16 elsewhere")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--reference-dir")
+  p.add_argument("--torch-device", default=None, help="the reference's device (default: cuda when torch sees a GPU)")
   p.add_argument("--no-save", action="store_true")
   args = p.parse_args()
   if args.measure_steps is not None and args.measure_steps < 2:
@@ -136,7 +157,12 @@ def main() -> None:
                   repeats=args.repeats, machine=machine(), jax={})
     runners = {f"jax_{d}": jax_runner(args.config, batch, d) for d in dtypes}
     if args.reference_dir:
-      runners["reference"], torch_version = reference_runner(args.reference_dir, batch, settings)
+      device = torch_device(args.torch_device)
+      # The reference at each precision we time ours at, except bfloat16 on a CPU (autocast there is
+      # slower than float32 and not how anyone runs it).
+      ref_dtypes = [d for d in dtypes if d == "float32" or device != "cpu"]
+      ref_runs, torch_version = reference_runners(args.reference_dir, batch, settings, device, ref_dtypes)
+      runners.update({f"reference_{d}": run for d, run in ref_runs.items()})
     best = time_interleaved(runners, step_counts, args.repeats)
     for d in dtypes:
       t = seconds_for(best, f"jax_{d}", args.num_steps, args.measure_steps)
@@ -145,10 +171,8 @@ def main() -> None:
             f"{', extrapolated' if args.measure_steps else ''})")
     record["jax"].update(peak_memory_bytes())
     if args.reference_dir:
-      t = seconds_for(best, "reference", args.num_steps, args.measure_steps)
-      record["reference"] = dict(seconds=t, images_per_s=batch / t, torch=torch_version, threads=os.cpu_count())
-      record["ratio_ours_over_reference_float32"] = record["jax"]["float32"]["images_per_s"] / (batch / t)
-      print(f"batch {batch:3d} reference {batch / t:9.4f} img/s  ratio {record['ratio_ours_over_reference_float32']:.2f}x")
+      record_reference(record, {d: seconds_for(best, f"reference_{d}", args.num_steps, args.measure_steps)
+                                for d in ref_dtypes}, batch, torch_version, device, os.cpu_count())
     if not args.no_save:
       append_result("sampling", record)
 

@@ -18,7 +18,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import append_result, machine, peak_memory_bytes, time_call  # noqa: E402
+from benchmarks.common import (append_result, machine, peak_memory_bytes, time_call, torch_device,  # noqa: E402
+                               torch_precision, torch_sync)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +53,8 @@ def _stub_torchvision_if_missing() -> None:
       sys.modules[name] = mock.MagicMock(name=name)
 
 
-def bench_reference(reference_dir: str, config_yaml: str, images: np.ndarray, threads: int, repeats: int) -> dict:
+def bench_reference(reference_dir: str, config_yaml: str, images: np.ndarray, threads: int, repeats: int,
+                    device: str = "cpu", dtype: str = "float32") -> dict:
   import torch
   from omegaconf import OmegaConf
 
@@ -64,14 +66,22 @@ def bench_reference(reference_dir: str, config_yaml: str, images: np.ndarray, th
   cfg = OmegaConf.load(config_yaml).model.vq_model
   if cfg.quantizer_type == "lookup-free":
     cfg.codebook_size = 2**cfg.token_size
-  model = ConvVQModel(cfg).eval()
-  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-  with torch.no_grad():
+  model = ConvVQModel(cfg).eval().to(device)
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+
+  def timed(fn):
+    def call():
+      fn()
+      torch_sync(device)
+
+    return time_call(call, repeats=repeats)
+
+  with torch.no_grad(), torch_precision(device, dtype):
     _, result = model.encode(x)
     tokens = result["min_encoding_indices"].reshape(x.shape[0], -1)
-    encode = time_call(lambda: model.encode(x), repeats=repeats)
-    decode = time_call(lambda: model.decode_tokens(tokens), repeats=repeats)
-  return dict(encode=encode, decode=decode, torch=torch.__version__, threads=threads)
+    encode = timed(lambda: model.encode(x))
+    decode = timed(lambda: model.decode_tokens(tokens))
+  return dict(encode=encode, decode=decode, torch=torch.__version__, threads=threads, torch_device=device)
 
 
 def main() -> None:
@@ -85,6 +95,7 @@ def main() -> None:
   p.add_argument("--reference-dir", help="checkout of github markweberdev/maskbit (needs torch)")
   p.add_argument("--reference-config", default="configs/tokenizer/maskbit_tokenizer_12bit.yaml",
                  help="reference yaml, relative to --reference-dir")
+  p.add_argument("--torch-device", default=None, help="the reference's device (default: cuda when torch sees a GPU)")
   p.add_argument("--no-save", action="store_true")
   args = p.parse_args()
 
@@ -105,17 +116,21 @@ def main() -> None:
     print(f"jax {dtype:9s} encode {r['encode_img_s']:8.2f} img/s   decode {r['decode_img_s']:8.2f} img/s   "
           f"peak {json.dumps({k: v for k, v in r.items() if k.endswith('bytes')})}")
   if args.reference_dir:
-    ref = bench_reference(args.reference_dir, os.path.join(args.reference_dir, args.reference_config), images,
-                          threads=os.cpu_count() or 1, repeats=args.repeats)
-    ref["encode_img_s"] = args.batch / ref["encode"]["median_s"]
-    ref["decode_img_s"] = args.batch / ref["decode"]["median_s"]
-    record["reference"] = ref
-    ours = record["jax"]["float32"]
-    record["ratio_ours_over_reference"] = dict(encode=ours["encode_img_s"] / ref["encode_img_s"],
-                                               decode=ours["decode_img_s"] / ref["decode_img_s"])
-    print(f"reference encode {ref['encode_img_s']:8.2f} img/s   decode {ref['decode_img_s']:8.2f} img/s   "
-          f"(torch {ref['torch']}, {ref['threads']} threads)")
-    print("ratio ours/reference (float32):", json.dumps(record["ratio_ours_over_reference"]))
+    device = torch_device(args.torch_device)
+    # bfloat16 on a CPU is left out on the reference side: autocast there is slower than float32.
+    for dtype in [d for d in dtypes if d == "float32" or device != "cpu"]:
+      ref = bench_reference(args.reference_dir, os.path.join(args.reference_dir, args.reference_config), images,
+                            threads=os.cpu_count() or 1, repeats=args.repeats, device=device, dtype=dtype)
+      ref["encode_img_s"] = args.batch / ref["encode"]["median_s"]
+      ref["decode_img_s"] = args.batch / ref["decode"]["median_s"]
+      suffix = "" if dtype == "float32" else f"_{dtype}"  # float32 keeps the keys of earlier records
+      record["reference" + suffix] = ref
+      ours = record["jax"][dtype]
+      ratio = dict(encode=ours["encode_img_s"] / ref["encode_img_s"], decode=ours["decode_img_s"] / ref["decode_img_s"])
+      record["ratio_ours_over_reference" + suffix] = ratio
+      print(f"reference {dtype:9s} encode {ref['encode_img_s']:8.2f} img/s   decode {ref['decode_img_s']:8.2f} img/s   "
+            f"(torch {ref['torch']} on {device}, {ref['threads']} threads)")
+      print(f"ratio ours/reference ({dtype}):", json.dumps(ratio))
   if not args.no_save:
     print("appended to", append_result("tokenizer", record))
 

@@ -15,6 +15,10 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 import pathlib
 
+# Parity is checked at float32 "highest" matmul/conv precision on every backend: a no-op on CPU,
+# and on GPUs it stops XLA from taking TF32 for float32 products (set the variable to override).
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
 # One persistent XLA compilation cache for the test processes (and the CLIs they start): the tiny
 # models' programs compile once per suite instead of once per test (tens of seconds each on CPU).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
