@@ -15,7 +15,7 @@
 #   -t SEC   kill everything after SEC seconds (default 0: no limit)
 #   -q       do not stream process 0's log to stdout
 # Command (after --): default
-#   ${PYTHON:-python3} -m maskbit_jax.train --config configs/generator_tiny.py --workdir ${WORKDIR:-/tmp/maskbit_local_mp}
+#   ${PYTHON:-python3} -m maskbit_jax.train --config configs/tokenizer_tiny.py --workdir ${WORKDIR:-/tmp/maskbit_local_mp}
 #
 # Exit status: 0 when every process exits 0. As soon as one fails, the others are stopped and the
 # script exits with that process's status after printing the end of its log.
@@ -56,7 +56,7 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 if (( $# == 0 )); then
-  set -- "$PYTHON" -m maskbit_jax.train --config configs/generator_tiny.py --workdir "${WORKDIR:-/tmp/maskbit_local_mp}"
+  set -- "$PYTHON" -m maskbit_jax.train --config configs/tokenizer_tiny.py --workdir "${WORKDIR:-/tmp/maskbit_local_mp}"
 fi
 if [[ -z "$port" ]]; then
   port="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

@@ -52,7 +52,11 @@ def save_params(directory: str | os.PathLike, params: Any, *, kind: str, config:
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(directory) + ".tmp-")
-  checkpointer = ocp.StandardCheckpointer()
+  # This process alone writes (host arrays, a staging folder of its own): no barrier with the others,
+  # which in a multi-process run are not saving (train's export: process 0 writes what all gathered).
+  me = jax.process_index()
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"save_params_{me}"))
   checkpointer.save(os.path.join(staging, PARAMS_DIR), params)
   checkpointer.wait_until_finished()
   _write_json_atomic(os.path.join(staging, META_FILE),

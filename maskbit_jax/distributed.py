@@ -435,3 +435,20 @@ def global_batch_from_local(local_batch_tree, mesh, batch_sharding=None):
     return jax.make_array_from_process_local_data(s, x)
 
   return jax.tree_util.tree_map_with_path(one, shardings, local)
+
+
+def host_copy(tree: Any) -> Any:
+  """Whole host (numpy) copies of ``tree``'s arrays, on every process.
+
+  An array sharded over devices of several processes is gathered (a collective: every process
+  must call this with the same tree); others, replicated or local, are simply fetched.
+  """
+  import jax
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(one, tree)

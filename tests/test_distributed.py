@@ -480,3 +480,78 @@ def test_two_process_generator_evaluation_counts_every_image_once(two_process_jo
     with np.load(out / f"samples.npz.process{i}") as f:
       painted.extend(f["arr_0"][:, 0, 0, 0].tolist())
   assert painted == list(range(EVAL_IMAGES))
+
+
+# the training CLI end to end in 2 processes: grids and exports gather what spans both processes
+
+def _launch_train(tmp_path, name: str, *overrides: str) -> pathlib.Path:
+  workdir, logs = tmp_path / name, tmp_path / f"{name}_logs"
+  cmd = ["bash", str(LAUNCH), "-q", "-n", "2", "-d", "2", "-t", "400", "-l", str(logs), "--",
+         sys.executable, "-m", "maskbit_jax.train", "--workdir", str(workdir), *overrides,
+         "--config.training.max_train_steps=2", "--config.training.per_gpu_batch_size=2",
+         "--config.experiment.save_every=2", "--config.experiment.log_every=1",
+         "--config.experiment.generate_every=1", "--config.training.num_generated_images=4"]
+  run = subprocess.run(cmd, capture_output=True, text=True, timeout=450, env=_env(), cwd=REPO)
+  text = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
+  assert run.returncode == 0, f"{run.stderr}\n{text}"
+  assert sorted(p.name for p in (workdir / "images").glob("*.png"))[-1].endswith("00000002.png")
+  return workdir
+
+
+def _assert_export_equals_checkpoint(workdir: pathlib.Path, name: str) -> None:
+  """The export (written by process 0 from weights gathered over both processes) is the last checkpoint's."""
+  import orbax.checkpoint as ocp
+
+  from maskbit_jax import checkpointing
+
+  import jax
+
+  exported = checkpointing.load_params(workdir / "export" / name)
+  # as host arrays: the checkpoint's 2-process device topology does not exist in this process
+  path = str(workdir / "checkpoints" / "2" / "state")
+  reader = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), reader.metadata(path).item_metadata.tree)
+  state = reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  # the EMA copy where the recipe keeps one (MaskBit stages), else the trained weights (BAR)
+  flat_saved = dict(jax_flatten(state["ema_params"])) or dict(jax_flatten(state["params"]))
+  assert len(flat_saved) == len(jax_flatten(exported))
+  for key, value in jax_flatten(exported):
+    np.testing.assert_array_equal(value, flat_saved[key], err_msg=key)
+
+
+def jax_flatten(tree):
+  import jax
+
+  return [(jax.tree_util.keystr(k), np.asarray(v)) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+@pytest.fixture(scope="module")
+def two_process_tokenizer(tmp_path_factory):
+  """Stage I in 2 processes x 2 devices on an fsdp mesh: the weights are sharded over both processes."""
+  tmp = tmp_path_factory.mktemp("mp_cli")
+  workdir = _launch_train(tmp, "tok", "--config", str(REPO / "configs/tokenizer_tiny.py"),
+                          "--config.runtime.mesh.data=2", "--config.runtime.mesh.fsdp=2",
+                          "--config.experiment.eval_images=8", "--config.losses.discriminator_start=1")
+  return workdir
+
+
+def test_two_process_training_cli_writes_grids_and_exports_both_stages(two_process_tokenizer, tmp_path):
+  import maskbit_jax
+
+  _assert_export_equals_checkpoint(two_process_tokenizer, "tokenizer")
+  tok = maskbit_jax.load_tokenizer(str(REPO / "configs/tokenizer_tiny.py"), str(two_process_tokenizer / "export/tokenizer"))
+  gen_dir = _launch_train(tmp_path, "gen", "--config", str(REPO / "configs/generator_tiny.py"),
+                          f"--config.experiment.vqgan_checkpoint={two_process_tokenizer / 'export/tokenizer'}")
+  _assert_export_equals_checkpoint(gen_dir, "generator")
+  gen = maskbit_jax.load_generator(str(REPO / "configs/generator_tiny.py"), str(gen_dir / "export/generator"))
+  import jax
+
+  out = maskbit_jax.sample(gen, tok, [0, 1], jax.random.key(0), num_steps=2)
+  assert out["tokens"].shape == (2, 4, 4)
+
+
+@pytest.mark.slow
+def test_two_process_bar_training_cli_writes_its_grid_and_export(two_process_tokenizer, tmp_path):
+  bar_dir = _launch_train(tmp_path, "bar", "--config", str(REPO / "configs/bar_tiny.py"),
+                          f"--config.experiment.vqgan_checkpoint={two_process_tokenizer / 'export/tokenizer'}")
+  _assert_export_equals_checkpoint(bar_dir, "bar_generator")

@@ -29,6 +29,7 @@ import numpy as np
 
 from maskbit_jax import bar, sharding
 from maskbit_jax.bar_config import bar_fields
+from maskbit_jax.distributed import host_copy
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.train.tasks import _Task, compute_dtype
 
@@ -186,7 +187,7 @@ class BarTask(_Task):
     return self.settings.use_ema
 
   def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
-    gen = bar.BarModel(self.cfg, self.module, jax.device_get(self.model_params(state)))
+    gen = bar.BarModel(self.cfg, self.module, host_copy(self.model_params(state)))
     return self.sample_grid(gen, self.module.num_classes)
 
   def evaluate(self, state) -> dict:

@@ -227,7 +227,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
     writer.flush()
     summary.update(end_step=step, stopped_by_signal=bool(stop), finished=step >= total)
     if step >= total:
-      summary["export"] = task.export(state) if is_main else None
+      summary["export"] = task.export(state)  # every process: gathering sharded weights is collective
       if is_main:
         say(f"[{stage}] done: weights in {summary['export']}")
     elif stop:

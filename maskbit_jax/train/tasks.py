@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from maskbit_jax import checkpointing, sharding
+from maskbit_jax.distributed import host_copy
 from maskbit_jax.data import augment, pipeline
 from maskbit_jax.data.sources import eval_batches, make_source, num_eval_batches
 from maskbit_jax.models.layers import jit_init
@@ -155,12 +156,17 @@ class _Task:
     n = max(int(self.cfg.training.get("num_generated_images", 10)), 1)
     labels = np.arange(n) % num_classes
     out = sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
-    return np.clip(np.asarray(out["images"]), 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
+    images = host_copy(out["images"])  # inside the training mesh the batch may span every process's devices
+    return np.clip(images, 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
 
-  def export_params(self, params, name: str, kind: str) -> str:
+  def export_params(self, params, name: str, kind: str) -> str | None:
+    """Writes ``params`` to ``workdir/export/<name>``; called on every process (the gather is collective),
+    written by process 0, which returns the path (the others return None)."""
+    params = host_copy(params)
+    if self.process_index != 0:
+      return None
     path = os.path.join(self.workdir, "export", name)
-    return checkpointing.save_params(path, jax.device_get(params), kind=kind, config=self.cfg.to_dict(),
-                                     overwrite=True)
+    return checkpointing.save_params(path, params, kind=kind, config=self.cfg.to_dict(), overwrite=True)
 
 
 class TokenizerTask(_Task):
@@ -245,7 +251,7 @@ class TokenizerTask(_Task):
   def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
     n = int(self.cfg.training.get("num_generated_images", 2))
     images = self._eval_images(max(n, 1))
-    recon = np.asarray(self._reconstruct(jax.device_get(self.model_params(state)), images))
+    recon = host_copy(self._reconstruct(host_copy(self.model_params(state)), images))
     labels = [f"input {i}" for i in range(len(images))] + [f"recon {i}" for i in range(len(images))]
     return np.concatenate([images, recon]), labels, len(images)
 
@@ -350,7 +356,7 @@ class GeneratorTask(_Task):
   def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
     from maskbit_jax.generator import Generator
 
-    return self.sample_grid(Generator(self.cfg, self.module, jax.device_get(self.model_params(state))),
+    return self.sample_grid(Generator(self.cfg, self.module, host_copy(self.model_params(state))),
                             self.module.nclass)
 
   def evaluate(self, state) -> dict:
