@@ -163,6 +163,22 @@ class TokenDataset:
   def __getitem__(self, index: int) -> dict:
     return decode_record(self.source[index])
 
+  def check_matches(self, where: str, *, tokenizer: str, grid, bits: int) -> None:
+    """Refuses a set that does not hold the model's tokens: ``tokenizer`` kind (``"maskbit"`` or
+    ``"bar_fsq"``), token ``grid`` ``(h, w)`` and ``bits`` per token, each named in the error."""
+    meta = self.meta
+    made_by = meta.get("tokenizer")
+    if made_by is not None and made_by != tokenizer:
+      raise ValueError(f"{where} holds {made_by} tokens but this config's tokenizer is {tokenizer}")
+    held = meta.get("token_grid")
+    if held is not None and tuple(held) != tuple(grid):
+      raise ValueError(f"{where} holds a {tuple(held)} token grid; the model takes {tuple(grid)}")
+    held_bits = meta.get("token_bits")
+    if held_bits is None and meta.get("codebook_size"):
+      held_bits = int(meta["codebook_size"]).bit_length() - 1
+    if held_bits is not None and int(held_bits) != int(bits):
+      raise ValueError(f"{where} holds {held_bits}-bit tokens; the model takes {bits} bits per token")
+
 
 def main(argv=None) -> int:
   from maskbit_jax import bar

@@ -163,5 +163,5 @@ def test_a_token_set_of_another_tokenizer_is_refused(fsq_setup, token_set, tmp_p
       "--config.training.global_batch_size=8", "--config.runtime.num_devices=1"])
   mesh = sharding.create_mesh({"data": -1}, jax.devices()[:1])
   task = make_task(cfg, mesh, str(tmp_path / "run"))
-  with pytest.raises(ValueError, match="holds bar_fsq tokens but this config's tokenizer is lfq"):
+  with pytest.raises(ValueError, match="holds bar_fsq tokens but this config's tokenizer is maskbit"):
     task.dataset()

@@ -154,27 +154,13 @@ class BarTask(_Task):
 
     data = self.cfg.dataset
     tokens = TokenDataset(self.pretokenized)
-    self._check_token_set(tokens.meta)
+    tokens.check_matches(f"dataset.pretokenized={self.pretokenized!r}", tokenizer={bar.LFQ: "maskbit"}.get(
+        self.kind, self.kind), grid=self.module.grid, bits=self.module.token_bits)
     return bit_train_dataset(
         tokens, batch_size=self.local_batch, seed=self.seed,
         token_bits=self.module.token_bits, process_index=self.process_index, process_count=self.process_count,
         random_flip=bool(data.preprocessing.get("random_flip", True)), num_threads=int(data.get("num_threads", 8)),
         prefetch_buffer_size=int(data.get("prefetch_buffer_size", 16)))
-
-  def _check_token_set(self, meta: dict) -> None:
-    """The pretokenized set must hold this model's tokens: tokenizer kind, grid and bits per token."""
-    where = f"dataset.pretokenized={self.pretokenized!r}"
-    kind = {"maskbit": bar.LFQ, "bar_fsq": bar.BAR_FSQ}.get(meta.get("tokenizer"))
-    if kind is not None and kind != self.kind:
-      raise ValueError(f"{where} holds {meta['tokenizer']} tokens but this config's tokenizer is {self.kind}")
-    grid = meta.get("token_grid")
-    if grid is not None and tuple(grid) != tuple(self.module.grid):
-      raise ValueError(f"{where} holds a {tuple(grid)} token grid; the model takes {tuple(self.module.grid)}")
-    bits = meta.get("token_bits")
-    if bits is None and meta.get("codebook_size"):
-      bits = int(meta["codebook_size"]).bit_length() - 1
-    if bits is not None and int(bits) != self.module.token_bits:
-      raise ValueError(f"{where} holds {bits}-bit tokens; the model takes {self.module.token_bits} bits per token")
 
   def step(self, state, batch, step_number: int):
     del step_number  # the state carries its own step

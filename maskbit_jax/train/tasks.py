@@ -339,6 +339,9 @@ class GeneratorTask(_Task):
     from maskbit_jax.pretokenize import TokenDataset
 
     tokens = TokenDataset(self.pretokenized)
+    side = self.module.img_size // self.module.input_stride
+    tokens.check_matches(f"dataset.pretokenized={self.pretokenized!r}", tokenizer="maskbit", grid=(side, side),
+                         bits=self.module.token_size)
     return pipeline.token_train_dataset(
         tokens, batch_size=self.local_batch, seed=self.seed, process_index=self.process_index,
         process_count=self.process_count, random_flip=bool(self.cfg.dataset.preprocessing.get("random_flip", True)))
