@@ -304,3 +304,17 @@ def test_workdir_of_another_config_is_refused_and_left_intact(tmp_path):
   # cadence and length may change between restarts
   summary = train(tok_config(*common, "--config.experiment.log_every=7"), work)
   assert summary["start_step"] == 2
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_lock_the_workdir(tmp_path):
+  common = ["--config.training.per_gpu_batch_size=2", "--config.training.max_train_steps=1",
+            "--config.experiment.generate_every=1000", "--config.experiment.eval_every=1000"]
+  work = str(tmp_path / "w")
+  with pytest.raises(FileNotFoundError, match="nofolder"):
+    train(tok_config(*common, f"--config.dataset.source={tmp_path / 'nofolder'}"), work)
+  assert os.path.exists(os.path.join(work, "config.json"))  # written, but no checkpoint: nothing locked
+  summary = train(tok_config(*common), work)  # the corrected command runs
+  assert summary["end_step"] == 1
+  for steps in (0, -3):
+    with pytest.raises(ValueError, match=r"--steps\) = %d: must be >= 1" % steps):
+      train(tok_config(*common), work, num_steps=steps)

@@ -36,8 +36,9 @@ from maskbit_jax.train.tasks import make_task, stage_of, validate_common
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-# Sections whose values define a run; a workdir refuses a config that differs in them.
-# (Cadence, step counts, data threads and the like may change between restarts.)
+# Sections whose values define a run; a workdir refuses a config that differs in them. The run's
+# length (max_train_steps) is among them: the learning-rate schedule is built on it. Cadence (log,
+# save, sample, eval), --steps per invocation, data threads and the like may change between restarts.
 RUN_DEFINING = ("model", "losses", "optimizer", "lr_scheduler", "training.per_gpu_batch_size",
                 "training.gradient_accumulation_steps", "training.seed", "training.max_train_steps",
                 "dataset.preprocessing", "dataset.source", "dataset.pretokenized", "runtime.dtype")
@@ -77,10 +78,12 @@ def run_differences(saved: dict, current: dict) -> list[str]:
 
 
 def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, is_main: bool) -> None:
-  """Writes ``config.json`` on the first start; later starts must bring the same run-defining values."""
+  """Writes ``config.json`` on the first start; once the run has a checkpoint, later starts must bring the
+  same run-defining values. (A start that failed before its first checkpoint, say on a wrong data path,
+  left nothing to protect: the next start's config replaces it.)"""
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(json.dumps(cfg.to_dict(), default=str))
-  if os.path.exists(path):
+  if os.path.exists(path) and _has_checkpoint(workdir):
     with open(path) as f:
       saved = json.load(f)
     diffs = run_differences(saved, current)
@@ -94,6 +97,12 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, is_main: bool
     with open(tmp, "w") as f:
       json.dump(current, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  """Whether ``workdir/checkpoints`` holds a finished step (Orbax's unfinished saves carry a suffix)."""
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
 class StopRequest:
@@ -151,6 +160,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
   ``num_steps``: stop after this many steps in this invocation (the schedule
   still runs to ``training.max_train_steps``), e.g. to split a run into jobs.
   """
+  if num_steps is not None and int(num_steps) < 1:
+    raise ValueError(f"num_steps (--steps) = {num_steps}: must be >= 1, or left out to run to "
+                     "training.max_train_steps")
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
   stage = stage_of(cfg)
