@@ -99,6 +99,14 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, is_main: bool
     os.replace(tmp, path)
 
 
+def _close_manager(manager) -> None:
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 - the error that stopped the run is the one to report
+    log.error("finishing the last checkpoint save failed: %s", e)
+  manager.close()
+
+
 def _has_checkpoint(workdir: str) -> bool:
   """Whether ``workdir/checkpoints`` holds a finished step (Orbax's unfinished saves carry a suffix)."""
   folder = os.path.join(workdir, "checkpoints")
@@ -180,70 +188,75 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
   writer = observe.make_writer(os.path.join(workdir, "tensorboard"), is_main=is_main)
   say = print if is_main else (lambda *a, **k: None)
 
-  # the models' activation constraints (logical names) only bind inside the rules context
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    abstract = jax.eval_shape(task.init_state)  # traces only; compiles nothing
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                            task.state_shardings)
-    dataset = task.dataset()
-    data_iter = iter(dataset)
-    restored = checkpoints.restore_latest(manager, abstract)
-    if restored is None:
-      state, start = task.init_state(), 0
-      say(f"[{stage}] new run in {workdir}: {total} steps, global batch {task.global_batch} "
-          f"({task.process_count} process(es), mesh {dict(mesh.shape)})")
-    else:
-      start, state, meta = restored
-      if meta.get("data") is not None:
-        data_iter.set_state(meta["data"])
-      say(f"[{stage}] resumed {workdir} at step {start}/{total}")
-    end = total if num_steps is None else min(total, start + int(num_steps))
+  try:
+    # the models' activation constraints (logical names) only bind inside the rules context
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      abstract = jax.eval_shape(task.init_state)  # traces only; compiles nothing
+      abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                              task.state_shardings)
+      dataset = task.dataset()
+      data_iter = iter(dataset)
+      restored = checkpoints.restore_latest(manager, abstract)
+      if restored is None:
+        state, start = task.init_state(), 0
+        say(f"[{stage}] new run in {workdir}: {total} steps, global batch {task.global_batch} "
+            f"({task.process_count} process(es), mesh {dict(mesh.shape)})")
+      else:
+        start, state, meta = restored
+        if meta.get("data") is not None:
+          data_iter.set_state(meta["data"])
+        say(f"[{stage}] resumed {workdir} at step {start}/{total}")
+      end = total if num_steps is None else min(total, start + int(num_steps))
 
-    progress = observe.Progress(start, total, task.global_batch)
-    history: list[dict] = []
-    step = start
-    summary: dict = {"stage": stage, "workdir": workdir, "start_step": start}
-    with StopRequest() as stop:
-      while step < end and not stop:
-        batch = task.to_device(next(data_iter))
-        state, metrics = task.step(state, batch, step)
-        step += 1
-        history.append(metrics)
-        if _is_due(step, log_every) or step == end:
-          values = observe.mean_metrics(jax.device_get(history))
-          history = []
-          values["learning_rate"] = task.learning_rate(step - 1)
-          text, rates = progress.line(step, values, task.log_keys)
-          values.update(rates)
-          writer.write_scalars(step, values)
-          say(f"[{stage}] {text}", flush=True)
-          summary["last_metrics"] = values
-          if not all(np.isfinite(v) for v in values.values()):
-            raise FloatingPointError(f"non-finite metrics at step {step}: "
-                                     + ", ".join(k for k, v in values.items() if not np.isfinite(v)))
-        if _is_due(step, eval_every) or step == total:
-          evaluation = task.evaluate(state)
-          if evaluation:
-            writer.write_scalars(step, evaluation)
-            say(f"[{stage}] eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
-            summary["eval"] = evaluation
-        if _is_due(step, generate_every) or step == total:
-          images, labels, ncols = task.visualize(state)
-          if is_main:
-            summary["image_grid"] = observe.save_grid(workdir, "recon" if stage == "tokenizer" else "samples",
-                                                      step, images, labels, ncols)
-        checkpoints.save(manager, step, state, {"data": data_iter.get_state(), "stage": stage})
-      if step > start and (stop or step == end) and manager.latest_step() != step:
-        checkpoints.save(manager, step, state, {"data": data_iter.get_state(), "stage": stage}, force=True)
-      manager.wait_until_finished()
-    writer.flush()
-    summary.update(end_step=step, stopped_by_signal=bool(stop), finished=step >= total)
-    if step >= total:
-      summary["export"] = task.export(state)  # every process: gathering sharded weights is collective
-      if is_main:
-        say(f"[{stage}] done: weights in {summary['export']}")
-    elif stop:
-      say(f"[{stage}] stopped at step {step}; checkpoint saved, run again to resume")
-  manager.close()
+      progress = observe.Progress(start, total, task.global_batch)
+      history: list[dict] = []
+      step = start
+      summary: dict = {"stage": stage, "workdir": workdir, "start_step": start}
+      with StopRequest() as stop:
+        while step < end and not stop:
+          batch = task.to_device(next(data_iter))
+          state, metrics = task.step(state, batch, step)
+          step += 1
+          history.append(metrics)
+          if _is_due(step, log_every) or step == end:
+            values = observe.mean_metrics(jax.device_get(history))
+            history = []
+            values["learning_rate"] = task.learning_rate(step - 1)
+            text, rates = progress.line(step, values, task.log_keys)
+            values.update(rates)
+            writer.write_scalars(step, values)
+            say(f"[{stage}] {text}", flush=True)
+            summary["last_metrics"] = values
+            if not all(np.isfinite(v) for v in values.values()):
+              raise FloatingPointError(f"non-finite metrics at step {step}: "
+                                       + ", ".join(k for k, v in values.items() if not np.isfinite(v)))
+          if _is_due(step, eval_every) or step == total:
+            evaluation = task.evaluate(state)
+            if evaluation:
+              writer.write_scalars(step, evaluation)
+              say(f"[{stage}] eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
+              summary["eval"] = evaluation
+          if _is_due(step, generate_every) or step == total:
+            images, labels, ncols = task.visualize(state)
+            if is_main:
+              summary["image_grid"] = observe.save_grid(workdir, "recon" if stage == "tokenizer" else "samples",
+                                                        step, images, labels, ncols)
+          checkpoints.save(manager, step, state, {"data": data_iter.get_state(), "stage": stage})
+        if step > start and (stop or step == end) and manager.latest_step() != step:
+          checkpoints.save(manager, step, state, {"data": data_iter.get_state(), "stage": stage}, force=True)
+        manager.wait_until_finished()
+      writer.flush()
+      summary.update(end_step=step, stopped_by_signal=bool(stop), finished=step >= total)
+      if step >= total:
+        summary["export"] = task.export(state)  # every process: gathering sharded weights is collective
+        if is_main:
+          say(f"[{stage}] done: weights in {summary['export']}")
+      elif stop:
+        say(f"[{stage}] stopped at step {step}; checkpoint saved, run again to resume")
+  finally:
+    # Also when a step, the data or an evaluation raised: an asynchronous save still in flight is
+    # finished (not left as a temporary folder) before the error reaches the user, and its threads do
+    # not bury that error in tracebacks at interpreter exit.
+    _close_manager(manager)
   return summary
 
