@@ -8,14 +8,21 @@
     out = maskbit_jax.sample(gen, tok, [207, 360], jax.random.key(0))   # BAR: load_bar_generator / load_bar_tokenizer
 """
 
-from maskbit_jax.bar import load_bar_generator, load_bar_tokenizer
-from maskbit_jax.config import load_config
-from maskbit_jax.convert.param_mapping import CheckpointMismatchError
-from maskbit_jax.convert.torch_pickle import UnsafeCheckpointError
-from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits
-from maskbit_jax.generator import Generator, load_generator
-from maskbit_jax.sample import sample
-from maskbit_jax.tokenizer import Tokenizer, load_tokenizer
+import warnings
+
+# `python -m maskbit_jax.sample` runs the CLI module that this package also imports for its
+# `sample` function; runpy warns about that on every run, though nothing is executed twice that
+# matters (the module defines functions only). Silence that one warning, for this module only.
+warnings.filterwarnings("ignore", message=r"'maskbit_jax\.sample' found in sys\.modules", category=RuntimeWarning)
+
+from maskbit_jax.bar import load_bar_generator, load_bar_tokenizer  # noqa: E402
+from maskbit_jax.config import load_config  # noqa: E402
+from maskbit_jax.convert.param_mapping import CheckpointMismatchError  # noqa: E402
+from maskbit_jax.convert.torch_pickle import UnsafeCheckpointError  # noqa: E402
+from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits  # noqa: E402
+from maskbit_jax.generator import Generator, load_generator  # noqa: E402
+from maskbit_jax.sample import sample  # noqa: E402
+from maskbit_jax.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 
 __all__ = [
     "CheckpointMismatchError",

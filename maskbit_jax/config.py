@@ -144,6 +144,13 @@ class _nullcontext:
     return False
 
 
+def add_config_help(parser) -> None:
+  """Lists ``--config`` in a CLI's usage and help. (``split_config_args`` takes it and its
+  ``--config.x.y=`` overrides out of argv before argparse runs, so argparse never parses it.)"""
+  parser.add_argument("--config", metavar="CONFIG", help="configs/*.py (optionally FILE.py:ARG) or a reference "
+                      ".yaml; required. --config.KEY.SUBKEY=VALUE overrides any of its values")
+
+
 def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
   """Separates ``--config PATH``/``--config=PATH`` and ``--config.x=v`` from other CLI args."""
   config, overrides, rest = None, [], []

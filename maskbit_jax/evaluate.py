@@ -294,6 +294,9 @@ def main(argv=None) -> int:
     from maskbit_jax.tokenizer import load_tokenizer
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - {"fid", "lpips"}:
+      p.error(f"--skip {args.skip!r}: unknown metric group(s) {sorted(skip - {'fid', 'lpips'})}; "
+              "choose from fid, lpips")
     tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init, precision=args.precision)
     size = args.size or int(cfg.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
     source = make_source(args.data, size)

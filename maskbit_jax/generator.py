@@ -89,7 +89,10 @@ class Generator:
 
   @property
   def sampling_defaults(self) -> dict:
-    return sampling_defaults(self.config)
+    """The config's released sampling settings, named as ``maskbit_jax.sample`` takes them (the config's
+    ``gen_mask_schedule_strategy`` is the ``mask_schedule_strategy`` argument), so they can be passed back."""
+    return {("mask_schedule_strategy" if k == "gen_mask_schedule_strategy" else k): v
+            for k, v in sampling_defaults(self.config).items()}
 
   @functools.cached_property
   def _apply(self):

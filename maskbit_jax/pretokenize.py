@@ -3,7 +3,7 @@
   python -m maskbit_jax.pretokenize --config configs/maskbit_tokenizer_12bit.py \
       --checkpoint maskbit_tokenizer_12bit.bin --data tfds:imagenet2012:train --out data/in256_tok12
 
-  python -m maskbit_jax.pretokenize --config configs/bar_b.py --checkpoint bar_sfq_16bits.bin \
+  python -m maskbit_jax.pretokenize --config configs/bar_b.py --checkpoint bar_fsq_16bits.bin \
       --data tfds:imagenet2012:train --out data/in256_bar16
 
 Writes ArrayRecord files ``tokens-PPPPP-of-NNNNN.array_record`` (one per
@@ -182,13 +182,14 @@ class TokenDataset:
 
 def main(argv=None) -> int:
   from maskbit_jax import bar
-  from maskbit_jax.config import load_config, split_config_args
+  from maskbit_jax.config import add_config_help, load_config, split_config_args
   from maskbit_jax.data.sources import AdmCropSource, make_source
   from maskbit_jax.tokenizer import load_tokenizer
 
   config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
   p = argparse.ArgumentParser(prog="python -m maskbit_jax.pretokenize", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_config_help(p)
   p.add_argument("--checkpoint")
   p.add_argument("--random_init", action="store_true")
   p.add_argument("--data", required=True, help="photos | synthetic:N | tfds:NAME:SPLIT[:DIR] | image folder")

@@ -21,11 +21,12 @@ import numpy as np
 
 
 def _parse(argv):
-  from maskbit_jax.config import split_config_args
+  from maskbit_jax.config import add_config_help, split_config_args
 
   config, overrides, rest = split_config_args(argv)
   p = argparse.ArgumentParser(prog="python -m maskbit_jax.reconstruct", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_config_help(p)
   p.add_argument("--checkpoint", help="PyTorch file (.bin/.ckpt/.safetensors/_state.npz) or converted checkpoint dir")
   p.add_argument("--random_init", action="store_true", help="untrained weights (smoke test); never implicit")
   p.add_argument("--images", help="folder of images (default: the embedded sample photos)")

@@ -38,7 +38,6 @@ from maskbit_jax.tokenizer import Tokenizer
 SAMPLER_ARGS = ("num_steps", "guidance_scale", "guidance_annealing", "scale_pow", "softmax_temperature",
                 "use_sampling_annealing", "randomize_temperature", "mask_schedule_strategy")
 # config key -> sampler argument
-_CONFIG_TO_ARG = {"gen_mask_schedule_strategy": "mask_schedule_strategy"}
 
 
 def check_pair(gen: Generator, tok: Tokenizer) -> None:
@@ -55,7 +54,7 @@ def check_pair(gen: Generator, tok: Tokenizer) -> None:
 
 
 def resolve_settings(gen: Generator, overrides: dict) -> dict:
-  settings = {_CONFIG_TO_ARG.get(k, k): v for k, v in gen.sampling_defaults.items()}
+  settings = dict(gen.sampling_defaults)
   settings.update({k: v for k, v in overrides.items() if v is not None})
   unknown = set(settings) - set(SAMPLER_ARGS)
   if unknown:
@@ -146,11 +145,12 @@ def sample_sharded(gen, tok, labels, key: jax.Array, **settings) -> dict:
 
 
 def _parse(argv):
-  from maskbit_jax.config import split_config_args
+  from maskbit_jax.config import add_config_help, split_config_args
 
   config, overrides, rest = split_config_args(argv)
   p = argparse.ArgumentParser(prog="python -m maskbit_jax.sample", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_config_help(p)
   p.add_argument("--tokenizer", help="tokenizer checkpoint (default: experiment.vqgan_checkpoint; "
                  "BAR-FSQ: experiment.tokenizer_checkpoint)")
   p.add_argument("--generator", help="generator checkpoint (default: experiment.generator_checkpoint)")
@@ -176,6 +176,11 @@ def _parse(argv):
     args.class_ids = [int(c) for c in args.classes.split(",") if c.strip()]
   except ValueError:
     p.error(f"--classes must be comma-separated integers, got {args.classes!r}")
+  if not args.class_ids:
+    p.error("--classes names no class id")
+  for flag in ("samples_per_class", "batch_size"):
+    if getattr(args, flag) < 1:
+      p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
   if args.tokens_allocation is not None:
     try:
       args.tokens_allocation = tuple(int(t) for t in args.tokens_allocation.split(",") if t.strip())

@@ -91,6 +91,8 @@ def test_missing_weight_files_are_named(tmp_path, fixture_configs):
   with pytest.raises(FileNotFoundError, match="nope.pth"):
     evaluate_main(["tokenizer", "--config", str(cfg), "--random_init", "--skip", "lpips",
                    "--inception", str(tmp_path / "nope.pth")])
+  with pytest.raises(SystemExit):  # a misspelt group is named, not ignored
+    evaluate_main(["tokenizer", "--config", str(cfg), "--random_init", "--skip", "fid,lpip"])
 
 
 def test_generator_cli_writes_adm_samples(tmp_path, weights):

@@ -42,6 +42,22 @@ def test_sample_cli_config_override_and_errors(tmp_path):
     sample_main(["--config", TINY, "--random_init", "--classes", "a,b", "--out", str(tmp_path / "c")])
   with pytest.raises(ValueError, match="random_init"):
     sample_main(["--config", TINY, "--classes", "1", "--out", str(tmp_path / "d")])
+  for bad in (["--classes", ","], ["--classes", "1", "--samples_per_class", "0"],
+              ["--classes", "1", "--batch_size", "-2"]):
+    with pytest.raises(SystemExit):
+      sample_main(["--config", TINY, "--random_init", "--out", str(tmp_path / "e"), *bad])
+    assert not (tmp_path / "e").exists()
+
+
+def test_released_defaults_pass_back_into_sample():
+  gen = maskbit_jax.load_generator(TINY, random_init=True)
+  tok = maskbit_jax.load_tokenizer(TINY, random_init=True)
+  import jax
+
+  defaults = dict(gen.sampling_defaults, num_steps=2)
+  assert "mask_schedule_strategy" in defaults
+  out = maskbit_jax.sample(gen, tok, [0], jax.random.key(0), **defaults)
+  assert out["tokens"].shape == (1, 4, 4)
 
 
 def test_sample_is_callable_from_the_package():

@@ -21,11 +21,12 @@ import sys
 
 
 def _parse(argv):
-  from maskbit_jax.config import split_config_args
+  from maskbit_jax.config import add_config_help, split_config_args
 
   config, overrides, rest = split_config_args(argv)
   p = argparse.ArgumentParser(prog="python -m maskbit_jax.train", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_config_help(p)
   p.add_argument("--workdir", required=True, help="run folder: checkpoints, logs, images, exported weights")
   p.add_argument("--steps", type=int, default=None,
                  help="stop after this many steps in this invocation (the schedule still spans max_train_steps)")
