@@ -44,3 +44,12 @@ def test_image_folder_with_classes(tmp_path):
     make_source(str(tmp_path / "missing"), 8)
   with pytest.raises(ValueError, match="tfds:NAME:SPLIT"):
     make_source("tfds:imagenet2012", 8)
+
+
+def test_an_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
+  """The tfds route itself imports (no missing dependency): the error is tfds's own instructions."""
+  with pytest.raises(FileNotFoundError) as info:
+    make_source(f"tfds:imagenet2012:validation:{tmp_path}", 8)
+  text = str(info.value)
+  assert "prepare it once" in text and str(tmp_path) in text
+  assert "No module named" not in text

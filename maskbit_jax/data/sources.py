@@ -105,6 +105,9 @@ class TfdsSource:
     self.size = size
     try:
       self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+    except ImportError as e:  # tfds imports its dataset code lazily: a missing module is no missing dataset
+      raise ImportError(f"tensorflow-datasets could not open {name!r}: a module it imports is missing ({e}); "
+                        "reinstall this package's dependencies (pip install -e .)") from e
     except Exception as e:  # tfds raises several types for a dataset that is not prepared
       raise FileNotFoundError(
           f"tensorflow-datasets {name!r} split {split!r} is not available under "
