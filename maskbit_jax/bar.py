@@ -126,13 +126,9 @@ class BarModel:
     return bar_sampling_defaults(self.config)
 
   def check_labels(self, labels) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-      raise ValueError(f"class labels must be in [0, {self.num_classes}), "
-                       f"got values in [{labels.min()}, {labels.max()}]")
-    return labels
+    from maskbit_jax.generator import check_class_labels
+
+    return check_class_labels(labels, self.num_classes)
 
 
 def load_bar_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *, random_init: bool = False,
@@ -155,7 +151,7 @@ def load_bar_generator(config: ConfigLike, checkpoint: str | os.PathLike | None 
     checkpoint = (cfg.get("experiment", None) or {}).get("generator_checkpoint") or None
   if checkpoint is None and not random_init:
     raise ValueError("no BAR generator checkpoint given (argument or experiment.generator_checkpoint); "
-                     "pass random_init=True for untrained weights")
+                     "pass random_init=True (on the command line: --random_init) for untrained weights")
   params = init_bar_params(module, jax.random.key(seed)) if random_init else load_bar_params(checkpoint, module)
   return BarModel(cfg, module, params)
 
@@ -211,7 +207,7 @@ def load_bar_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None 
     checkpoint = (cfg.get("experiment", None) or {}).get("tokenizer_checkpoint") or None
   if checkpoint is None and not random_init:
     raise ValueError("no BAR tokenizer checkpoint given (argument or experiment.tokenizer_checkpoint); "
-                     "pass random_init=True for untrained weights")
+                     "pass random_init=True (on the command line: --random_init) for untrained weights")
   if random_init:
     params = nn.meta.unbox(init_bar_tokenizer_params(module, jax.random.key(seed)))
   else:

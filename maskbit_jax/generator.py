@@ -59,6 +59,18 @@ def sampling_defaults(cfg: ml_collections.ConfigDict) -> dict:
   return out
 
 
+def check_class_labels(labels, nclass: int) -> np.ndarray:
+  """``labels`` as a non-empty 1-D integer array of class ids in ``[0, nclass)``, else a ValueError naming why."""
+  labels = np.asarray(labels)
+  if labels.size == 0:
+    raise ValueError("labels is empty: give at least one class id")
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
+  if labels.min() < 0 or labels.max() >= nclass:
+    raise ValueError(f"class labels must be in [0, {nclass}), got values in [{labels.min()}, {labels.max()}]")
+  return labels
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Generator:
   """A MaskBit generator with its parameters; calling it is a pure, jitted forward pass."""
@@ -99,12 +111,7 @@ class Generator:
     return jax.jit(lambda p, t, l, d: self.module.apply({"params": p}, t, l, d))
 
   def check_labels(self, labels) -> jax.Array:
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= self.nclass):
-      raise ValueError(f"class labels must be in [0, {self.nclass}), got values in [{labels.min()}, {labels.max()}]")
-    return jnp.asarray(labels, jnp.int32)
+    return jnp.asarray(check_class_labels(labels, self.nclass), jnp.int32)
 
   def __call__(self, tokens, labels, drop_label_mask=None) -> jax.Array:
     """Split tokens ``[B, N, M]`` (``mask_token`` at masked entries), labels ``[B]`` -> logits ``[B, N, M, C]``.
@@ -145,6 +152,6 @@ def load_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = No
     checkpoint = (cfg.get("experiment", None) or {}).get("generator_checkpoint") or None
   if checkpoint is None and not random_init:
     raise ValueError("no generator checkpoint given (argument or experiment.generator_checkpoint); "
-                     "pass random_init=True for untrained weights")
+                     "pass random_init=True (on the command line: --random_init) for untrained weights")
   params = init_generator_params(module, jax.random.key(seed)) if random_init else load_generator_params(module, checkpoint)
   return Generator(cfg, module, params)

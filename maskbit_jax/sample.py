@@ -83,6 +83,18 @@ def _generate(gen_params, tok_params, labels, key, cat_noise, conf_noise, *, gen
   return tokens, images, trace
 
 
+def _check_call(gen, tok, key) -> None:
+  """The arguments' kinds, named: the generator first, then its tokenizer, and a PRNG key (not a seed)."""
+  from maskbit_jax import bar
+
+  if not isinstance(gen, (Generator, bar.BarModel)):
+    hint = " (the generator comes first, then the tokenizer)" if isinstance(tok, (Generator, bar.BarModel)) else ""
+    raise TypeError(f"gen must be a generator from load_generator / load_bar_generator, got "
+                    f"{type(gen).__name__}{hint}")
+  if isinstance(key, (int, np.integer)):
+    raise TypeError(f"key must be a PRNG key such as jax.random.key({key}), got the int {key}")
+
+
 def sample(gen: Generator, tok: Tokenizer, labels, key: jax.Array, *, decode: bool = True,
            cat_gumbel_noise=None, conf_gumbel_noise=None, return_trace: bool = False, **settings):
   """Samples class-conditional images.
@@ -109,6 +121,7 @@ def sample(gen: Generator, tok: Tokenizer, labels, key: jax.Array, *, decode: bo
   """
   from maskbit_jax import bar
 
+  _check_call(gen, tok, key)
   if isinstance(gen, bar.BarModel):
     if cat_gumbel_noise is not None or conf_gumbel_noise is not None:
       raise TypeError("cat_gumbel_noise / conf_gumbel_noise are MaskGIT draws; BAR replays noise={'u_sample', "

@@ -197,7 +197,7 @@ def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = No
     checkpoint = (cfg.get("experiment", None) or {}).get("vqgan_checkpoint") or None
   if checkpoint is None and not random_init:
     raise ValueError("no tokenizer checkpoint given (argument or experiment.vqgan_checkpoint); "
-                     "pass random_init=True for untrained weights")
+                     "pass random_init=True (on the command line: --random_init) for untrained weights")
   if random_init:
     params = init_tokenizer_params(module, jax.random.key(seed))
   else:

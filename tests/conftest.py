@@ -99,6 +99,24 @@ def restored_state(workdir) -> tuple[int, dict, dict]:
   return step, out["state"], out["meta"]
 
 
+def task_on_token_set(config: str, token_set, tmp_path):
+  """The train task of ``configs/<config>`` (one device, batch 8) on the pretokenized ``token_set``, with the
+  tiny tokenizer's random weights saved as its frozen tokenizer (a stage-I export)."""
+  import jax
+
+  import maskbit_jax
+  from maskbit_jax import checkpointing, sharding
+  from maskbit_jax.train.tasks import make_task
+
+  tok = maskbit_jax.load_tokenizer(str(REPO / "configs/tokenizer_tiny.py"), random_init=True)
+  tok_dir = tmp_path / "tokenizer"
+  checkpointing.save_params(tok_dir, tok.params, kind="tokenizer", config=tok.config.to_dict())
+  cfg = maskbit_jax.load_config(str(REPO / "configs" / config), [
+      f"--config.dataset.pretokenized={token_set}", f"--config.experiment.vqgan_checkpoint={tok_dir}",
+      "--config.training.global_batch_size=8", "--config.runtime.num_devices=1"])
+  return make_task(cfg, sharding.create_mesh({"data": -1}, jax.devices()[:1]), str(tmp_path / "run"))
+
+
 def drop_simulated_devices(env: dict) -> dict:
   """``env`` without the tests' simulated-device XLA flag: a subprocess or kernel runs on one CPU device."""
   import re

@@ -16,7 +16,7 @@ import pytest
 from flax import linen as nn
 
 import maskbit_jax
-from conftest import REPO, bar_tokenizer_config
+from conftest import REPO, bar_tokenizer_config, task_on_token_set
 from maskbit_jax import bar, sharding
 from maskbit_jax.data.sources import AdmCropSource, SyntheticSource
 from maskbit_jax.models.bar_fsq import SHIFT
@@ -153,15 +153,6 @@ def test_bar_trains_on_the_pretokenized_bits(fsq_setup, token_set, tmp_path):
 
 def test_a_token_set_of_another_tokenizer_is_refused(fsq_setup, token_set, tmp_path):
   """The FSQ bits fed to BAR on MaskBit's 12-bit LFQ tokens: refused by name before any step."""
-  from maskbit_jax import checkpointing
-
-  tok = maskbit_jax.load_tokenizer(str(REPO / "configs/tokenizer_tiny.py"), random_init=True)
-  tok_dir = tmp_path / "tokenizer"
-  checkpointing.save_params(tok_dir, tok.params, kind="tokenizer", config=tok.config.to_dict())
-  cfg = maskbit_jax.load_config(str(REPO / "configs/bar_tiny.py"), [
-      f"--config.dataset.pretokenized={token_set[0]}", f"--config.experiment.vqgan_checkpoint={tok_dir}",
-      "--config.training.global_batch_size=8", "--config.runtime.num_devices=1"])
-  mesh = sharding.create_mesh({"data": -1}, jax.devices()[:1])
-  task = make_task(cfg, mesh, str(tmp_path / "run"))
+  task = task_on_token_set("bar_tiny.py", token_set[0], tmp_path)
   with pytest.raises(ValueError, match="holds bar_fsq tokens but this config's tokenizer is maskbit"):
     task.dataset()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import maskbit_jax
-from conftest import REPO, tokenizer_config
+from conftest import REPO, task_on_token_set, tokenizer_config
 from maskbit_jax.data.sources import SyntheticSource
 from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main
 
@@ -40,20 +40,9 @@ def test_pretokenized_tokens_equal_on_the_fly(tmp_path, golden, fixture_configs)
     ("", 64, r"holds a \(8, 8\) token grid; the model takes \(4, 4\)")])
 def test_stage_two_refuses_a_token_set_of_other_bits_or_grid(tmp_path, tokenizer_arg, size, message):
   """A set pretokenized by another tokenizer (bits) or at another size (grid): named before any step."""
-  import jax
-
-  from maskbit_jax import checkpointing, sharding
-  from maskbit_jax.train.tasks import make_task
-
   out = tmp_path / "tokens"
   assert pretokenize_main(["--config", str(REPO / f"configs/tokenizer_tiny.py{tokenizer_arg}"), "--random_init",
                            "--data", "synthetic:8", "--size", str(size), "--batch_size", "8", "--out", str(out)]) == 0
-  tok = maskbit_jax.load_tokenizer(str(REPO / "configs/tokenizer_tiny.py"), random_init=True)
-  tok_dir = tmp_path / "tokenizer"
-  checkpointing.save_params(tok_dir, tok.params, kind="tokenizer", config=tok.config.to_dict())
-  cfg = maskbit_jax.load_config(str(REPO / "configs/generator_tiny.py"), [
-      f"--config.dataset.pretokenized={out}", f"--config.experiment.vqgan_checkpoint={tok_dir}",
-      "--config.training.global_batch_size=8", "--config.runtime.num_devices=1"])
-  task = make_task(cfg, sharding.create_mesh({"data": -1}, jax.devices()[:1]), str(tmp_path / "run"))
+  task = task_on_token_set("generator_tiny.py", out, tmp_path)
   with pytest.raises(ValueError, match=message):
     task.dataset()

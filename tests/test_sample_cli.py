@@ -65,3 +65,16 @@ def test_sample_is_callable_from_the_package():
 
   importlib.import_module("maskbit_jax.sample")  # importing the CLI module must not break the function
   assert callable(maskbit_jax.sample)
+
+
+def test_sample_api_names_its_argument_mistakes():
+  import jax
+
+  gen = maskbit_jax.load_generator(TINY, random_init=True)
+  tok = maskbit_jax.load_tokenizer(TINY, random_init=True)
+  with pytest.raises(ValueError, match="labels is empty"):
+    maskbit_jax.sample(gen, tok, [], jax.random.key(0))
+  with pytest.raises(TypeError, match="the generator comes first"):
+    maskbit_jax.sample(tok, gen, [1], jax.random.key(0))
+  with pytest.raises(TypeError, match=r"jax.random.key\(0\)"):
+    maskbit_jax.sample(gen, tok, [1], 0)
