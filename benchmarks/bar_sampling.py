@@ -27,8 +27,8 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (append_result, machine, peak_memory_bytes, torch_device, torch_precision,  # noqa: E402
-                               torch_sync)
+from benchmarks.common import (append_result, machine, peak_memory_bytes, reference_dtypes, torch_device,  # noqa: E402
+                               torch_precision, torch_sync)
 from benchmarks.sampling import record_reference, time_interleaved  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +126,6 @@ def reference_runners(reference_dir: str, name: str, batch: int, settings: dict,
   return {d: runner(d) for d in dtypes}, torch.__version__
 
 
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--models", default=",".join(MODELS), help="config names under configs/")
@@ -157,7 +156,7 @@ def main() -> None:
                     machine=machine(), jax={})
       if args.reference:
         device = torch_device(args.torch_device)
-        ref_dtypes = [d for d in dtypes if d == "float32" or device != "cpu"]  # no bf16 autocast on a CPU
+        ref_dtypes = reference_dtypes(dtypes, device)
         ref_runs, torch_version = reference_runners(args.reference, name, batch, settings, args.threads, device,
                                                     ref_dtypes)
         runners.update({f"reference_{d}": run for d, run in ref_runs.items()})

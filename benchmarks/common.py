@@ -86,6 +86,12 @@ def torch_device(requested: str | None = None) -> str:
   return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def reference_dtypes(dtypes, device: str) -> list[str]:
+  """The precisions to time the reference at: each of ours, except bfloat16 on a CPU (autocast there is
+  not how anyone runs it, and slower than float32 on most CPUs)."""
+  return [d for d in dtypes if d == "float32" or device != "cpu"]
+
+
 def allow_reference_tf32(device: str) -> None:
   """TF32 for the reference's float32 products on CUDA, as its own train/eval scripts set it
   (``training.enable_tf32``) and as JAX's default precision does on recent GPUs."""

@@ -331,13 +331,12 @@ def run_rows(args, ref: Reference) -> list[dict]:
                hidden_dim=int(mlm.hidden_dim), depth=int(mlm.depth)))
 
   if "sampling" in args.rows:
-    settings = {k: v for k, v in maskbit_jax.generator.sampling_defaults(gen_cfg).items()
-                if k not in ("num_steps", "gen_mask_schedule_strategy")}
-    settings["mask_schedule_strategy"] = gen_cfg.model.mlm_model.get("gen_mask_schedule_strategy", "arccos")
+    settings = {k: v for k, v in maskbit_jax.generator.sampling_defaults(gen_cfg).items() if k != "num_steps"}
+    settings.setdefault("mask_schedule_strategy", "arccos")  # the reference's sample() needs it named
     b = batch["sampling"]
     steps = [args.num_steps] if args.measure_steps is None else [1, args.measure_steps]
-    best = time_interleaved(dict(ours=jax_runner(gen_cfg, b, args.dtype), ref=reference_sampler(ref, gen_cfg, b, settings)),
-                            steps, args.repeats)
+    best = time_interleaved(dict(ours=jax_runner(gen_cfg, b, args.dtype),
+                                 ref=reference_sampler(ref, gen_cfg, b, settings)), steps, args.repeats)
     ours = seconds_for(best, "ours", args.num_steps, args.measure_steps)
     theirs = seconds_for(best, "ref", args.num_steps, args.measure_steps)
     report(row("sampling", "img/s", b, ours, theirs, inference, num_steps=args.num_steps,

@@ -20,8 +20,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (append_result, machine, peak_memory_bytes, torch_device, torch_precision,  # noqa: E402
-                               torch_sync)
+from benchmarks.common import (append_result, machine, peak_memory_bytes, reference_dtypes, torch_device,  # noqa: E402
+                               torch_precision, torch_sync)
 from benchmarks.tokenizer import _stub_torchvision_if_missing  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,9 +147,8 @@ def main() -> None:
   dtypes = args.dtypes.split(",") if args.dtypes else (
       ["float32"] if jax.default_backend() == "cpu" else ["float32", "bfloat16"])
   gen_cfg = maskbit_jax.load_config(args.config)
-  settings = {k: v for k, v in maskbit_jax.generator.sampling_defaults(gen_cfg).items()
-              if k not in ("num_steps", "gen_mask_schedule_strategy")}
-  settings["mask_schedule_strategy"] = gen_cfg.model.mlm_model.get("gen_mask_schedule_strategy", "arccos")
+  settings = {k: v for k, v in maskbit_jax.generator.sampling_defaults(gen_cfg).items() if k != "num_steps"}
+  settings.setdefault("mask_schedule_strategy", "arccos")  # the reference's sample() needs it named
   step_counts = [args.num_steps] if args.measure_steps is None else [1, args.measure_steps]
   for batch in [int(b) for b in args.batches.split(",")]:
     record = dict(benchmark="sampling", config=os.path.basename(args.config), batch=batch, num_steps=args.num_steps,
@@ -158,9 +157,7 @@ def main() -> None:
     runners = {f"jax_{d}": jax_runner(args.config, batch, d) for d in dtypes}
     if args.reference_dir:
       device = torch_device(args.torch_device)
-      # The reference at each precision we time ours at, except bfloat16 on a CPU (autocast there is
-      # slower than float32 and not how anyone runs it).
-      ref_dtypes = [d for d in dtypes if d == "float32" or device != "cpu"]
+      ref_dtypes = reference_dtypes(dtypes, device)
       ref_runs, torch_version = reference_runners(args.reference_dir, batch, settings, device, ref_dtypes)
       runners.update({f"reference_{d}": run for d, run in ref_runs.items()})
     best = time_interleaved(runners, step_counts, args.repeats)

@@ -18,8 +18,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (append_result, machine, peak_memory_bytes, time_call, torch_device,  # noqa: E402
-                               torch_precision, torch_sync)
+from benchmarks.common import (append_result, machine, peak_memory_bytes, reference_dtypes, time_call,  # noqa: E402
+                               torch_device, torch_precision, torch_sync)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,8 +117,7 @@ def main() -> None:
           f"peak {json.dumps({k: v for k, v in r.items() if k.endswith('bytes')})}")
   if args.reference_dir:
     device = torch_device(args.torch_device)
-    # bfloat16 on a CPU is left out on the reference side: autocast there is slower than float32.
-    for dtype in [d for d in dtypes if d == "float32" or device != "cpu"]:
+    for dtype in reference_dtypes(dtypes, device):
       ref = bench_reference(args.reference_dir, os.path.join(args.reference_dir, args.reference_config), images,
                             threads=os.cpu_count() or 1, repeats=args.repeats, device=device, dtype=dtype)
       ref["encode_img_s"] = args.batch / ref["encode"]["median_s"]

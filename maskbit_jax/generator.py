@@ -52,10 +52,14 @@ def generator_fields(cfg: ml_collections.ConfigDict) -> dict:
 
 
 def sampling_defaults(cfg: ml_collections.ConfigDict) -> dict:
-  """The released evaluation settings of a config (``model.mlm_model.*``, or ``sampling.*``)."""
+  """The released evaluation settings of a config (``model.mlm_model.*``, or ``sampling.*``), named as
+  ``maskbit_jax.sample`` takes them (the config's ``gen_mask_schedule_strategy`` is its
+  ``mask_schedule_strategy`` argument), so they can be passed back."""
   out = {}
   for source in (cfg.model.get("mlm_model", {}), cfg.get("sampling", {}) or {}):
     out.update({k: source[k] for k in SAMPLING_KEYS if k in source})
+  if "gen_mask_schedule_strategy" in out:
+    out["mask_schedule_strategy"] = out.pop("gen_mask_schedule_strategy")
   return out
 
 
@@ -101,10 +105,7 @@ class Generator:
 
   @property
   def sampling_defaults(self) -> dict:
-    """The config's released sampling settings, named as ``maskbit_jax.sample`` takes them (the config's
-    ``gen_mask_schedule_strategy`` is the ``mask_schedule_strategy`` argument), so they can be passed back."""
-    return {("mask_schedule_strategy" if k == "gen_mask_schedule_strategy" else k): v
-            for k, v in sampling_defaults(self.config).items()}
+    return sampling_defaults(self.config)
 
   @functools.cached_property
   def _apply(self):

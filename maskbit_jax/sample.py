@@ -37,7 +37,6 @@ from maskbit_jax.tokenizer import Tokenizer
 
 SAMPLER_ARGS = ("num_steps", "guidance_scale", "guidance_annealing", "scale_pow", "softmax_temperature",
                 "use_sampling_annealing", "randomize_temperature", "mask_schedule_strategy")
-# config key -> sampler argument
 
 
 def check_pair(gen: Generator, tok: Tokenizer) -> None:
