@@ -73,12 +73,65 @@ def save_params(directory: str | os.PathLike, params: Any, *, kind: str, config:
   return directory
 
 
+KINDS = ("tokenizer", "generator", "bar_generator", "bar_tokenizer")
+# A description is a few kB; anything far larger is not one of ours (and is not parsed).
+MAX_META_BYTES = 16 << 20
+
+
+class CheckpointMetaError(ValueError):
+  """A checkpoint folder's ``maskbit_jax.json`` is not a description this library writes."""
+
+
 def read_meta(directory: str | os.PathLike) -> dict:
+  """The folder's description, checked to be plain data: ``kind`` one of ``KINDS``, ``config`` a mapping.
+
+  These folders are shared like released files, so their description is data only: a ``config``
+  that is a path (to a ``.py`` that would be imported) or anything but a mapping is refused here,
+  and nothing from the folder is ever imported or run.
+  """
   path = os.path.join(os.fspath(directory), META_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{directory} is not a maskbit_jax checkpoint (no {META_FILE})")
-  with open(path) as f:
-    return json.load(f)
+  size = os.path.getsize(path)
+  if size > MAX_META_BYTES:
+    raise CheckpointMetaError(f"{path}: {size} bytes, not a maskbit_jax description (at most {MAX_META_BYTES})")
+  try:
+    with open(path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointMetaError(f"{path} is not valid JSON ({e})") from None
+  return check_meta(meta, path)
+
+
+def check_meta(meta: Any, source: str) -> dict:
+  """``meta`` itself if it is a description of ours; otherwise a CheckpointMetaError naming the field."""
+  if not isinstance(meta, dict):
+    raise CheckpointMetaError(f"{source}: expected a JSON object, found {type(meta).__name__}")
+  if meta.get("kind") not in KINDS:
+    raise CheckpointMetaError(f"{source}: 'kind' is {meta.get('kind')!r}, expected one of {KINDS}")
+  config = meta.get("config")
+  if not isinstance(config, dict):
+    what = f"the path {config!r}" if isinstance(config, str) else type(config).__name__
+    raise CheckpointMetaError(f"{source}: 'config' must be the config itself (a JSON object), found {what}; "
+                              "a shared checkpoint never names a config file to import")
+  return meta
+
+
+def config_of(directory: str | os.PathLike) -> dict:
+  """The config stored with one of our checkpoints, as plain data (see ``read_meta``)."""
+  return read_meta(directory)["config"]
+
+
+def params_metadata(directory: str | os.PathLike) -> Any:
+  """The tree of the saved params' metadata (``.shape``, ``.dtype`` per leaf), without reading array data."""
+  path = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{directory} has no {PARAMS_DIR}/ folder")
+  try:
+    tree = ocp.StandardCheckpointer().metadata(path).item_metadata
+  except Exception as e:  # noqa: BLE001 - any failure to parse a folder's metadata means "not ours"
+    raise CheckpointMetaError(f"{directory}: unreadable params metadata ({type(e).__name__}: {e})") from None
+  return getattr(tree, "tree", tree)
 
 
 def load_params(directory: str | os.PathLike, abstract_params: Any | None = None) -> Any:

@@ -7,14 +7,21 @@
 * ``.safetensors``;
 * ``*_state.npz``: the same tensors under the same names, for readers without torch;
 * a directory holding ``pytorch_model.bin`` (the reference's ``save_pretrained``).
+
+Reading is lazy and bounded: :func:`read_state_dict` returns a :class:`StateDict` whose shapes and
+dtypes are known from the file's header before any tensor byte is read, so the strict check against
+the model (``torch_state_to_flax``) runs first and a file that cannot match costs no more than its
+header. No format is decompressed beyond the size it declares, and every declared size is checked
+against the bytes present (see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 
@@ -35,33 +42,174 @@ def _resolve(path: str) -> str:
   return path
 
 
-def _as_state_dict(obj, path: str) -> "OrderedDict[str, np.ndarray]":
+class StateDict(MutableMapping):
+  """``{name: array}`` in file order, read on access: ``state[k]`` reads (and checks) that tensor.
+
+  Entries may be replaced, added or removed like a dict's (an assigned array is kept in memory).
+
+  ``shape_of(k)`` / ``dtype_of(k)`` come from the file's header and read no tensor data. Arrays are
+  not cached: each access reads the tensor again, so converting a model holds one copy, not two.
+  """
+
+  def __init__(self, entries: "OrderedDict[str, tuple[tuple[int, ...], np.dtype, Callable[[], np.ndarray]]]",
+               source: str):
+    self._entries = entries
+    self.source = source
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    return self._entries[key][2]()
+
+  def __setitem__(self, key: str, value) -> None:
+    value = np.asarray(value)
+    self._entries[key] = (tuple(value.shape), value.dtype, lambda: value)
+
+  def __delitem__(self, key: str) -> None:
+    del self._entries[key]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._entries)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def shape_of(self, key: str) -> tuple[int, ...]:
+    return self._entries[key][0]
+
+  def dtype_of(self, key: str) -> np.dtype:
+    return self._entries[key][1]
+
+  def __repr__(self) -> str:
+    return f"StateDict({self.source!r}, {len(self)} tensors)"
+
+
+def shape_of(state: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
+  """The shape of ``state[key]`` without reading it where ``state`` is a :class:`StateDict`."""
+  return state.shape_of(key) if isinstance(state, StateDict) else tuple(np.shape(state[key]))
+
+
+def dtype_of(state: Mapping[str, np.ndarray], key: str) -> np.dtype:
+  return state.dtype_of(key) if isinstance(state, StateDict) else np.asarray(state[key]).dtype
+
+
+def _as_state_dict(obj, path: str) -> StateDict:
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = OrderedDict((k, v) for k, v in obj["state_dict"].items()
                       if not k.startswith(LIGHTNING_DROP_PREFIXES))
   if not isinstance(obj, Mapping):
     raise ValueError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-  out = OrderedDict()
+  entries = OrderedDict()
   for key, value in obj.items():
-    if not isinstance(value, np.ndarray):
-      raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-    out[str(key)] = value
-  return out
+    if isinstance(value, torch_pickle.LazyTensor):
+      entries[str(key)] = (value.shape, value.dtype, value.load)
+    elif isinstance(value, np.ndarray):  # a numpy array pickled inside the file (already in memory)
+      entries[str(key)] = (value.shape, value.dtype, lambda value=value: value)
+    else:
+      raise ValueError(f"{path}: entry {str(key)[:80]!r} is a {type(value).__name__}, not a tensor")
+  return StateDict(entries, path)
 
 
-def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, np.ndarray]":
-  """Returns ``{name: array}`` in file order, PyTorch names and layouts."""
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+                       "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16,
+                       "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_}
+
+
+def _open_safetensors(path: str) -> StateDict:
+  # safe_open checks the header against the file (offsets inside it, sizes equal to shape x dtype)
+  # and maps the file: tensors are read on access.
+  from safetensors import SafetensorError, safe_open
+
+  def read(key: str) -> np.ndarray:
+    try:
+      with safe_open(path, framework="np") as f:
+        return f.get_tensor(key)
+    except (SafetensorError, OSError, TypeError, ValueError) as e:
+      raise ValueError(f"{path}: cannot read tensor {key[:80]!r} ({e})") from e
+
+  try:
+    with safe_open(path, framework="np") as f:
+      entries = OrderedDict()
+      for key in f.keys():
+        view = f.get_slice(key)
+        name = view.get_dtype()
+        if name not in _SAFETENSORS_DTYPES:
+          raise ValueError(f"{path}: tensor {key[:80]!r} has dtype {name}, which numpy cannot hold")
+        entries[key] = (tuple(view.get_shape()), np.dtype(_SAFETENSORS_DTYPES[name]),
+                        lambda key=key: read(key))
+  except SafetensorError as e:
+    raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+  return StateDict(entries, path)
+
+
+def _open_npz(path: str) -> StateDict:
+  """An ``np.savez`` file: each member's ``.npy`` header checked against its declared size first.
+
+  ``np.load`` allocates the array a header declares before reading the member, and inflates
+  whatever a member's compressed stream holds; here a member whose header does not match its
+  size, or that is not plain numeric data, is refused before anything is allocated or inflated.
+  """
+  try:
+    with zipfile.ZipFile(path) as archive:
+      entries = OrderedDict()
+      for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+          raise ValueError(f"{path}: member {info.filename[:80]!r} is not a .npy array")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+          raise ValueError(f"{path}: member {info.filename[:80]!r} uses zip method {info.compress_type}")
+        with archive.open(info) as member:
+          shape, fortran, dtype, offset = _npy_header(member, info, path)
+        entries[info.filename[:-4]] = (shape, dtype, lambda info=info, h=(shape, fortran, dtype, offset):
+                                       _read_npy(path, info, *h))
+  except zipfile.BadZipFile as e:
+    raise ValueError(f"{path}: not a readable npz archive ({e})") from e
+  return StateDict(entries, path)
+
+
+def _npy_header(member, info: zipfile.ZipInfo, path: str):
+  fmt = np.lib.format
+  name = info.filename[:80]
+  try:
+    version = fmt.read_magic(member)
+    if version == (1, 0):
+      shape, fortran, dtype = fmt.read_array_header_1_0(member)
+    elif version == (2, 0):
+      shape, fortran, dtype = fmt.read_array_header_2_0(member)
+    else:
+      raise ValueError(f"npy version {version}")
+  except (ValueError, SyntaxError, TypeError, zipfile.BadZipFile, EOFError) as e:
+    raise ValueError(f"{path}: member {name!r} has no valid .npy header ({e})") from None
+  if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+    raise ValueError(f"{path}: member {name!r} holds dtype {dtype}, not plain numbers")
+  offset = member.tell()
+  want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  if info.file_size - offset != want:
+    raise ValueError(f"{path}: member {name!r} declares shape {shape} ({dtype}, {want} bytes) but holds "
+                     f"{info.file_size - offset} bytes of data")
+  return tuple(shape), fortran, dtype, offset
+
+
+def _read_npy(path: str, info: zipfile.ZipInfo, shape, fortran: bool, dtype: np.dtype, offset: int) -> np.ndarray:
+  # zipfile stops a member at its declared size and checks its CRC-32: nothing beyond the size the
+  # header was checked against is inflated.
+  try:
+    with zipfile.ZipFile(path) as archive, archive.open(info.filename) as member:
+      member.seek(offset)
+      data = member.read(info.file_size - offset)
+  except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+    raise ValueError(f"{path}: member {info.filename[:80]!r} is corrupt ({e})") from e
+  array = np.frombuffer(data, dtype=dtype)
+  return array.reshape(shape, order="F" if fortran else "C").copy(order="K")
+
+
+def read_state_dict(path: str | os.PathLike) -> StateDict:
+  """Returns ``{name: array}`` in file order, PyTorch names and layouts, read lazily (:class:`StateDict`)."""
   path = _resolve(os.fspath(path))
   lower = path.lower()
   if lower.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-
-    return OrderedDict(load_file(path).items())
+    return _open_safetensors(path)
   if lower.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as data:
-      return OrderedDict((k, data[k]) for k in data.files)
+    return _open_npz(path)
   if lower.endswith(TORCH_SUFFIXES):
-    return _as_state_dict(torch_pickle.read_torch_file(path), path)
+    return _as_state_dict(torch_pickle.open_torch_file(path), path)
   raise ValueError(f"{path}: unknown checkpoint format; expected one of "
                    f"{TORCH_SUFFIXES + ('.safetensors', '_state.npz')} or an Orbax checkpoint directory")
 

@@ -43,12 +43,12 @@ from flax import linen as nn
 from maskbit_jax import checkpointing
 from maskbit_jax.config import load_config, split_config_args, vq_model_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
-from maskbit_jax.convert.param_mapping import flax_to_torch_state, torch_state_to_flax
+from maskbit_jax.convert.param_mapping import LOSSLESS_WIDENING, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params, build_tokenizer_module
 
 EXPORT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".npz")
-KINDS = ("tokenizer", "generator", "bar_generator", "bar_tokenizer")
+KINDS = checkpointing.KINDS
 
 
 def model_for(cfg, kind: str):
@@ -157,12 +157,23 @@ def import_tokenizer(cfg, checkpoint: str, out: str, overwrite: bool = False) ->
   return import_checkpoint(cfg, checkpoint, out, "tokenizer", overwrite)
 
 
+class RoundTripError(ValueError):
+  """The converted params do not give back the source file's tensors."""
+
+
 def verify_round_trip(original, converted, source: str) -> None:
+  """Every tensor of ``original`` comes back exactly (a float16/bfloat16 one as its float32 widening)."""
   if list(original) != list(converted):
-    raise AssertionError(f"{source}: key order or set changed in the round trip")
+    raise RoundTripError(f"{source}: key order or set changed in the round trip")
   for key, value in original.items():
-    if value.dtype != converted[key].dtype or not np.array_equal(value, converted[key]):
-      raise AssertionError(f"{source}: tensor {key!r} is not reproduced exactly by the round trip")
+    value, back = np.asarray(value), np.asarray(converted[key])
+    if value.dtype != back.dtype:
+      if (value.dtype, back.dtype) not in LOSSLESS_WIDENING:
+        raise RoundTripError(f"{source}: tensor {key!r} is {value.dtype} in the file but {back.dtype} "
+                             "after conversion")
+      value = value.astype(back.dtype)
+    if not np.array_equal(value, back):
+      raise RoundTripError(f"{source}: tensor {key!r} ({value.dtype}) is not reproduced exactly by the round trip")
 
 
 def export_checkpoint(directory: str, out: str) -> str:

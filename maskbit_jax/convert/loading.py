@@ -16,13 +16,23 @@ from maskbit_jax.convert.param_mapping import CheckpointMismatchError, ParamMapp
 
 
 def check_params_match(abstract_params, params, source: str) -> None:
-  """Raises CheckpointMismatchError naming every missing/unexpected path and shape mismatch."""
-  want = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_params).items()}
-  got = {"/".join(k): tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(params).items()}
+  """Raises CheckpointMismatchError naming every missing/unexpected path, shape and dtype mismatch.
+
+  ``params`` may be arrays or metadata (anything with ``.shape`` and ``.dtype``).
+  """
+  want = {"/".join(k): v for k, v in traverse_util.flatten_dict(abstract_params).items()}
+  got = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
   problems = [f"missing {k}" for k in want if k not in got]
-  problems += [f"unexpected {k} {got[k]}" for k in got if k not in want]
-  problems += [f"shape mismatch for {k}: {source} has {got[k]}, model expects {want[k]}"
-               for k in want if k in got and got[k] != want[k]]
+  problems += [f"unexpected {k} {tuple(got[k].shape)}" for k in got if k not in want]
+  for k in want:
+    if k not in got:
+      continue
+    if tuple(got[k].shape) != tuple(want[k].shape):
+      problems.append(f"shape mismatch for {k}: {source} has {tuple(got[k].shape)}, model expects "
+                      f"{tuple(want[k].shape)}")
+    elif np.dtype(got[k].dtype) != np.dtype(want[k].dtype):
+      problems.append(f"dtype mismatch for {k}: {source} has {np.dtype(got[k].dtype)}, model expects "
+                      f"{np.dtype(want[k].dtype)}")
   if problems:
     raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
                                   + "\n  ".join(problems))
@@ -35,8 +45,9 @@ def load_params(checkpoint: str | os.PathLike, abstract_params: Any, mapping: Pa
     meta = checkpointing.read_meta(checkpoint)
     if meta.get("kind") != kind:
       raise ValueError(f"{checkpoint} holds a {meta.get('kind')!r} checkpoint, not a {kind}")
-    params = checkpointing.load_params(checkpoint)
-    check_params_match(abstract_params, params, checkpoint)
-    return params
+    # Shapes and dtypes from the folder's metadata first: no array is read from a folder that cannot match.
+    check_params_match(abstract_params, checkpointing.params_metadata(checkpoint), checkpoint)
+    return checkpointing.load_params(checkpoint, jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_params))
   params = torch_state_to_flax(read_state_dict(checkpoint), abstract_params, mapping, source=checkpoint)
   return jax.tree.map(jnp.asarray, params)

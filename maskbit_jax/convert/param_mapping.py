@@ -16,8 +16,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
+
+from maskbit_jax.convert.checkpoint_files import dtype_of, shape_of
 
 Rules = Sequence[tuple[str, str]]
 
@@ -105,6 +108,24 @@ def expected_torch_shapes(mapping: ParamMapping, abstract_params) -> "OrderedDic
   return out
 
 
+# (stored dtype, model dtype) pairs that convert exactly; any other difference is refused by name.
+LOSSLESS_WIDENING = frozenset({(np.dtype(np.float16), np.dtype(np.float32)),
+                               (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32))})
+
+
+def _renamed_keys(state: Mapping[str, np.ndarray], renames: Mapping[str, str]) -> "OrderedDict[str, str]":
+  """Model key -> the state's key, after ``renames`` (released-file prefix -> model prefix)."""
+  out = OrderedDict()
+  for key in state:
+    new = key
+    for old, repl in renames.items():
+      if key == old or key.startswith(old + "."):
+        new = repl + key[len(old):]
+        break
+    out[new] = key
+  return out
+
+
 def _apply_renames(state: Mapping[str, np.ndarray], renames: Mapping[str, str]) -> "OrderedDict[str, np.ndarray]":
   out = OrderedDict()
   for key, value in state.items():
@@ -129,36 +150,46 @@ def torch_state_to_flax(state: Mapping[str, np.ndarray], abstract_params, mappin
     mismatch (with both shapes) and buffer whose values differ from what the
     config implies.
   """
-  state = _apply_renames(state, mapping.renames)
+  renamed = _renamed_keys(state, mapping.renames)  # model key -> key in the state
   flat = traverse_util.flatten_dict(abstract_params)
   by_key = {mapping.torch_key(path): path for path in flat}
-  problems = []
-  missing = [k for k in list(by_key) + list(mapping.buffers) if k not in state]
-  unexpected = [k for k in state if k not in by_key and k not in mapping.buffers]
-  problems += [f"missing key {k!r} (the model has it, the {source} does not)" for k in missing]
-  problems += [f"unexpected key {k!r} {tuple(np.shape(state[k]))} (in the {source}, not in the model)" for k in unexpected]
-  converted = {}
-  for key, path in by_key.items():
-    if key not in state:
+  missing = [k for k in list(by_key) + list(mapping.buffers) if k not in renamed]
+  unexpected = [k for k in renamed if k not in by_key and k not in mapping.buffers]
+  problems = [f"missing key {k!r} (the model has it, the {source} does not)" for k in missing]
+  problems += [f"unexpected key {k!r} {shape_of(state, renamed[k])} (in the {source}, not in the model)"
+               for k in unexpected]
+  # Shapes and dtypes first, from the file's header: nothing is read from a file that cannot match.
+  wanted = {key: (_torch_shape_of(path, tuple(flat[path].shape)), np.dtype(flat[path].dtype))
+            for key, path in by_key.items()}
+  wanted.update((key, (tuple(buf.make().shape), None)) for key, buf in mapping.buffers.items())
+  widened = []
+  for key, (want_shape, want_dtype) in wanted.items():
+    if key not in renamed:
       continue
-    value = np.asarray(state[key])
-    want = _torch_shape_of(path, tuple(flat[path].shape))
-    if tuple(value.shape) != want:
-      problems.append(f"shape mismatch for {key!r}: {source} has {tuple(value.shape)}, model expects {want}")
-      continue
-    converted[path] = torch_to_flax_array(path, value, len(want)).astype(flat[path].dtype)
-  for key, buf in mapping.buffers.items():
-    if key not in state:
-      continue
-    expected = buf.make()
-    got = np.asarray(state[key])
-    if got.shape != expected.shape:
-      problems.append(f"shape mismatch for buffer {key!r}: {source} has {got.shape}, model expects {expected.shape}")
-    elif not np.array_equal(got, expected):
-      problems.append(f"buffer {key!r} differs from the value this config implies")
+    got_shape, got_dtype = shape_of(state, renamed[key]), dtype_of(state, renamed[key])
+    if got_shape != want_shape:
+      what = "buffer " if key in mapping.buffers else ""
+      problems.append(f"shape mismatch for {what}{key!r}: {source} has {got_shape}, model expects {want_shape}")
+    elif want_dtype is not None and got_dtype != want_dtype:
+      if (got_dtype, want_dtype) in LOSSLESS_WIDENING:
+        widened.append(key)
+      else:
+        problems.append(f"dtype mismatch for {key!r}: {source} has {got_dtype}, model expects {want_dtype} "
+                        "(only float16/bfloat16 -> float32 converts without loss)")
+  for key, buf in mapping.buffers.items():  # small, and of the shape the config implies: read now
+    if key in renamed and shape_of(state, renamed[key]) == wanted[key][0]:
+      if not np.array_equal(np.asarray(state[renamed[key]]), buf.make()):
+        problems.append(f"buffer {key!r} differs from the value this config implies")
   if problems:
     raise CheckpointMismatchError(
         f"{source} does not match the model ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+  if widened:
+    print(f"note: {source}: {len(widened)} tensor(s) stored as {dtype_of(state, renamed[widened[0]])} were "
+          "widened to float32 (lossless)", flush=True)
+  converted = {}
+  for key, path in by_key.items():
+    value = np.asarray(state[renamed[key]])
+    converted[path] = torch_to_flax_array(path, value, value.ndim).astype(flat[path].dtype)
   return traverse_util.unflatten_dict(converted)
 
 

@@ -34,6 +34,7 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import re
 import secrets
 import struct
@@ -48,6 +49,8 @@ import numpy as np
 
 __all__ = [
     "ALLOWED_GLOBALS",
+    "LazyTensor",
+    "open_torch_file",
     "TorchDtype",
     "UnsafeCheckpointError",
     "read_torch_file",
@@ -294,7 +297,24 @@ def _make_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any,
   stride_t = _check_int_tuple(stride, "tensor stride")
   if len(size_t) != len(stride_t):
     raise _FormatError(f"tensor size {size_t} and stride {stride_t} differ in length")
+  _check_no_self_overlap(size_t, stride_t)
   return _PendingTensor(storage, offset, size_t, stride_t, storage.dtype if dtype is None else dtype)
+
+
+def _check_no_self_overlap(size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+  """Refuses views in which two indices share an element (stride 0, ``expand``-ed or overlapping).
+
+  torch.save keeps such views as views, so a few bytes of storage could declare a tensor of any size;
+  copying one out would cost its full size. No parameter or buffer of a model is such a view.
+  """
+  if any(n == 0 for n in size):
+    return
+  reach = 0  # the largest element offset the smaller-stride dimensions reach
+  for s, n in sorted((s, n) for n, s in zip(size, stride) if n > 1):
+    if s <= reach:
+      raise _FormatError(f"tensor of size {size} with stride {stride} overlaps itself (a stride-0 or "
+                         "expanded view); model parameters never do, so it is refused")
+    reach += (n - 1) * s
 
 
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> _PendingTensor:
@@ -574,11 +594,32 @@ def _unpickle(file: BinaryIO, path: PathLike, what: str,
               storages: _StorageTable | None = None) -> Any:
   """One restricted ``Unpickler(...).load()`` with every failure turned into a ValueError."""
   try:
+    start = file.tell()
+    _scan_pickle(file)
+    file.seek(start)
     return _RestrictedUnpickler(file, path, storages).load()
   except UnsafeCheckpointError:
     raise
   except Exception as e:  # noqa: BLE001 - any parse failure (incl. RecursionError) means "bad file"
-    raise ValueError(f"{os.fspath(path)!r}: could not unpickle {what}: {e}") from e
+    raise ValueError(f"{os.fspath(path)!r}: could not unpickle {what}: {_describe(e)}") from e
+
+
+_MEMO_PUTS = frozenset(("PUT", "BINPUT", "LONG_BINPUT"))
+
+
+def _scan_pickle(file: BinaryIO) -> None:
+  """Walks the pickle's opcodes without running any, refusing what would allocate beyond its size.
+
+  The C unpickler keeps its memo as an array sized by the largest index a PUT names: four bytes
+  (``LONG_BINPUT 0xffffffff``) would make it allocate and clear 32 GB. Pickles torch writes number
+  their memo entries 0, 1, 2, ..., so an index beyond the number of opcodes is refused. (Every
+  length argument is read here from the pickle's own bytes, so one that overstates them fails too.)
+  """
+  count = 0
+  for opcode, arg, _ in pickletools.genops(file):
+    count += 1
+    if opcode.name in _MEMO_PUTS and not (isinstance(arg, int) and 0 <= arg <= count):
+      raise _FormatError(f"the pickle names memo entry {arg!r:.40} after {count} opcodes; not a torch pickle")
 
 
 # ---------------------------------------------------------------------------
@@ -637,6 +678,101 @@ def _byteswap(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
   return raw.reshape(-1, unit)[:, ::-1].reshape(-1).copy()
 
 
+class LazyTensor:
+  """A tensor of a checkpoint file: shape and dtype known, bytes read only by :meth:`load`.
+
+  Lets a caller compare every declared shape with the model before a byte of tensor data is read,
+  so a file that cannot match costs no more than its pickle.
+  """
+
+  __slots__ = ("shape", "dtype", "_pending", "_records")
+
+  def __init__(self, pending: _PendingTensor, records: "_Records"):
+    self.shape = pending.size
+    self.dtype = pending.dtype
+    self._pending = pending
+    self._records = records
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  @property
+  def nbytes(self) -> int:
+    return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+  def load(self) -> np.ndarray:
+    """The tensor as a C-contiguous array that owns its memory."""
+    return self._records.tensor(self._pending, self.nbytes)
+
+  def __repr__(self) -> str:
+    return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
+
+
+class _Records:
+  """The storage records of one file, read on demand, with a bound on the bytes tensors may take.
+
+  The bound (``MATERIALIZE_FACTOR`` x the file's size, plus ``MATERIALIZE_SLACK``) allows tensors
+  sharing a storage (tied weights) but not a small file whose pickle names one storage in thousands
+  of tensors.
+  """
+
+  def __init__(self, path: PathLike, file_size: int, big_endian: bool):
+    self.path = os.fspath(path)
+    self.big_endian = big_endian
+    self.budget = MATERIALIZE_FACTOR * file_size + MATERIALIZE_SLACK
+    self.used = 0
+
+  def raw(self, key: str) -> np.ndarray:
+    raise NotImplementedError
+
+  def tensor(self, pending: _PendingTensor, nbytes: int) -> np.ndarray:
+    if self.used + nbytes > self.budget:
+      raise ValueError(f"{self.path!r}: its tensors would take more than {self.budget} bytes, "
+                       f"{MATERIALIZE_FACTOR}x the file; a state dict never shares storages that much")
+    self.used += nbytes
+    try:
+      return _tensor_from_record(self.raw(pending.storage.key), pending, self.big_endian)
+    except _FormatError as e:
+      raise ValueError(f"{self.path!r}: {e}") from e
+
+
+class _ZipRecords(_Records):
+  """Stored zip entries, each read from its offset and checked against its CRC-32."""
+
+  def __init__(self, path: PathLike, file_size: int, big_endian: bool,
+               entries: Mapping[str, tuple[str, int, int, int]]):
+    super().__init__(path, file_size, big_endian)
+    self.entries = entries  # key -> (entry name, data offset, size, crc32)
+
+  def raw(self, key: str) -> np.ndarray:
+    name, start, size, crc = self.entries[key]
+    with open(self.path, "rb") as f:
+      f.seek(start)
+      data = f.read(size)
+    if len(data) != size:
+      raise _FormatError(f"the file ends inside record {name!r} (truncated since it was opened)")
+    if zlib.crc32(data) != crc:
+      raise _FormatError(f"record {name!r} fails its CRC-32 check: its bytes are corrupt")
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+class _MemoryRecords(_Records):
+  """Legacy files: storages are slices of the file's bytes, already in memory."""
+
+  def __init__(self, path: PathLike, file_size: int, records: Mapping[str, memoryview]):
+    super().__init__(path, file_size, big_endian=False)
+    self.records = records
+
+  def raw(self, key: str) -> np.ndarray:
+    return np.frombuffer(self.records[key], dtype=np.uint8)
+
+
+# Tensors may take at most this many times the file's bytes (tied weights share storages), plus a slack.
+MATERIALIZE_FACTOR = 4
+MATERIALIZE_SLACK = 1 << 20
+
+
 def _tensor_from_record(record: np.ndarray, tensor: _PendingTensor, big_endian: bool) -> np.ndarray:
   """Copies one (possibly strided, offset) tensor out of its storage's raw bytes."""
   storage, dtype = tensor.storage, tensor.dtype
@@ -667,13 +803,13 @@ class _Resolver:
   tensor referenced twice stays one array.
   """
 
-  def __init__(self, records: Mapping[str, np.ndarray], big_endian: bool):
+  def __init__(self, records: _Records):
     self._records = records
-    self._big_endian = big_endian
     self._memo: dict[int, Any] = {}
 
   def __call__(self, obj: Any) -> Any:
-    if isinstance(obj, (str, bytes, int, float, complex, type(None), np.generic, np.ndarray, TorchDtype)):
+    if isinstance(obj, (str, bytes, int, float, complex, type(None), np.generic, np.ndarray, TorchDtype,
+                        LazyTensor)):
       return obj
     if id(obj) in self._memo:
       return self._memo[id(obj)]
@@ -681,10 +817,9 @@ class _Resolver:
 
   def _resolve_new(self, obj: Any) -> Any:
     if isinstance(obj, _PendingTensor):
-      return self._remember(obj, _tensor_from_record(self._records[obj.storage.key], obj, self._big_endian))
+      return self._remember(obj, LazyTensor(obj, self._records))
     if isinstance(obj, _StorageRef):
-      view = _PendingTensor(obj, 0, (obj.numel,), (1,), obj.dtype)
-      return self._remember(obj, _tensor_from_record(self._records[obj.key], view, self._big_endian))
+      return self._remember(obj, LazyTensor(_PendingTensor(obj, 0, (obj.numel,), (1,), obj.dtype), self._records))
     if isinstance(obj, (_PendingNdarray, _PendingDtype)):
       return self._remember(obj, obj.result())
     if isinstance(obj, dict):
@@ -739,18 +874,69 @@ def read_torch_file(path: PathLike) -> Any:
 
   Raises:
     UnsafeCheckpointError: the file names a global outside ``ALLOWED_GLOBALS``.
-    ValueError: the file is not a torch checkpoint, is truncated or is malformed.
+    ValueError: the file is not a torch checkpoint, is truncated, corrupt or malformed, or its
+      tensors would take more than ``MATERIALIZE_FACTOR`` times its size.
   """
+  return _Materializer()(open_torch_file(path))
+
+
+def open_torch_file(path: PathLike) -> Any:
+  """Like :func:`read_torch_file`, with each tensor a :class:`LazyTensor` (shape and dtype, no bytes read).
+
+  What is read before any tensor is bounded by the file: every zip record must be stored (torch
+  never compresses them, so nothing is inflated) and lie inside the file, every declared size must
+  fit the bytes present, and the pickle is scanned before it runs so that no opcode can make the
+  unpickler allocate beyond a small multiple of the pickle's own size.
+  """
+  path = os.fspath(path)
   with open(path, "rb") as f:
     head = f.read(512)
     f.seek(0)
     if head.startswith(_ZIP_MAGIC):
-      return _read_zip(path, f)
+      return _with_path(path, lambda: _open_zip(path, f))
     if head[:1] == b"\x80":
-      return _read_legacy(path, f)
+      return _with_path(path, lambda: _open_legacy(path, f))
   if len(head) >= 262 and head[257:262] == b"ustar":
-    raise ValueError(f"{os.fspath(path)!r}: the pre-1.0 torch tar checkpoint format is not supported")
-  raise ValueError(f"{os.fspath(path)!r}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    raise ValueError(f"{path!r}: the pre-1.0 torch tar checkpoint format is not supported")
+  raise ValueError(f"{path!r}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+
+
+class _Materializer:
+  """Replaces every LazyTensor in a loaded object by its array (one array per tensor object)."""
+
+  def __init__(self) -> None:
+    self._memo: dict[int, Any] = {}
+
+  def __call__(self, obj: Any) -> Any:
+    if isinstance(obj, LazyTensor):
+      if id(obj) not in self._memo:
+        self._memo[id(obj)] = obj.load()
+      return self._memo[id(obj)]
+    if isinstance(obj, dict):
+      if id(obj) not in self._memo:
+        self._memo[id(obj)] = obj
+        for key, value in list(obj.items()):
+          obj[key] = self(value)
+        if hasattr(obj, "__dict__"):
+          self(vars(obj))
+      return obj
+    if isinstance(obj, list):
+      if id(obj) not in self._memo:
+        self._memo[id(obj)] = obj
+        obj[:] = [self(v) for v in obj]
+      return obj
+    if isinstance(obj, tuple):
+      if id(obj) not in self._memo:
+        items = tuple(self(v) for v in obj)
+        self._memo[id(obj)] = obj if all(a is b for a, b in zip(items, obj)) else items
+      return self._memo[id(obj)]
+    return obj
+
+
+def _describe(e: BaseException) -> str:
+  """An exception as text; some (zipfile's on a lying directory) carry no message at all."""
+  text = str(e)
+  return text if text and text != "None" else type(e).__name__
 
 
 def _with_path(path: PathLike, fn: Callable[[], Any]) -> Any:
@@ -759,30 +945,72 @@ def _with_path(path: PathLike, fn: Callable[[], Any]) -> Any:
     return fn()
   except UnsafeCheckpointError:
     raise
-  except (_FormatError, zipfile.BadZipFile, zlib.error, EOFError, struct.error) as e:
-    raise ValueError(f"{os.fspath(path)!r}: {e}") from e
+  except ValueError as e:
+    if str(e).startswith(repr(os.fspath(path))):
+      raise
+    raise ValueError(f"{os.fspath(path)!r}: {_describe(e)}") from e
+  except (zipfile.BadZipFile, zlib.error, EOFError, struct.error, OverflowError, KeyError, IndexError,
+          UnicodeDecodeError, NotImplementedError, RecursionError, OSError) as e:
+    if isinstance(e, OSError) and not isinstance(e, (zipfile.BadZipFile,)) and e.filename is not None:
+      raise
+    raise ValueError(f"{os.fspath(path)!r}: not a readable torch checkpoint ({type(e).__name__}: "
+                     f"{_describe(e)})") from e
+  except MemoryError as e:
+    raise ValueError(f"{os.fspath(path)!r}: declares more data than can be held in memory; not a "
+                     "torch checkpoint this library can read") from e
 
 
-def _read_zip(path: PathLike, f: BinaryIO) -> Any:
-  def run() -> Any:
-    try:
-      archive = zipfile.ZipFile(f)
-    except zipfile.BadZipFile as e:
-      raise _FormatError(f"not a readable zip archive, probably truncated or corrupt ({e})") from e
-    with archive:
-      prefix = _zip_prefix(archive)
-      big_endian = _zip_byteorder(archive, prefix) == "big"
-      storages = _StorageTable()
-      obj = _unpickle(io.BytesIO(archive.read(prefix + "data.pkl")), path, "data.pkl", storages)
-      names = set(archive.namelist())
-      records = {}
-      for key, (dtype, numel) in storages.roots.items():
-        name = f"{prefix}data/{key}"
-        if name not in names:
-          raise _FormatError(f"the storage record {name!r} is missing from the archive")
-        records[key] = _checked_record(np.frombuffer(archive.read(name), dtype=np.uint8), name, dtype, numel)
-      return _resolve(obj, records, big_endian)
-  return _with_path(path, run)
+def _file_size(f: BinaryIO) -> int:
+  f.seek(0, io.SEEK_END)
+  size = f.tell()
+  f.seek(0)
+  return size
+
+
+def _open_zip(path: PathLike, f: BinaryIO) -> Any:
+  size = _file_size(f)
+  try:
+    archive = zipfile.ZipFile(f)
+  except (zipfile.BadZipFile, ValueError, struct.error, OverflowError) as e:
+    raise _FormatError(f"not a readable zip archive, probably truncated or corrupt ({_describe(e)})") from e
+  with archive:
+    prefix = _zip_prefix(archive)
+    locations = {info.filename: _stored_location(f, info, size) for info in archive.infolist()}
+    big_endian = _zip_byteorder(archive, prefix) == "big"
+    pickle_bytes = archive.read(prefix + "data.pkl")  # stored and CRC-checked: at most the file's size
+    storages = _StorageTable()
+    obj = _unpickle(io.BytesIO(pickle_bytes), path, "data.pkl", storages)
+    entries = {}
+    for key, (dtype, numel) in storages.roots.items():
+      name = f"{prefix}data/{key}"
+      if name not in locations:
+        raise _FormatError(f"the storage record {name!r} is missing from the archive")
+      start, record_size, crc = locations[name]
+      _check_record_size(record_size, name, dtype, numel)
+      entries[key] = (name, start, record_size, crc)
+    return _resolve(obj, _ZipRecords(path, size, big_endian, entries))
+
+
+def _stored_location(f: BinaryIO, info: zipfile.ZipInfo, file_size: int) -> tuple[int, int, int]:
+  """(data offset, size, CRC-32) of an entry, checked to be stored and to lie inside the file."""
+  if info.compress_type != zipfile.ZIP_STORED:
+    raise _FormatError(f"record {info.filename!r} is compressed (zip method {info.compress_type}); torch "
+                       "stores every record uncompressed, so it is refused rather than inflated")
+  if info.file_size != info.compress_size:
+    raise _FormatError(f"record {info.filename!r} is stored but declares {info.file_size} bytes "
+                       f"uncompressed and {info.compress_size} in the file")
+  if info.header_offset < 0 or info.header_offset + 30 > file_size:
+    raise _FormatError(f"record {info.filename!r} starts past the end of the file")
+  f.seek(info.header_offset)
+  header = f.read(30)
+  if len(header) != 30 or header[:4] != _ZIP_MAGIC:
+    raise _FormatError(f"record {info.filename!r} has no local header where the directory says")
+  name_len, extra_len = struct.unpack("<HH", header[26:30])
+  start = info.header_offset + 30 + name_len + extra_len
+  if start + info.file_size > file_size:
+    raise _FormatError(f"record {info.filename!r} declares {info.file_size} bytes at offset {start}, "
+                       f"past the end of the {file_size}-byte file")
+  return start, info.file_size, info.CRC
 
 
 def _zip_prefix(archive: zipfile.ZipFile) -> str:
@@ -806,65 +1034,68 @@ def _zip_byteorder(archive: zipfile.ZipFile, prefix: str) -> str:
   except KeyError:
     return "little"
   if order not in ("little", "big"):
-    raise _FormatError(f"unknown byteorder record {order!r}")
+    raise _FormatError(f"unknown byteorder record {order[:40]!r}")
   return order
 
 
-def _checked_record(record: np.ndarray, name: str, dtype: np.dtype, numel: int) -> np.ndarray:
-  if len(record) < numel * dtype.itemsize:
+def _check_record_size(size: int, name: str, dtype: np.dtype, numel: int) -> None:
+  if size < numel * dtype.itemsize:
     raise _FormatError(
-        f"storage record {name!r} has {len(record)} bytes, expected {numel * dtype.itemsize} "
+        f"storage record {name!r} has {size} bytes, expected {numel * dtype.itemsize} "
         f"({numel} x {dtype})")
-  return record
 
 
-def _resolve(obj: Any, records: Mapping[str, np.ndarray], big_endian: bool) -> Any:
+def _resolve(obj: Any, records: _Records) -> Any:
   try:
-    return _Resolver(records, big_endian)(obj)
+    return _Resolver(records)(obj)
   except RecursionError as e:
     raise _FormatError("the checkpoint is nested too deeply") from e
 
 
-def _read_legacy(path: PathLike, f: BinaryIO) -> Any:
-  def run() -> Any:
-    magic = _unpickle(f, path, "the magic number")
-    if magic != _LEGACY_MAGIC:
-      raise _FormatError("a pickle, but not a torch.save file (wrong magic number)")
-    protocol = _unpickle(f, path, "the protocol version")
-    if protocol != _LEGACY_PROTOCOL:
-      raise _FormatError(f"unsupported legacy protocol version {protocol!r}")
-    _unpickle(f, path, "sys_info")  # endianness here is moot: storages are always little-endian
-    storages = _StorageTable()
-    obj = _unpickle(f, path, "the main pickle", storages)
-    keys = _unpickle(f, path, "the storage key list")
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-      raise _FormatError("the storage key list is not a list of str")
-    records = _read_legacy_storages(f, keys, storages)
-    return _resolve(obj, records, big_endian=False)
-  return _with_path(path, run)
+def _open_legacy(path: PathLike, f: BinaryIO) -> Any:
+  # Legacy files are read whole (they are small and old): every length below is then checked
+  # against the bytes present instead of being handed to a file read that would allocate it.
+  data = f.read()
+  stream = io.BytesIO(data)
+  magic = _unpickle(stream, path, "the magic number")
+  if magic != _LEGACY_MAGIC:
+    raise _FormatError("a pickle, but not a torch.save file (wrong magic number)")
+  protocol = _unpickle(stream, path, "the protocol version")
+  if protocol != _LEGACY_PROTOCOL:
+    raise _FormatError(f"unsupported legacy protocol version {protocol!r:.40}")
+  _unpickle(stream, path, "sys_info")  # endianness here is moot: storages are always little-endian
+  storages = _StorageTable()
+  obj = _unpickle(stream, path, "the main pickle", storages)
+  keys = _unpickle(stream, path, "the storage key list")
+  if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+    raise _FormatError("the storage key list is not a list of str")
+  records = _legacy_storages(memoryview(data), stream.tell(), keys, storages)
+  return _resolve(obj, _MemoryRecords(path, len(data), records))
 
 
-def _read_legacy_storages(f: BinaryIO, keys: list[str], storages: _StorageTable) -> dict[str, np.ndarray]:
+def _legacy_storages(data: memoryview, pos: int, keys: list[str], storages: _StorageTable
+                     ) -> dict[str, memoryview]:
   """Each storage: int64 little-endian element count, then that many elements' bytes."""
-  records: dict[str, np.ndarray] = {}
+  records: dict[str, memoryview] = {}
   for key in keys:
     if key not in storages.roots:
-      raise _FormatError(f"storage {key!r} is listed but never referenced, its type is unknown")
+      raise _FormatError(f"storage {key!r:.80} is listed but never referenced, its type is unknown")
+    if key in records:
+      raise _FormatError(f"storage {key!r:.80} is listed twice")
     dtype, numel = storages.roots[key]
-    header = f.read(8)
-    if len(header) != 8:
-      raise _FormatError(f"the file ends before storage {key!r} (truncated)")
-    count = struct.unpack("<q", header)[0]
+    if pos + 8 > len(data):
+      raise _FormatError(f"the file ends before storage {key!r:.80} (truncated)")
+    count = struct.unpack("<q", data[pos:pos + 8])[0]
+    pos += 8
     nbytes = count * dtype.itemsize
-    if count < 0 or nbytes > 1 << 46:
-      raise _FormatError(f"storage {key!r} has an impossible size {count}")
-    data = f.read(nbytes)
-    if len(data) != nbytes:
-      raise _FormatError(f"the file ends inside storage {key!r} (truncated)")
-    records[key] = _checked_record(np.frombuffer(data, dtype=np.uint8), key, dtype, numel)
+    if count < 0 or pos + nbytes > len(data):
+      raise _FormatError(f"storage {key!r:.80} declares {count} elements, more than the file holds (truncated?)")
+    _check_record_size(nbytes, key, dtype, numel)
+    records[key] = data[pos:pos + nbytes]
+    pos += nbytes
   missing = sorted(set(storages.roots) - set(records))
   if missing:
-    raise _FormatError(f"storage records {missing} are missing from the file")
+    raise _FormatError(f"storage records {missing[:8]} are missing from the file")
   return records
 
 
