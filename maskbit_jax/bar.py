@@ -272,6 +272,8 @@ def images_to_uint8(images_01) -> np.ndarray:
 
 def resolve_settings(gen: BarModel, overrides: dict) -> dict:
   """The config's sampling settings (released evaluation values) with the non-None ``overrides`` on top."""
+  from maskbit_jax.sampling.bar_sampler import BarSamplingConfig
+
   settings = dict(gen.sampling_defaults)
   settings.update({k: v for k, v in overrides.items() if v is not None})
   unknown = set(settings) - set(SAMPLING_KEYS)
@@ -283,6 +285,8 @@ def resolve_settings(gen: BarModel, overrides: dict) -> dict:
   settings["tokens_allocation"] = tuple(int(t) for t in settings["tokens_allocation"])
   settings["guidance_scale"] = float(settings["guidance_scale"])
   settings["randomize_temperature"] = float(settings["randomize_temperature"])
+  # the sampler's own checks (finite settings, an allocation of the step's bits), here before any sampling
+  BarSamplingConfig(**settings).check(gen.module.step_bits)
   return settings
 
 

@@ -73,6 +73,16 @@ def _require(path: str | None, flag: str, what: str) -> str:
   return path
 
 
+def check_batch_size(batch_size: int) -> int:
+  """``batch_size`` if it is >= 1 and a multiple of the local devices (each gets an equal share)."""
+  n_dev = jax.local_device_count()
+  if batch_size < 1:
+    raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
+  if batch_size % n_dev:
+    raise ValueError(f"--batch_size {batch_size} must be a multiple of the {n_dev} local devices")
+  return batch_size
+
+
 def _mesh_and_batch_sharding():
   mesh = sharding.create_mesh({"data": -1}, jax.local_devices())
   return mesh, functools.partial(sharding.batch_sharding, mesh)
@@ -99,9 +109,7 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
   """
   from maskbit_jax.data.sources import eval_batches
 
-  n_dev = jax.local_device_count()
-  if batch_size % n_dev:
-    raise ValueError(f"--batch_size {batch_size} must be a multiple of the {n_dev} local devices")
+  check_batch_size(batch_size)
   _, batch_sh = _mesh_and_batch_sharding()
   total = len(source) if num_images is None else min(num_images, len(source))
   if total < 2 and inception is not None:
@@ -186,9 +194,7 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
   from maskbit_jax.data.sources import num_eval_batches, shard_indices
   from maskbit_jax.sample import sample
 
-  n_dev = jax.local_device_count()
-  if batch_size % n_dev:
-    raise ValueError(f"--batch_size {batch_size} must be a multiple of the {n_dev} local devices")
+  check_batch_size(batch_size)
   if num_images < 2:
     raise ValueError(f"FID needs at least 2 images, asked for {num_images}")
   _, batch_sh = _mesh_and_batch_sharding()
@@ -287,18 +293,34 @@ def main(argv=None) -> int:
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required")
+  from maskbit_jax.image_io import check_output_path
+
+  # before loading anything: a bad flag fails in seconds, not after the evaluation (the device count is
+  # checked later, by evaluate_*, once the devices are up)
+  if args.batch_size < 1:
+    p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+  try:
+    if args.out:
+      check_output_path(args.out, folder=False)
+  except ValueError as e:
+    p.error(f"--out: {e}")
   cfg = load_config(config, overrides)
 
   if args.what == "tokenizer":
+    from maskbit_jax.config import vq_model_config
     from maskbit_jax.data.sources import make_source
-    from maskbit_jax.tokenizer import load_tokenizer
+    from maskbit_jax.models.tokenizer import latent_stride_of
+    from maskbit_jax.tokenizer import check_image_side, load_tokenizer
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if skip - {"fid", "lpips"}:
       p.error(f"--skip {args.skip!r}: unknown metric group(s) {sorted(skip - {'fid', 'lpips'})}; "
               "choose from fid, lpips")
+    size = args.size if args.size is not None else int(
+        cfg.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
+    check_image_side(size, latent_stride_of(vq_model_config(cfg)),
+                     "dataset.preprocessing.resolution" if args.size is None else "--size")
     tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init, precision=args.precision)
-    size = args.size or int(cfg.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
     source = make_source(args.data, size)
     inception = None if "fid" in skip else _inception(
         _require(args.inception, "--inception", "rFID and IS (or --skip fid)"), args.precision)

@@ -65,6 +65,12 @@ def sampling_defaults(cfg: ml_collections.ConfigDict) -> dict:
 
 def check_class_labels(labels, nclass: int) -> np.ndarray:
   """``labels`` as a non-empty 1-D integer array of class ids in ``[0, nclass)``, else a ValueError naming why."""
+  if isinstance(labels, (list, tuple)):
+    # Python ints are checked as they are: numpy would overflow on 2**64 or make an object array of it
+    bad = [v for v in labels if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+           and not 0 <= int(v) < nclass]
+    if bad:
+      raise ValueError(f"class labels must be in [0, {nclass}), got {bad[0]}")
   labels = np.asarray(labels)
   if labels.size == 0:
     raise ValueError("labels is empty: give at least one class id")

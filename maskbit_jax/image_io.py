@@ -1,4 +1,4 @@
-"""Writing images and grids as PNG, and reading a folder of images."""
+"""Writing images and grids as PNG, reading images of any common mode as 8-bit RGB, and reading a folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,67 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+# 8-bit modes PIL's convert("RGB") maps faithfully; alpha is dropped, as the reference's convert("RGB") does.
+EIGHT_BIT_MODES = ("1", "L", "P", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
+# 16-bit grayscale (16-bit PNG, PGM); PIL's convert("RGB") would clip these to 255, not scale them.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class CorruptImageError(ValueError):
+  """An image cannot be decoded, or has no 8-bit RGB reading (its mode is named)."""
+
+
+def uint16_to_uint8(values: np.ndarray) -> np.ndarray:
+  """0..65535 -> 0..255 by scaling (65535 = 255 * 257), rounded."""
+  return np.round(np.asarray(values, np.float64) / 257.0).astype(np.uint8)
+
+
+def pil_to_rgb_uint8(im: Image.Image, name: str) -> np.ndarray:
+  """A decoded PIL image -> uint8 ``[H, W, 3]``: 8-bit modes through PIL, 16-bit grayscale scaled; any other
+  mode (32-bit float F, ...) has no defined pixel range and is refused naming ``name`` and the mode."""
+  if im.mode in EIGHT_BIT_MODES:
+    return np.asarray(im.convert("RGB"))
+  if im.mode in SIXTEEN_BIT_MODES:
+    gray = np.asarray(im)
+    # mode I is 32-bit, but decoders give it for 16-bit files; a value beyond 16 bits means another range
+    if gray.size and (gray.min() < 0 or gray.max() > 65535):
+      raise CorruptImageError(f"{name}: 32-bit integer image (mode I) with values in [{gray.min()}, "
+                              f"{gray.max()}], not 16-bit: convert it to 8- or 16-bit first")
+    return np.repeat(uint16_to_uint8(gray)[..., None], 3, axis=-1)
+  raise CorruptImageError(f"{name}: image mode {im.mode!r} is not supported (8-bit modes "
+                          f"{', '.join(EIGHT_BIT_MODES)} and 16-bit grayscale are): convert it to 8-bit RGB first")
+
+
+def array_to_rgb_uint8(image: np.ndarray, name: str) -> np.ndarray:
+  """A decoded pixel array (``[H, W]`` or ``[H, W, C]``, C = 1, 3 or 4; uint8, uint16 or bool) -> uint8
+  ``[H, W, 3]``; other dtypes or shapes are refused naming ``name``."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise CorruptImageError(f"{name}: pixel array of shape {image.shape} is not [H, W] or [H, W, 1|3|4]")
+  if image.dtype == np.uint16:
+    image = uint16_to_uint8(image)
+  elif image.dtype == bool:
+    image = image.astype(np.uint8) * 255
+  elif image.dtype != np.uint8:
+    raise CorruptImageError(f"{name}: pixel dtype {image.dtype} is not supported (uint8, uint16, bool)")
+  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+
+
+def read_rgb(source, name: str | None = None) -> np.ndarray:
+  """An image file (path or file object) -> uint8 ``[H, W, 3]``; a file that cannot be decoded (truncated,
+  not an image, an unsupported mode) raises :class:`CorruptImageError` naming it."""
+  name = name or str(source)
+  try:
+    with Image.open(source) as im:
+      im.load()  # decode now: PIL decodes lazily, and a truncated file fails only here
+      return pil_to_rgb_uint8(im, name)
+  except CorruptImageError:
+    raise
+  except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... for broken files
+    raise CorruptImageError(f"cannot decode image {name}: {type(e).__name__}: {e}") from e
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -69,5 +130,24 @@ def load_image_folder(folder: str, size: int) -> tuple[np.ndarray, list[str]]:
   names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
   if not names:
     raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-  images = [center_crop_resize(np.asarray(Image.open(os.path.join(folder, n)).convert("RGB")), size) for n in names]
+  images = [center_crop_resize(read_rgb(os.path.join(folder, n)), size) for n in names]
   return np.stack(images), names
+
+
+def check_output_path(path: str, *, folder: bool) -> str:
+  """``path`` (absolute) if a command can write its output folder (``folder``) or file there, made with its
+  parents at the end; else a ValueError naming the problem. Run before the work, so a bad path fails in
+  seconds rather than after the sampling or evaluation."""
+  path = os.path.abspath(path)
+  if folder and os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{path} exists and is not a folder")
+  if not folder and os.path.isdir(path):
+    raise ValueError(f"{path} is a folder, not a file")
+  parent = path if folder else os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f"cannot create {path}: {parent} is a file, not a folder")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ValueError(f"cannot write to {parent} (permission denied), where {path} would be made")
+  return path

@@ -37,6 +37,14 @@ def _parse(argv):
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required (a configs/*.py file or a reference .yaml)")
+  if args.batch_size < 1:
+    p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+  from maskbit_jax.image_io import check_output_path
+
+  try:
+    check_output_path(args.out, folder=True)
+  except ValueError as e:
+    p.error(f"--out: {e}")
   return config, overrides, args
 
 
@@ -45,16 +53,23 @@ def main(argv=None) -> int:
   import jax
 
   from maskbit_jax import image_io
+  from maskbit_jax.config import load_config, vq_model_config
   from maskbit_jax.data.sample_images import sample_photos
-  from maskbit_jax.tokenizer import load_tokenizer
+  from maskbit_jax.models.tokenizer import latent_stride_of
+  from maskbit_jax.tokenizer import check_image_side, load_tokenizer
 
   if args.random_init and args.checkpoint:
     raise SystemExit("--random_init and --checkpoint exclude each other")
-  tok = load_tokenizer(config, args.checkpoint, random_init=args.random_init, seed=args.seed, overrides=overrides)
+  cfg = load_config(config, overrides)
+  size = args.size if args.size is not None else int(
+      cfg.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
+  # the size and the images before the weights: a bad size or file fails before a large checkpoint loads
+  check_image_side(size, latent_stride_of(vq_model_config(cfg)),
+                   "dataset.preprocessing.resolution" if args.size is None else "--size")
+  images, names = image_io.load_image_folder(args.images, size) if args.images else sample_photos(size)
+  tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init, seed=args.seed)
   if args.random_init:
     print("NOTE: random (untrained) tokenizer weights; reconstructions are not meaningful.")
-  size = args.size or int(tok.config.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
-  images, names = image_io.load_image_folder(args.images, size) if args.images else sample_photos(size)
 
   tokens, recons = [], []
   start = time.perf_counter()

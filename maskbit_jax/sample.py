@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -32,7 +33,7 @@ import numpy as np
 
 from maskbit_jax.generator import Generator
 from maskbit_jax.sampling.factorization import combine_tokens
-from maskbit_jax.sampling.maskgit_sampler import sample_tokens
+from maskbit_jax.sampling.maskgit_sampler import SamplerConfig, sample_tokens
 from maskbit_jax.tokenizer import Tokenizer
 
 SAMPLER_ARGS = ("num_steps", "guidance_scale", "guidance_annealing", "scale_pow", "softmax_temperature",
@@ -59,8 +60,9 @@ def resolve_settings(gen: Generator, overrides: dict) -> dict:
   if unknown:
     raise TypeError(f"unknown sampling settings {sorted(unknown)}; known: {SAMPLER_ARGS}")
   settings.setdefault("num_steps", 64)
-  if int(settings["num_steps"]) < 1:
-    raise ValueError(f"num_steps must be >= 1, got {settings['num_steps']}")
+  # the sampler's own checks (finite scales and temperatures, known schedules), here before any sampling
+  SamplerConfig(num_positions=gen.seq_len, codebook_splits=gen.codebook_splits, mask_token=gen.mask_token,
+                **settings)
   return settings
 
 
@@ -193,6 +195,16 @@ def _parse(argv):
   for flag in ("samples_per_class", "batch_size"):
     if getattr(args, flag) < 1:
       p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+  for flag in ("guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
+    value = getattr(args, flag)
+    if value is not None and not math.isfinite(value):  # argparse's float() takes "nan" and "inf"
+      p.error(f"--{flag} {value}: must be a finite number")
+  from maskbit_jax.image_io import check_output_path
+
+  try:  # here, not after all the sampling
+    check_output_path(args.out, folder=True)
+  except ValueError as e:
+    p.error(f"--out: {e}")
   if args.tokens_allocation is not None:
     try:
       args.tokens_allocation = tuple(int(t) for t in args.tokens_allocation.split(",") if t.strip())
@@ -250,8 +262,8 @@ def main(argv=None) -> int:
   gen, tok = _replicated(gen), _replicated(tok)
   if args.random_init:
     print("NOTE: random (untrained) weights; the images are not meaningful.")
+  gen.check_labels(args.class_ids)  # the Python ints, before numpy (2**64 would overflow int64)
   labels = np.repeat(np.asarray(args.class_ids, np.int64), args.samples_per_class)
-  gen.check_labels(labels)
 
   key = jax.random.key(args.seed)
   outs = []

@@ -45,8 +45,15 @@ def _runtime(cfg: ml_collections.ConfigDict, dtype: str | None, precision: str |
   return DTYPES[dtype], PRECISIONS[precision]
 
 
+@jax.jit
+def _finite_and_range(images):
+  # isfinite, not min/max: XLA's min/max reductions may drop NaN, so a NaN pixel would pass a range test
+  return jnp.all(jnp.isfinite(images)), jnp.min(images), jnp.max(images)
+
+
 def validate_images(images: Any, *, check_range: bool = True) -> jax.Array:
-  """Checks that ``images`` are float NHWC RGB in [0, 1]; returns them as float32."""
+  """Checks that ``images`` are a non-empty float NHWC RGB batch of finite values in [0, 1]; returns them as
+  float32 (bfloat16 and float16 convert exactly)."""
   shape = tuple(np.shape(images))
   dtype = np.asarray(images[:0]).dtype if hasattr(images, "__getitem__") else np.result_type(images)
   if len(shape) != 4:
@@ -54,18 +61,28 @@ def validate_images(images: Any, *, check_range: bool = True) -> jax.Array:
   if shape[-1] != 3:
     hint = " (this looks like NCHW; transpose to NHWC)" if shape[1] == 3 else ""
     raise ValueError(f"images must have 3 channels last (NHWC), got shape {shape}{hint}")
-  if not np.issubdtype(dtype, np.floating):
+  if 0 in shape:
+    raise ValueError(f"images is an empty batch (shape {shape}): give at least one image of at least one pixel")
+  # jnp's issubdtype, not numpy's: numpy does not count bfloat16 (ml_dtypes) as floating
+  if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"images must be floating point in [0, 1], got dtype {dtype}"
                     " (integer images: divide by 255 first)")
   images = jnp.asarray(images, jnp.float32)
-  if check_range:
-    lo, hi = (float(v) for v in jax.device_get((jnp.min(images), jnp.max(images))))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-      raise ValueError("images contain NaN or infinite values")
-    if lo < -RANGE_SLACK or hi > 1.0 + RANGE_SLACK:
-      raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
-                       " (for [0, 255] divide by 255; for [-1, 1] use (x + 1) / 2)")
+  finite, lo, hi = (v.item() for v in jax.device_get(_finite_and_range(images)))
+  if not finite:
+    raise ValueError("images contain NaN or infinite values")
+  if check_range and (lo < -RANGE_SLACK or hi > 1.0 + RANGE_SLACK):
+    raise ValueError(f"images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]"
+                     " (for [0, 255] divide by 255; for [-1, 1] use (x + 1) / 2)")
   return images
+
+
+def check_image_side(side: int, stride: int, flag: str = "image size") -> int:
+  """``side`` if it is a positive multiple of the tokenizer's ``stride`` (else the decoded image would not
+  match the input), else a ValueError naming ``flag``."""
+  if side < stride or side % stride:
+    raise ValueError(f"{flag} {side}: must be a positive multiple of the tokenizer's latent stride {stride}")
+  return side
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

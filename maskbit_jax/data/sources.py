@@ -3,8 +3,9 @@
 Every source yields ``{"image": float32 [H, W, 3] in [0, 1], "label": int32}``
 (centre crop at ``size``, for evaluation), and ``raw(index)`` gives
 ``{"image": uint8 [H, W, 3] at the stored size, "label"}`` for training
-augmentation. A file that cannot be decoded raises :class:`CorruptImageError`
-naming it.
+augmentation. Images of any common mode are read as 8-bit RGB (16-bit ones
+scaled, ``image_io.read_rgb``); a file that cannot be decoded, or whose mode
+has no 8-bit reading, raises :class:`CorruptImageError` naming it.
 
 * ``ImageFolderSource``: ``root/<class_name>/<image>`` (classes in sorted order,
   like torchvision's ImageFolder), or a flat folder (label 0).
@@ -20,22 +21,12 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image
 
 from maskbit_jax.data.sample_images import center_crop_resize, sample_photos, synthetic_images
-from maskbit_jax.image_io import IMAGE_SUFFIXES, to_uint8
+from maskbit_jax.image_io import IMAGE_SUFFIXES, CorruptImageError, array_to_rgb_uint8, read_rgb, to_uint8
 
-
-class CorruptImageError(ValueError):
-  """An image in a dataset cannot be decoded."""
-
-
-def _decode_file(path: str) -> np.ndarray:
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
-  except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... for broken files
-    raise CorruptImageError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
+__all__ = ["AdmCropSource", "CorruptImageError", "ImageFolderSource", "PhotoSource", "SyntheticSource",
+           "TfdsSource", "eval_batches", "make_source", "num_eval_batches", "shard_indices"]
 
 
 class ImageFolderSource:
@@ -59,7 +50,7 @@ class ImageFolderSource:
 
   def raw(self, index: int) -> dict:
     path, label = self.items[index]
-    return {"image": _decode_file(path), "label": np.int32(label)}
+    return {"image": read_rgb(path), "label": np.int32(label)}
 
   def __getitem__(self, index: int) -> dict:
     ex = self.raw(index)
@@ -118,18 +109,13 @@ class TfdsSource:
 
   def raw(self, index: int) -> dict:
     ex = self.source[index]
-    image = ex["image"]
+    image, name = ex["image"], f"example {index} of the tfds source"
     if isinstance(image, (bytes, bytearray)):
       import io
 
-      try:
-        with Image.open(io.BytesIO(image)) as im:
-          image = im.convert("RGB")
-      except Exception as e:
-        raise CorruptImageError(f"cannot decode example {index} of the tfds source: {e}") from e
-    image = np.asarray(image, np.uint8)
-    if image.ndim == 3 and image.shape[-1] == 1:
-      image = np.repeat(image, 3, axis=-1)
+      image = read_rgb(io.BytesIO(image), name)
+    # not np.asarray(image, np.uint8): that would wrap 16-bit pixels around instead of scaling them
+    image = array_to_rgb_uint8(image, name)
     return {"image": image, "label": np.int32(ex.get("label", 0))}
 
   def __getitem__(self, index: int) -> dict:

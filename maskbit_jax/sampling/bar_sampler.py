@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskbit_jax.models.bar_generator import BarGenerator, scatter_steps
+from maskbit_jax.sampling import schedules
 
 # (bits [N, k] int32 with 2 = masked, z [N, W], mask_ratio [N] float32) -> logits [N, k, 2]
 HeadFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -53,6 +54,8 @@ class BarSamplingConfig:
   tokens_allocation: tuple[int, ...]
 
   def check(self, bits: int) -> None:
+    schedules.check_finite_settings(guidance_scale=self.guidance_scale,
+                                    randomize_temperature=self.randomize_temperature)
     alloc = self.tokens_allocation
     if not alloc or any(int(t) != t or t <= 0 for t in alloc):
       raise ValueError(f"tokens_allocation must be positive integers, got {alloc}")

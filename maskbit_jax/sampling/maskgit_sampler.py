@@ -62,8 +62,11 @@ class SamplerConfig:
   null_label: int | None = None
 
   def __post_init__(self):
-    if int(self.num_steps) != self.num_steps or self.num_steps < 1:
+    if not float(self.num_steps).is_integer() or self.num_steps < 1:
       raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}")
+    schedules.check_finite_settings(guidance_scale=self.guidance_scale, scale_pow=self.scale_pow,
+                                    softmax_temperature=self.softmax_temperature,
+                                    randomize_temperature=self.randomize_temperature)
     for name in ("num_positions", "codebook_splits", "mask_token"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")

@@ -25,8 +25,8 @@ MIN_MASK_RATIO = 1e-6  # the reference clamps the ratio to [1e-6, 1]
 
 __all__ = [
     "GUIDANCE_ANNEALING", "MASK_SCHEDULES", "TRAIN_MASK_MODES", "annealed_softmax_temperature",
-    "check_guidance_annealing", "check_mask_schedule", "guidance_multiplier", "masking_ratio",
-    "noise_scale_factor", "step_progress", "train_mask_ratio",
+    "check_finite_settings", "check_guidance_annealing", "check_mask_schedule", "guidance_multiplier",
+    "masking_ratio", "noise_scale_factor", "step_progress", "train_mask_ratio",
 ]
 
 
@@ -38,6 +38,14 @@ def check_mask_schedule(mode: str) -> None:
 def check_guidance_annealing(annealing: str) -> None:
   if annealing not in GUIDANCE_ANNEALING:
     raise ValueError(f"unknown guidance annealing {annealing!r}; choose one of {GUIDANCE_ANNEALING}")
+
+
+def check_finite_settings(**settings: float) -> None:
+  """A ValueError naming the first setting that is NaN or infinite: such a scale or temperature turns every
+  logit into NaN and the sampler's argmax then returns token 0 everywhere, without any error."""
+  for name, value in settings.items():
+    if not math.isfinite(value):
+      raise ValueError(f"{name}={value!r}: sampling settings must be finite numbers")
 
 
 def _step_f32(step) -> jax.Array:
