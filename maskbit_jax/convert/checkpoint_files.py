@@ -18,8 +18,10 @@ against the bytes present (see ``docs/reliability.md``).
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
@@ -140,6 +142,11 @@ def _open_safetensors(path: str) -> StateDict:
   return StateDict(entries, path)
 
 
+# np.savez_compressed shrinks float weights by a few percent; far more is a decompression bomb.
+INFLATE_FACTOR = 8
+INFLATE_SLACK = 1 << 20
+
+
 def _open_npz(path: str) -> StateDict:
   """An ``np.savez`` file: each member's ``.npy`` header checked against its declared size first.
 
@@ -150,7 +157,15 @@ def _open_npz(path: str) -> StateDict:
   try:
     with zipfile.ZipFile(path) as archive:
       entries = OrderedDict()
-      for info in archive.infolist():
+      infos = archive.infolist()
+      names = [info.filename for info in infos]
+      if len(set(names)) != len(names):
+        raise ValueError(f"{path}: the archive holds two members of the same name")
+      inflated = sum(info.file_size for info in infos if info.compress_type != zipfile.ZIP_STORED)
+      if inflated > INFLATE_FACTOR * os.path.getsize(path) + INFLATE_SLACK:
+        raise ValueError(f"{path}: its compressed members declare {inflated} bytes, more than "
+                         f"{INFLATE_FACTOR}x the file; refused rather than inflated")
+      for info in infos:
         if not info.filename.endswith(".npy"):
           raise ValueError(f"{path}: member {info.filename[:80]!r} is not a .npy array")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -159,9 +174,14 @@ def _open_npz(path: str) -> StateDict:
           shape, fortran, dtype, offset = _npy_header(member, info, path)
         entries[info.filename[:-4]] = (shape, dtype, lambda info=info, h=(shape, fortran, dtype, offset):
                                        _read_npy(path, info, *h))
-  except zipfile.BadZipFile as e:
-    raise ValueError(f"{path}: not a readable npz archive ({e})") from e
+  except ZIP_ERRORS as e:
+    raise ValueError(f"{path}: not a readable npz archive ({type(e).__name__}: {e})") from e
   return StateDict(entries, path)
+
+
+# What zipfile and zlib raise on a damaged archive (a lying offset gives OSError EINVAL on seek).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, struct.error, OverflowError, NotImplementedError,
+              KeyError, OSError)
 
 
 def _npy_header(member, info: zipfile.ZipInfo, path: str):
@@ -175,8 +195,8 @@ def _npy_header(member, info: zipfile.ZipInfo, path: str):
       shape, fortran, dtype = fmt.read_array_header_2_0(member)
     else:
       raise ValueError(f"npy version {version}")
-  except (ValueError, SyntaxError, TypeError, zipfile.BadZipFile, EOFError) as e:
-    raise ValueError(f"{path}: member {name!r} has no valid .npy header ({e})") from None
+  except Exception as e:  # noqa: BLE001 - numpy parses the header with ast/tokenize: any failure means "invalid"
+    raise ValueError(f"{path}: member {name!r} has no valid .npy header ({type(e).__name__}: {e})") from None
   if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
     raise ValueError(f"{path}: member {name!r} holds dtype {dtype}, not plain numbers")
   offset = member.tell()
@@ -194,8 +214,8 @@ def _read_npy(path: str, info: zipfile.ZipInfo, shape, fortran: bool, dtype: np.
     with zipfile.ZipFile(path) as archive, archive.open(info.filename) as member:
       member.seek(offset)
       data = member.read(info.file_size - offset)
-  except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
-    raise ValueError(f"{path}: member {info.filename[:80]!r} is corrupt ({e})") from e
+  except ZIP_ERRORS as e:
+    raise ValueError(f"{path}: member {info.filename[:80]!r} is corrupt ({type(e).__name__}: {e})") from e
   array = np.frombuffer(data, dtype=dtype)
   return array.reshape(shape, order="F" if fortran else "C").copy(order="K")
 

@@ -975,7 +975,11 @@ def _open_zip(path: PathLike, f: BinaryIO) -> Any:
     raise _FormatError(f"not a readable zip archive, probably truncated or corrupt ({_describe(e)})") from e
   with archive:
     prefix = _zip_prefix(archive)
-    locations = {info.filename: _stored_location(f, info, size) for info in archive.infolist()}
+    locations = {}
+    for info in archive.infolist():
+      if info.filename in locations:
+        raise _FormatError(f"the archive holds two records named {info.filename[:80]!r}")
+      locations[info.filename] = _stored_location(f, info, size)
     big_endian = _zip_byteorder(archive, prefix) == "big"
     pickle_bytes = archive.read(prefix + "data.pkl")  # stored and CRC-checked: at most the file's size
     storages = _StorageTable()
@@ -1006,6 +1010,9 @@ def _stored_location(f: BinaryIO, info: zipfile.ZipInfo, file_size: int) -> tupl
   if len(header) != 30 or header[:4] != _ZIP_MAGIC:
     raise _FormatError(f"record {info.filename!r} has no local header where the directory says")
   name_len, extra_len = struct.unpack("<HH", header[26:30])
+  if f.read(name_len) != info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437"):
+    raise _FormatError(f"record {info.filename[:80]!r}: the directory and the local header name "
+                       "different records")
   start = info.header_offset + 30 + name_len + extra_len
   if start + info.file_size > file_size:
     raise _FormatError(f"record {info.filename!r} declares {info.file_size} bytes at offset {start}, "
