@@ -81,9 +81,8 @@ def test_reference_precision_contexts():
 @pytest.mark.parametrize("argv, message", [(["--bogus"], "unknown argument --bogus"),
                                            (["--maskbit-ref", "/nonexistent/maskbit"], "no modeling/ folder")])
 def test_accelerator_script_refuses_bad_arguments_before_running_anything(argv, message):
-  import subprocess
+  import proc_wait
 
-  proc = subprocess.run(["bash", str(REPO / "benchmarks/accelerator.sh"), *argv], capture_output=True, text=True,
-                        timeout=60)
+  proc = proc_wait.run(["bash", str(REPO / "benchmarks/accelerator.sh"), *argv])
   assert proc.returncode == 2 and message in proc.stderr
   assert "== parity" not in proc.stdout

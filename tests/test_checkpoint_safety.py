@@ -22,7 +22,7 @@ from maskbit_jax import checkpointing
 from maskbit_jax.convert import cli as convert_cli
 from maskbit_jax.convert import torch_pickle as tp
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
-from tests.conftest import tokenizer_config
+from conftest import tokenizer_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # What reading a hostile file may add to a fresh interpreter's peak memory (each file below declares >= 200 MB).

@@ -84,7 +84,8 @@ def run_notebook(name: str, workdir, env: dict, **params):
                                        + "\n".join(f"{k} = {v!r}" for k, v in params.items()))
   injected.metadata["tags"] = ["injected-parameters"]
   nb.cells.insert(index + 1, injected)
-  client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=600, allow_errors=False,
+  # No per-cell limit: a slow machine must not fail the notebook (a kernel that dies is still reported).
+  client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=None, allow_errors=False,
                                    resources={"metadata": {"path": str(workdir)}})
   start, cpu = time.perf_counter(), _children_cpu()
   client.execute(env=env)  # raises CellExecutionError (with the cell's traceback) on any error

@@ -22,6 +22,7 @@ import zipfile
 
 import ml_dtypes
 import numpy as np
+import proc_wait
 import pytest
 
 from maskbit_jax.convert import torch_pickle
@@ -245,7 +246,7 @@ def test_module_never_calls_pickle_load_or_imports_torch():
 def test_reading_does_not_import_torch():
   code = ("import sys; from maskbit_jax.convert.torch_pickle import read_torch_file; "
           f"read_torch_file({str(LEGACY_FIXTURE)!r}); assert 'torch' not in sys.modules")
-  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+  assert proc_wait.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 # ---------------------------------------------------------------------------
