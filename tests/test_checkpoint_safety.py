@@ -350,3 +350,14 @@ def test_zip_records_are_refused_unless_stored_inside_the_file(tmp_path):
   (tmp_path / "short.bin").write_bytes(data[:cut])
   with pytest.raises(ValueError, match=r"short\.bin"):
     read_state_dict(tmp_path / "short.bin")
+
+
+def test_export_checks_a_folder_against_its_own_config_first(tmp_path, fixture_configs, golden):
+  """A folder whose arrays do not fit the model its config builds is refused from its metadata."""
+  name = _smallest_tokenizer(fixture_configs, golden)
+  cfg = maskbit_jax.load_config(tokenizer_config(fixture_configs, name))
+  checkpointing.save_params(tmp_path / "odd", {"encoder": {"huge": np.zeros((3, 5), np.float32)}},
+                            kind="tokenizer", config=cfg.to_dict())
+  with pytest.raises(maskbit_jax.CheckpointMismatchError, match=r"(?s)odd does not match the model.*unexpected encoder/huge"):
+    convert_cli.main(["--checkpoint", str(tmp_path / "odd"), "--out", str(tmp_path / "odd.bin")])
+  assert not (tmp_path / "odd.bin").exists()

@@ -43,6 +43,7 @@ from flax import linen as nn
 from maskbit_jax import checkpointing
 from maskbit_jax.config import load_config, split_config_args, vq_model_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
+from maskbit_jax.convert.loading import check_params_match
 from maskbit_jax.convert.param_mapping import LOSSLESS_WIDENING, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params, build_tokenizer_module
@@ -74,6 +75,7 @@ class Converter:
   to_flax: Callable[[Mapping[str, np.ndarray], str], Any]          # (state, source) -> params, strict
   to_torch: Callable[[Any, list[str] | None], "OrderedDict[str, np.ndarray]"]  # (params, key order) -> state
   reproduced: Callable[[Mapping[str, np.ndarray]], "OrderedDict[str, np.ndarray]"] = OrderedDict
+  abstract: Any = None  # the model's abstract params: what one of our folders of this kind must hold
 
 
 def _reordered(state, key_order):
@@ -96,7 +98,7 @@ def _bar_generator_converter(cfg) -> Converter:
       to_flax=lambda state, source: bm.bar_state_to_flax(state, abstract, module, source=source),
       to_torch=lambda params, order: _reordered(bm.bar_flax_to_torch_state(params, module), order),
       # the RoPE tables are derived from the config (checked within ROPE_ATOL on import)
-      reproduced=lambda state: OrderedDict((k, v) for k, v in state.items() if k not in rope))
+      reproduced=lambda state: OrderedDict((k, v) for k, v in state.items() if k not in rope), abstract=abstract)
 
 
 def _bar_tokenizer_converter(cfg) -> Converter:
@@ -118,7 +120,7 @@ def _bar_tokenizer_converter(cfg) -> Converter:
       to_flax=lambda state, source: btm.bar_tokenizer_state_to_flax(state, abstract, source=source,
                                                                      skip_unbuilt_parts=not with_encoder),
       to_torch=lambda params, order: _reordered(btm.flax_to_bar_tokenizer_state(params, module), order),
-      reproduced=reproduced)
+      reproduced=reproduced, abstract=abstract)
 
 
 def converter(cfg, kind: str) -> Converter:
@@ -128,7 +130,8 @@ def converter(cfg, kind: str) -> Converter:
     return _bar_tokenizer_converter(cfg)
   abstract, mapping = model_for(cfg, kind)
   return Converter(to_flax=lambda state, source: torch_state_to_flax(state, abstract, mapping, source=source),
-                   to_torch=lambda params, order: flax_to_torch_state(params, mapping, key_order=order))
+                   to_torch=lambda params, order: flax_to_torch_state(params, mapping, key_order=order),
+                   abstract=abstract)
 
 
 def default_kind(cfg) -> str:
@@ -180,7 +183,10 @@ def export_checkpoint(directory: str, out: str) -> str:
   """Writes the PyTorch-layout state dict of one of our checkpoints (released key names and order)."""
   meta = checkpointing.read_meta(directory)
   conv = converter(load_config(meta["config"]), meta["kind"])
-  params = checkpointing.to_numpy(checkpointing.load_params(directory))
+  # The folder's metadata against the model its own config builds, before any array is restored.
+  check_params_match(conv.abstract, checkpointing.params_metadata(directory), directory)
+  params = checkpointing.to_numpy(checkpointing.load_params(
+      directory, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), conv.abstract)))
   write_state_dict(out, conv.to_torch(params, meta.get("torch_key_order")))
   return out
 
