@@ -1,7 +1,7 @@
 """Shared test fixtures: the golden fixture folder and layout helpers.
 
-The golden folder comes from ``MASKBIT_GOLDEN`` (default ``../shared/golden``
-next to the repository). Tests take every config, shape and case from the
+The golden folders come from ``MASKBIT_GOLDEN`` / ``MASKBIT_GOLDEN_BAR`` (default: the copies
+committed under ``tests/fixtures/``, see its README). Tests take every config, shape and case from the
 fixture files, so they run unchanged on fixture sets made with other seeds.
 """
 
@@ -30,13 +30,17 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+FIXTURES = REPO / "tests" / "fixtures"
+
+
 def golden_path() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN", REPO.parent / "shared" / "golden")).resolve()
+  """The MaskBit fixture folder: ``MASKBIT_GOLDEN`` (default the committed ``tests/fixtures/golden``)."""
+  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN", FIXTURES / "golden")).resolve()
 
 
 def golden_bar_path() -> pathlib.Path:
-  """The BAR fixture folder: ``MASKBIT_GOLDEN_BAR`` (default ``../shared/golden_bar`` next to the repository)."""
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", REPO.parent / "shared" / "golden_bar")).resolve()
+  """The BAR fixture folder: ``MASKBIT_GOLDEN_BAR`` (default the committed ``tests/fixtures/golden_bar``)."""
+  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN_BAR", FIXTURES / "golden_bar")).resolve()
 
 
 def require_folder(path: pathlib.Path, marker: str, what: str, env: str) -> pathlib.Path:

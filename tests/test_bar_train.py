@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import jax
 import numpy as np
@@ -19,7 +18,7 @@ from flax import linen as nn
 from PIL import Image
 
 import maskbit_jax
-from conftest import REPO, restored_state
+from conftest import REPO, golden_bar_path, restored_state
 from maskbit_jax import bar, checkpointing, sharding
 from maskbit_jax.sample import main as sample_main
 from maskbit_jax.train.bar_step import indices_to_bit_rows
@@ -199,8 +198,7 @@ def test_bits_made_in_the_step_equal_pretokenized_bits(tmp_path, random_tokenize
 # ----------------------------------------------------------------- conversion of BAR weights (golden_bar files)
 
 def _golden_bar():
-  path = REPO.parent / "shared" / "golden_bar"
-  path = type(path)(os.environ.get("MASKBIT_GOLDEN_BAR", path)).resolve()
+  path = golden_bar_path()
   if not (path / "fixture_configs.json").is_file():
     pytest.skip(f"BAR golden fixtures not found at {path} (set MASKBIT_GOLDEN_BAR)")
   return path, json.loads((path / "fixture_configs.json").read_text())

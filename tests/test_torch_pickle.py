@@ -22,8 +22,10 @@ import zipfile
 
 import ml_dtypes
 import numpy as np
-import proc_wait
 import pytest
+
+import proc_wait
+from conftest import golden_path
 
 from maskbit_jax.convert import torch_pickle
 from maskbit_jax.convert.torch_pickle import (
@@ -41,8 +43,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 def _golden_dir() -> pathlib.Path:
-  """Same rule as conftest: MASKBIT_GOLDEN, else ../shared/golden next to the repo."""
-  return pathlib.Path(os.environ.get("MASKBIT_GOLDEN", REPO.parent / "shared" / "golden")).resolve()
+  return golden_path()
 
 
 def _golden_bins() -> list:
