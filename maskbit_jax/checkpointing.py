@@ -27,6 +27,12 @@ PARAMS_DIR = "params"
 FORMAT_VERSION = 1
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def is_params_checkpoint(path: str | os.PathLike) -> bool:
   path = os.fspath(path)
   return os.path.isdir(path) and os.path.isfile(os.path.join(path, META_FILE))
@@ -52,6 +58,7 @@ def save_params(directory: str | os.PathLike, params: Any, *, kind: str, config:
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(directory) + ".tmp-")
+  os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; an export is meant to be shared
   # This process alone writes (host arrays, a staging folder of its own): no barrier with the others,
   # which in a multi-process run are not saving (train's export: process 0 writes what all gathered).
   me = jax.process_index()

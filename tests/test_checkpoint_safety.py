@@ -361,3 +361,16 @@ def test_export_checks_a_folder_against_its_own_config_first(tmp_path, fixture_c
   with pytest.raises(maskbit_jax.CheckpointMismatchError, match=r"(?s)odd does not match the model.*unexpected encoder/huge"):
     convert_cli.main(["--checkpoint", str(tmp_path / "odd"), "--out", str(tmp_path / "odd.bin")])
   assert not (tmp_path / "odd.bin").exists()
+
+
+def test_exports_and_written_files_follow_the_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    out = checkpointing.save_params(tmp_path / "exp", {"w": np.zeros(2, np.float32)}, kind="tokenizer", config={})
+    write_state_dict(tmp_path / "w.npz", {"w": np.zeros(2, np.float32)})
+    write_state_dict(tmp_path / "w.safetensors", {"w": np.zeros(2, np.float32)})
+  finally:
+    os.umask(old)
+  assert os.stat(out).st_mode & 0o777 == 0o755
+  assert os.stat(tmp_path / "w.npz").st_mode & 0o777 == 0o644
+  assert os.stat(tmp_path / "w.safetensors").st_mode & 0o777 == 0o644

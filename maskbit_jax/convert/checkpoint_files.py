@@ -259,6 +259,9 @@ def write_state_dict(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -
         np.savez(f, **state)
     else:
       raise ValueError(f"{path}: cannot write this format; use .bin, .safetensors or .npz")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it owner-only; a converted file is meant to be shared
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
