@@ -144,11 +144,12 @@ class _nullcontext:
     return False
 
 
-def add_config_help(parser) -> None:
+def add_config_help(parser, required: str = "required") -> None:
   """Lists ``--config`` in a CLI's usage and help. (``split_config_args`` takes it and its
-  ``--config.x.y=`` overrides out of argv before argparse runs, so argparse never parses it.)"""
+  ``--config.x.y=`` overrides out of argv before argparse runs, so argparse never parses it.)
+  ``required`` says when the command needs it."""
   parser.add_argument("--config", metavar="CONFIG", help="configs/*.py (optionally FILE.py:ARG) or a reference "
-                      ".yaml; required. --config.KEY.SUBKEY=VALUE overrides any of its values")
+                      f".yaml; {required}. --config.KEY.SUBKEY=VALUE overrides any of its values")
 
 
 def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:

@@ -41,7 +41,7 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax import checkpointing
-from maskbit_jax.config import load_config, split_config_args, vq_model_config
+from maskbit_jax.config import add_config_help, load_config, split_config_args, vq_model_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
 from maskbit_jax.convert.loading import check_params_match
 from maskbit_jax.convert.param_mapping import LOSSLESS_WIDENING, flax_to_torch_state, torch_state_to_flax
@@ -196,6 +196,7 @@ def main(argv=None) -> int:
   config, overrides, rest = split_config_args(argv)
   p = argparse.ArgumentParser(prog="python -m maskbit_jax.convert", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_config_help(p, required="to import a PyTorch file; an export takes the config stored in the folder")
   p.add_argument("--checkpoint", required=True, help="source: PyTorch file, or our checkpoint dir to export")
   p.add_argument("--out", required=True, help="Orbax directory (import) or .bin/.safetensors/.npz (export)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
