@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax import sharding
+from maskbit_jax import image_io, sharding
 from maskbit_jax.evaluation import metrics as M
 
 IMAGE_SLACK = 1e-6
@@ -61,8 +61,9 @@ class Progress:
 
 
 def to_uint8(images_bhwc: jax.Array) -> jax.Array:
-  """[0, 1] floats -> uint8 as the reference feeds Inception: clamp, x255, truncate."""
-  return (jnp.clip(images_bhwc, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+  """[0, 1] floats -> uint8 on the device as the reference feeds Inception (``image_io.to_uint8``: clamp,
+  x255, truncate)."""
+  return image_io.to_uint8(jnp.asarray(images_bhwc))
 
 
 def _require(path: str | None, flag: str, what: str) -> str:

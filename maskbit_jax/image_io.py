@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,9 +73,20 @@ def read_rgb(source, name: str | None = None) -> np.ndarray:
     raise CorruptImageError(f"cannot decode image {name}: {type(e).__name__}: {e}") from e
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """float images in [0, 1] (values outside are clipped) -> uint8."""
-  return np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+def to_uint8(images):
+  """Float images in [0, 1] -> uint8 as the reference does it everywhere an image leaves it (sample PNGs
+  and ``.npz``, Inception's input, its visualisations): ``torch.clamp(x, 0, 1) * 255`` in float32, then
+  ``.to(torch.uint8)``, which truncates (no +0.5 anywhere), so 0.999 -> 254 and only 1.0 -> 255.
+
+  The one float -> uint8 conversion of this package. A jax array (or tracer) stays on its device; anything
+  else goes through numpy. NaN has no defined result (as in the reference).
+  """
+  jax = sys.modules.get("jax")
+  if jax is not None and isinstance(images, jax.Array):
+    import jax.numpy as jnp
+
+    return (jnp.clip(images.astype(jnp.float32), 0.0, 1.0) * jnp.float32(255.0)).astype(jnp.uint8)
+  return (np.clip(np.asarray(images, np.float32), 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
 
 def make_grid(images_bhwc: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:

@@ -22,4 +22,4 @@ def test_labelled_grid_layout(tmp_path):
   grid = np.asarray(Image.open(path))
   assert grid.shape == (2 * (32 + 14 + 2) + 2, 2 * (32 + 2) + 2, 3)  # 2 rows of caption + tile, 2 columns
   np.testing.assert_array_equal(grid[2 + 14, 2], [0, 0, 0])  # first tile's top-left pixel, under its caption
-  np.testing.assert_array_equal(grid[2 + 14, 2 + 34], [128, 128, 128])
+  np.testing.assert_array_equal(grid[2 + 14, 2 + 34], [127, 127, 127])  # 0.5 * 255 = 127.5, truncated

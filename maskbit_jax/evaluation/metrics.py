@@ -1003,6 +1003,8 @@ def write_adm_samples_npz(path: str | os.PathLike, images_uint8) -> None:
 
 
 def images_to_uint8(images) -> np.ndarray:
-  """Float [0, 1] images to uint8 as the reference sampling script does: clamp, x255, truncate."""
-  x = np.asarray(images, np.float32)
-  return (np.clip(x, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+  """Float [0, 1] images to uint8 on the host as the reference sampling script does (``image_io.to_uint8``:
+  clamp, x255, truncate)."""
+  from maskbit_jax.image_io import to_uint8
+
+  return to_uint8(np.asarray(images))
