@@ -309,7 +309,7 @@ def main(argv=None) -> int:
 
   if args.what == "tokenizer":
     from maskbit_jax.config import vq_model_config
-    from maskbit_jax.data.sources import make_source
+    from maskbit_jax.data.sources import eval_interpolation, make_source
     from maskbit_jax.models.tokenizer import latent_stride_of
     from maskbit_jax.tokenizer import check_image_side, load_tokenizer
 
@@ -322,7 +322,8 @@ def main(argv=None) -> int:
     check_image_side(size, latent_stride_of(vq_model_config(cfg)),
                      "dataset.preprocessing.resolution" if args.size is None else "--size")
     tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init, precision=args.precision)
-    source = make_source(args.data, size)
+    # the reference's eval_transform: Resize(size, the config's interpolation) of the shorter side, CenterCrop
+    source = make_source(args.data, size, interpolation=eval_interpolation(cfg))
     inception = None if "fid" in skip else _inception(
         _require(args.inception, "--inception", "rFID and IS (or --skip fid)"), args.precision)
     lpips = None if "lpips" in skip else _lpips(

@@ -133,16 +133,17 @@ def save_labelled_grid(path: str, images_bhwc: np.ndarray, labels: Sequence[str]
   canvas.save(path)
 
 
-def load_image_folder(folder: str, size: int) -> tuple[np.ndarray, list[str]]:
-  """Every image file directly in ``folder``, centre-cropped and resized to ``size``."""
-  from maskbit_jax.data.sample_images import center_crop_resize
+def load_image_folder(folder: str, size: int, interpolation: str = "bilinear") -> tuple[np.ndarray, list[str]]:
+  """Every image file directly in ``folder``, preprocessed to ``size`` as the reference evaluates
+  (``sample_images.eval_preprocess``: shorter side resized, centre crop)."""
+  from maskbit_jax.data.sample_images import eval_preprocess
 
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"image folder not found: {folder}")
   names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
   if not names:
     raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-  images = [center_crop_resize(read_rgb(os.path.join(folder, n)), size) for n in names]
+  images = [eval_preprocess(read_rgb(os.path.join(folder, n)), size, interpolation) for n in names]
   return np.stack(images), names
 
 

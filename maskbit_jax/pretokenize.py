@@ -183,7 +183,7 @@ class TokenDataset:
 def main(argv=None) -> int:
   from maskbit_jax import bar
   from maskbit_jax.config import add_config_help, load_config, split_config_args
-  from maskbit_jax.data.sources import AdmCropSource, make_source
+  from maskbit_jax.data import sources
   from maskbit_jax.tokenizer import load_tokenizer
 
   config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
@@ -199,8 +199,9 @@ def main(argv=None) -> int:
   p.add_argument("--out", required=True)
   p.add_argument("--overwrite", action="store_true")
   p.add_argument("--crop", choices=("center", "adm"), default=None,
-                 help="centre crop + bicubic resize, or ADM's box-halving crop (default: adm for BAR's "
-                      "binary-FSQ tokenizer, as its reference pretokenizes; center otherwise)")
+                 help="the reference's evaluation crop (shorter side resized with the config's interpolation, "
+                      "then the centre), or ADM's box-halving crop (default: adm for BAR's binary-FSQ tokenizer, as "
+                      "its reference pretokenizes; center otherwise)")
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required")
@@ -214,10 +215,12 @@ def main(argv=None) -> int:
       raise ValueError(f"--size {size}: this BAR tokenizer encodes {tok.module.image_size} px images")
   else:
     tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init)
-  source = make_source(args.data, size)
+  # "center": the reference's eval_transform (Resize of the shorter side with the config's interpolation,
+  # CenterCrop), as for an evaluation split
+  source = sources.make_source(args.data, size, interpolation=sources.eval_interpolation(cfg))
   crop = args.crop or ("adm" if isinstance(tok, bar.BarFsqTokenizer) else "center")
   if crop == "adm":
-    source = AdmCropSource(source, size)
+    source = sources.AdmCropSource(source, size)
   meta = pretokenize(tok, source, args.out, batch_size=args.batch_size,
                      num_images=args.num_images, overwrite=args.overwrite, crop=crop)
   if jax.process_index() == 0:

@@ -8,27 +8,37 @@ is labelled and fully determined by its seed.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 # skimage.data loaders whose files are inside the wheel (no network).
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 
 
-def center_crop_resize(image_hwc: np.ndarray, size: int) -> np.ndarray:
-  """uint8 RGB image -> float32 [size, size, 3] in [0, 1] (centre square crop, bicubic, antialiased)."""
-  h, w = image_hwc.shape[:2]
-  side = min(h, w)
-  top, left = (h - side) // 2, (w - side) // 2
-  crop = image_hwc[top:top + side, left:left + side, :3]
-  resized = Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC)
-  return np.clip(np.asarray(resized, np.float32) / 255.0, 0.0, 1.0)
+def eval_preprocess(image_hwc: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+  """uint8 RGB ``[H, W, 3]`` -> float32 ``[size, size, 3]`` in [0, 1] as the reference evaluates:
+  torchvision ``Resize(size, interpolation)`` of the shorter side (the longer one ``int(size * long / short)``),
+  ``CenterCrop(size)`` (offsets ``round((side - size) / 2)``) and ``ToTensor`` (``/ 255``), on PIL.
+
+  ``interpolation`` is ``dataset.preprocessing.interpolation`` (MaskBit; the reference's default, bilinear)
+  or bicubic (BAR's evaluation): see :func:`maskbit_jax.data.sources.eval_interpolation`.
+  """
+  from maskbit_jax.data.augment import resize_center_crop
+
+  image = np.ascontiguousarray(np.asarray(image_hwc, np.uint8)[..., :3])
+  return resize_center_crop(image, size, interpolation).astype(np.float32) / np.float32(255.0)
 
 
-def sample_photos(size: int = 256, names: tuple[str, ...] = PHOTOS) -> tuple[np.ndarray, list[str]]:
-  """The embedded photos as float32 NHWC ``[N, size, size, 3]`` in [0, 1] and their names."""
+def photo_arrays(names: tuple[str, ...] = PHOTOS) -> list[np.ndarray]:
+  """The embedded photos at their stored sizes, uint8 ``[H, W, 3]``."""
   import skimage.data
 
-  images = [center_crop_resize(getattr(skimage.data, n)(), size) for n in names]
+  return [np.ascontiguousarray(getattr(skimage.data, n)()[..., :3]) for n in names]
+
+
+def sample_photos(size: int = 256, names: tuple[str, ...] = PHOTOS,
+                  interpolation: str = "bilinear") -> tuple[np.ndarray, list[str]]:
+  """The embedded photos as float32 NHWC ``[N, size, size, 3]`` in [0, 1] (:func:`eval_preprocess`) and their
+  names."""
+  images = [eval_preprocess(im, size, interpolation) for im in photo_arrays(names)]
   return np.stack(images), list(names)
 
 

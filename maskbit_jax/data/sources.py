@@ -1,7 +1,9 @@
 """Random-access image sources (grain-compatible: ``__len__`` and ``__getitem__``) and exact eval batching.
 
 Every source yields ``{"image": float32 [H, W, 3] in [0, 1], "label": int32}``
-(centre crop at ``size``, for evaluation), and ``raw(index)`` gives
+preprocessed at ``size`` as the reference evaluates (``Resize`` of the shorter
+side with the config's interpolation, ``CenterCrop``: ``sample_images.eval_preprocess``),
+and ``raw(index)`` gives
 ``{"image": uint8 [H, W, 3] at the stored size, "label"}`` for training
 augmentation. Images of any common mode are read as 8-bit RGB (16-bit ones
 scaled, ``image_io.read_rgb``); a file that cannot be decoded, or whose mode
@@ -12,7 +14,9 @@ has no 8-bit reading, raises :class:`CorruptImageError` naming it.
 * ``SyntheticSource``: the embedded deterministic labelled set.
 * ``PhotoSource``: the embedded photos (label 0).
 * ``TfdsSource``: a tensorflow-datasets split through ``tfds.data_source``
-  (ArrayRecord; e.g. ``imagenet2012``), decoded, centre-cropped and resized.
+  (ArrayRecord; e.g. ``imagenet2012``), decoded, resized and centre-cropped.
+* ``AdmCropSource``: another source's images through ADM's centre crop (BAR's
+  pretokenizing) instead.
 """
 
 from __future__ import annotations
@@ -22,18 +26,32 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from maskbit_jax.data.sample_images import center_crop_resize, sample_photos, synthetic_images
+from maskbit_jax.data.sample_images import eval_preprocess, photo_arrays, synthetic_images
 from maskbit_jax.image_io import IMAGE_SUFFIXES, CorruptImageError, array_to_rgb_uint8, read_rgb, to_uint8
 
 __all__ = ["AdmCropSource", "CorruptImageError", "ImageFolderSource", "PhotoSource", "SyntheticSource",
-           "TfdsSource", "eval_batches", "make_source", "num_eval_batches", "shard_indices"]
+           "TfdsSource", "eval_batches", "eval_interpolation", "make_source", "num_eval_batches", "shard_indices"]
+
+
+def eval_interpolation(cfg) -> str:
+  """The resize filter the reference evaluates ``cfg``'s images with: MaskBit's ``Resize`` takes
+  ``dataset.preprocessing.interpolation`` (bilinear when unset, its default); BAR's configs (``crop_size``, no
+  interpolation) evaluate bicubic, as BAR's ``eval_transform`` hard-codes."""
+  from maskbit_jax.data.augment import interpolation as check
+
+  pre = (cfg.get("dataset", {}) or {}).get("preprocessing", {}) or {}
+  name = pre.get("interpolation")
+  if name is None:
+    name = "bicubic" if "crop_size" in pre else "bilinear"
+  check(str(name))
+  return str(name)
 
 
 class ImageFolderSource:
-  def __init__(self, root: str, size: int):
+  def __init__(self, root: str, size: int, interpolation: str = "bilinear"):
     if not os.path.isdir(root):
       raise FileNotFoundError(f"image folder not found: {root}")
-    self.size = size
+    self.size, self.interpolation = size, interpolation
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if classes:
       self.classes = classes
@@ -54,7 +72,7 @@ class ImageFolderSource:
 
   def __getitem__(self, index: int) -> dict:
     ex = self.raw(index)
-    return {"image": center_crop_resize(ex["image"], self.size), "label": ex["label"]}
+    return {"image": eval_preprocess(ex["image"], self.size, self.interpolation), "label": ex["label"]}
 
 
 class SyntheticSource:
@@ -76,24 +94,28 @@ class SyntheticSource:
 
 
 class PhotoSource:
-  def __init__(self, size: int):
-    self.images, self.names = sample_photos(size)
+  def __init__(self, size: int, interpolation: str = "bilinear"):
+    from maskbit_jax.data.sample_images import PHOTOS
+
+    self.size, self.interpolation = size, interpolation
+    self.photos, self.names = photo_arrays(), list(PHOTOS)
 
   def __len__(self) -> int:
-    return len(self.images)
+    return len(self.photos)
 
   def __getitem__(self, index: int) -> dict:
-    return {"image": self.images[index], "label": np.int32(0)}
+    return {"image": eval_preprocess(self.photos[index], self.size, self.interpolation), "label": np.int32(0)}
 
   def raw(self, index: int) -> dict:
-    return {"image": to_uint8(self.images[index]), "label": np.int32(0)}
+    return {"image": self.photos[index], "label": np.int32(0)}  # the stored photo, as for the other sources
 
 
 class TfdsSource:
-  def __init__(self, name: str, split: str, size: int, data_dir: str | None = None):
+  def __init__(self, name: str, split: str, size: int, data_dir: str | None = None,
+               interpolation: str = "bilinear"):
     import tensorflow_datasets as tfds
 
-    self.size = size
+    self.size, self.interpolation = size, interpolation
     try:
       self.source = tfds.data_source(name, split=split, data_dir=data_dir)
     except ImportError as e:  # tfds imports its dataset code lazily: a missing module is no missing dataset
@@ -120,17 +142,22 @@ class TfdsSource:
 
   def __getitem__(self, index: int) -> dict:
     ex = self.raw(index)
-    return {"image": center_crop_resize(ex["image"], self.size), "label": ex["label"]}
+    return {"image": eval_preprocess(ex["image"], self.size, self.interpolation), "label": ex["label"]}
 
 
-def make_source(spec: str, size: int, *, seed: int = 0):
+def make_source(spec: str, size: int, *, seed: int = 0, interpolation: str = "bilinear"):
   """``photos``, ``synthetic:N[:SEED]``, ``tfds:NAME:SPLIT[:DATA_DIR]`` or a folder path.
 
   ``synthetic:N:SEED`` picks another seed of the synthetic set (e.g. held-out
-  images that never appear in ``synthetic:N``).
+  images that never appear in ``synthetic:N``). ``interpolation``: the resize
+  filter of the evaluation preprocessing (:func:`eval_interpolation` of the
+  config); the synthetic set is drawn at ``size`` and never resized.
   """
+  from maskbit_jax.data.augment import interpolation as check
+
+  check(interpolation)
   if spec == "photos":
-    return PhotoSource(size)
+    return PhotoSource(size, interpolation)
   if spec.startswith("synthetic:"):
     parts = spec.split(":")
     try:
@@ -145,8 +172,8 @@ def make_source(spec: str, size: int, *, seed: int = 0):
     parts = spec.split(":")
     if len(parts) < 3:
       raise ValueError(f"--data {spec!r}: use tfds:NAME:SPLIT[:DATA_DIR]")
-    return TfdsSource(parts[1], parts[2], size, parts[3] if len(parts) > 3 else None)
-  return ImageFolderSource(spec, size)
+    return TfdsSource(parts[1], parts[2], size, parts[3] if len(parts) > 3 else None, interpolation)
+  return ImageFolderSource(spec, size, interpolation)
 
 
 def shard_indices(num: int, process_index: int, process_count: int) -> np.ndarray:
