@@ -34,21 +34,34 @@ def test_restore_is_identical_and_keeps_last_k(tmp_path):
   _assert_same(state, _state(3))
 
 
-def test_corrupt_latest_falls_back_to_previous(tmp_path, capsys):
-  mgr = checkpoints.make_manager(str(tmp_path), save_every=1, keep=3)
+def test_corrupt_latest_falls_back_to_previous_and_is_set_aside(tmp_path, capsys):
+  folder = tmp_path / "ckpt"
+  mgr = checkpoints.make_manager(str(folder), save_every=1, keep=3)
   for step in (1, 2):
     checkpoints.save(mgr, step, _state(step))
   mgr.wait_until_finished()
-  latest = tmp_path / "2" / "state"
+  latest = folder / "2" / "state"
   for root, _, files in os.walk(latest):  # truncate every data file of the newest step
     for f in files:
       with open(os.path.join(root, f), "r+b") as fh:
         fh.truncate(0)
-  mgr = checkpoints.make_manager(str(tmp_path), save_every=1, keep=3)
+  mgr = checkpoints.make_manager(str(folder), save_every=1, keep=3)
   step, state, _ = checkpoints.restore_latest(mgr, checkpoints.abstract_like(_state(0)))
   assert step == 1
   _assert_same(state, _state(1))
-  assert str(tmp_path / "2") in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert f"checkpoint {folder / '2'} fails verification" in out
+  assert f"moved to {tmp_path / 'ckpt_rejected' / '2'}" in out
+  assert mgr.all_steps() == [1] and checkpoints.save(mgr, 2, _state(7))  # the step is free for the next save
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_every_save_is_sealed_once_finished(tmp_path, async_save):
+  mgr = checkpoints.make_manager(str(tmp_path), save_every=1, async_save=async_save)
+  checkpoints.save(mgr, 4, _state(4))
+  mgr.wait_until_finished()
+  assert (tmp_path / "4" / checkpoints.MANIFEST).is_file() and checkpoints.verify(tmp_path / "4") is None
+  mgr.close()
 
 
 def _place(state, mesh, axis):

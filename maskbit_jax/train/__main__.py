@@ -30,6 +30,9 @@ def _parse(argv):
   p.add_argument("--workdir", required=True, help="run folder: checkpoints, logs, images, exported weights")
   p.add_argument("--steps", type=int, default=None,
                  help="stop after this many steps in this invocation (the schedule still spans max_train_steps)")
+  p.add_argument("--break_lock", action="store_true",
+                 help="take over the workdir's lock (train.lock) from a run on another host that is known to be "
+                      "gone; a dead run on this host is detected without it")
   try:
     from maskbit_jax import distributed
   except ImportError:  # pragma: no cover - the module ships with the package
@@ -48,13 +51,21 @@ def main(argv=None) -> int:
     distributed.initialize_from_args(args)
   import logging
 
-  # Orbax reports every save step by step at INFO through absl; keep its warnings only.
-  logging.getLogger("absl").setLevel(logging.WARNING)
   from maskbit_jax.config import load_config
-  from maskbit_jax.train.loop import train
+  from maskbit_jax.train import checkpoints
+  from maskbit_jax.train.loop import RunMismatchError, WorkdirLockedError, train
 
+  # Orbax reports every save step by step at INFO through absl; keep its warnings only, without the
+  # traceback each of its threads attaches to a failed save (the error itself follows in one line).
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("absl").addFilter(checkpoints.TracebackFilter())
+  checkpoints.filter_library_noise()
   cfg = load_config(config, overrides)
-  summary = train(cfg, args.workdir, num_steps=args.steps)
+  try:
+    summary = train(cfg, args.workdir, num_steps=args.steps, break_lock=args.break_lock)
+  except (WorkdirLockedError, RunMismatchError, checkpoints.CheckpointError) as e:  # the workdir's state: one line
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
   import jax
 
   if jax.process_index() == 0:

@@ -2,8 +2,10 @@
 
 ``train(cfg, workdir)`` runs (or resumes) the run in ``workdir``::
 
-  workdir/config.json        the run's config (a different config in the same workdir is refused)
-  workdir/checkpoints/<step> Orbax checkpoints: train state + data iterator position
+  workdir/config.json        the run's config, as first started (a different run in the same workdir is refused)
+  workdir/train.lock         host, pid and start time of the run using the workdir (a second run is refused)
+  workdir/checkpoints/<step> Orbax checkpoints: train state + data iterator position + integrity.json
+  workdir/checkpoints_rejected/<step>  steps that failed verification or restore on resume, moved aside
   workdir/tensorboard/       metrics (clu writers; also printed)
   workdir/images/*.png       reconstruction (stage I) or sample (stage II) grids
   workdir/export/<stage>/    final weights, loadable by load_tokenizer / load_generator
@@ -17,11 +19,14 @@ the checkpoint, so a resumed run continues bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import threading
+import time
 from typing import Any
 
 import jax
@@ -32,65 +37,80 @@ from flax import linen as nn
 from maskbit_jax import sharding
 from maskbit_jax.train import checkpoints, observe
 from maskbit_jax.train.tasks import make_task, stage_of, validate_common
+from maskbit_jax.train.tokenizer_step import GRAD_NORMS
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-# Sections whose values define a run; a workdir refuses a config that differs in them. The run's
-# length (max_train_steps) is among them: the learning-rate schedule is built on it. Cadence (log,
-# save, sample, eval), --steps per invocation, data threads and the like may change between restarts.
-RUN_DEFINING = ("model", "losses", "optimizer", "lr_scheduler", "training.per_gpu_batch_size",
-                "training.gradient_accumulation_steps", "training.seed", "training.max_train_steps",
-                "dataset.preprocessing", "dataset.source", "dataset.pretokenized", "runtime.dtype")
+LOCK_FILE = "train.lock"
+# Every config value is run-defining (a workdir with a checkpoint refuses a start that changes it) except
+# these, which only set what is logged, drawn, evaluated or kept, how fast the data is read, or the topology
+# (checkpoints restore onto any mesh; the global batch a topology implies is checked on its own, through the
+# checkpoint's meta). Inverted so that a key someone adds is protected until shown harmless:
+# test_train_integrity checks that changing every key here leaves the jitted step and init unchanged.
+FREE_TO_CHANGE = ("experiment.save_every", "experiment.log_every", "experiment.generate_every",
+                  "experiment.eval_every", "experiment.eval_images", "experiment.log_grad_norm_every",
+                  "experiment.name", "experiment.project", "experiment.logging_dir", "experiment.output_dir",
+                  "experiment.resume", "dataset.eval_source", "dataset.num_threads", "dataset.prefetch_buffer_size",
+                  "dataset.corrupt_images", "dataset.params.eval_shards_path_or_url",
+                  "dataset.params.num_workers_per_gpu", "runtime.keep_checkpoints", "runtime.mesh",
+                  "runtime.num_devices", "training.num_generated_images", "training.enable_wandb", "sampling")
 
 
 class RunMismatchError(ValueError):
   """The workdir holds a run of another config."""
 
 
-def _lookup(tree: dict, dotted: str):
-  node = tree
-  for part in dotted.split("."):
-    if not isinstance(node, dict) or part not in node:
-      return None
-    node = node[part]
-  return node
+class WorkdirLockedError(RuntimeError):
+  """Another training run holds the workdir."""
 
 
 def _flatten(value, prefix: str) -> dict:
   if isinstance(value, dict):
     out = {}
     for k, v in value.items():
-      out.update(_flatten(v, f"{prefix}.{k}"))
+      out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
     return out
   return {prefix: value}
 
 
+def is_free(key: str) -> bool:
+  return any(key == f or key.startswith(f + ".") for f in FREE_TO_CHANGE)
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+  """``key: saved -> current`` for every value that differs: (run-defining ones, free ones)."""
+  a, b = _flatten(saved, ""), _flatten(current, "")
+  text = lambda tree, k: json.dumps(tree.get(k), sort_keys=True, default=str)
+  diffs = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if text(a, k) != text(b, k)]
+  free = [d for d in diffs if is_free(d.split(":", 1)[0])]
+  return [d for d in diffs if d not in free], free
+
+
 def run_differences(saved: dict, current: dict) -> list[str]:
   """``key: saved -> current`` for every run-defining value that differs."""
-  diffs = []
-  for key in RUN_DEFINING:
-    a, b = _flatten(_lookup(saved, key), key), _flatten(_lookup(current, key), key)
-    for k in sorted(set(a) | set(b)):
-      if json.dumps(a.get(k), sort_keys=True, default=str) != json.dumps(b.get(k), sort_keys=True, default=str):
-        diffs.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
-  return diffs
+  return config_changes(saved, current)[0]
 
 
 def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, is_main: bool) -> None:
   """Writes ``config.json`` on the first start; once the run has a checkpoint, later starts must bring the
-  same run-defining values. (A start that failed before its first checkpoint, say on a wrong data path,
-  left nothing to protect: the next start's config replaces it.)"""
+  same run-defining values, and ``config.json`` keeps the first start's (changed free values are printed).
+  (A start that failed before its first checkpoint, say on a wrong data path, left nothing to protect: the
+  next start's config replaces it.)"""
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(json.dumps(cfg.to_dict(), default=str))
   if os.path.exists(path) and _has_checkpoint(workdir):
     with open(path) as f:
       saved = json.load(f)
-    diffs = run_differences(saved, current)
+    diffs, free = config_changes(saved, current)
     if diffs:
       raise RunMismatchError(f"{workdir} holds a run of another config ({len(diffs)} difference(s): "
                              + "; ".join(diffs[:8]) + (" ..." if len(diffs) > 8 else "")
                              + "). Use a new --workdir; nothing in this one was changed.")
+    if free and is_main:
+      print(f"changed since the run began (free to change; {CONFIG_FILE} keeps the first values): "
+            + "; ".join(free), flush=True)
+    return
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
@@ -99,11 +119,129 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, is_main: bool
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------------------- workdir lock
+
+
+def _process_start(pid: int) -> str | None:
+  """The kernel's start time of ``pid`` (Linux), which tells a live holder from a later process of that pid."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, another user's
+    return True
+  return True
+
+
+def lock_record() -> dict:
+  pid = os.getpid()
+  return {"host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _read_lock(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _holder_is_gone(record: dict) -> bool:
+  """Only provable on the holder's own host: its pid is dead, or is now another process."""
+  if record.get("host") != socket.gethostname():
+    return False
+  pid = int(record.get("pid", -1))
+  if not _pid_alive(pid):
+    return True
+  return record.get("process_start") is not None and _process_start(pid) != record["process_start"]
+
+
+def _describe(record: dict) -> str:
+  return f"host {record.get('host')}, pid {record.get('pid')}, started {record.get('started')}"
+
+
+def acquire_lock(workdir: str, *, break_lock: bool = False) -> dict:
+  """Takes ``workdir/train.lock`` for this process; returns the record written there.
+
+  A lock whose holder is gone (same host, dead pid) is taken over with a note; so is any lock with
+  ``break_lock`` (a run on another host that is known to be dead). Otherwise raises WorkdirLockedError
+  naming the holder.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  mine = lock_record()
+  tmp = f"{path}.{mine['pid']}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(mine, f)
+  try:
+    for _ in range(3):
+      try:
+        os.link(tmp, path)  # atomic, and fails if a lock exists: the lock file is never seen half-written
+        return mine
+      except FileExistsError:
+        pass
+      other = _read_lock(path)
+      if other is None:  # vanished meanwhile (its run ended): try again
+        continue
+      if not (break_lock or _holder_is_gone(other)):
+        raise WorkdirLockedError(
+            f"{workdir} is in use by another training run ({_describe(other)}); wait for it to end, or, if it "
+            "is gone, pass --break_lock")
+      why = "--break_lock" if break_lock else "that process is gone"
+      print(f"note: taking over the lock of {workdir} from {_describe(other)} ({why})", flush=True)
+      stale = f"{path}.stale.{mine['pid']}"
+      try:
+        os.rename(path, stale)
+      except FileNotFoundError:
+        continue
+      if _read_lock(stale) != other:  # another start took it over first: give it back
+        with contextlib.suppress(FileExistsError):
+          os.link(stale, path)
+      os.remove(stale)
+    raise WorkdirLockedError(f"could not lock {workdir}: other starts keep taking {path}")
+  finally:
+    os.remove(tmp)
+
+
+def release_lock(workdir: str, record: dict) -> None:
+  """Removes the lock if it is still ``record`` (a run that took over a lock left its record there)."""
+  path = os.path.join(workdir, LOCK_FILE)
+  if _read_lock(path) == record:
+    os.remove(path)
+
+
+def _lock_job(workdir: str, *, break_lock: bool) -> dict | None:
+  """One lock for the whole job, held by process 0; the other processes learn whether it took it."""
+  record, error = None, None
+  if jax.process_index() == 0:
+    try:
+      record = acquire_lock(workdir, break_lock=break_lock)
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes were told
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    if not bool(multihost_utils.broadcast_one_to_all(np.int32(record is not None))) and error is None:
+      error = WorkdirLockedError(f"process 0 could not lock {workdir} (its output names the run holding it)")
+  if error is not None:
+    raise error
+  return record
+
+
 def _close_manager(manager) -> None:
   try:
     manager.wait_until_finished()
   except Exception as e:  # noqa: BLE001 - the error that stopped the run is the one to report
-    log.error("finishing the last checkpoint save failed: %s", e)
+    log.error("finishing the last checkpoint save failed: %s", checkpoints.short_error(e))
   manager.close()
 
 
@@ -162,20 +300,57 @@ def _is_due(step: int, every: int) -> bool:
   return every > 0 and step % every == 0
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None = None) -> dict:
+def initial_state(task, abstract, init_checkpoint: str) -> tuple[Any, int]:
+  """A new run's ``(state, step)``: initialised, or with ``experiment.init_checkpoint`` (a step folder of a
+  run, ``<workdir>/checkpoints/<step>``) that checkpoint's whole state and step, as the reference's
+  ``train_tokenizer.py`` starts from it (its data position is not taken: the data start afresh)."""
+  if not init_checkpoint:
+    return task.init_state(), 0
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(init_checkpoint)
+  if not os.path.isdir(os.path.join(path, "state")):
+    raise FileNotFoundError(f"experiment.init_checkpoint={init_checkpoint!r} is not a checkpoint step folder "
+                            "(<workdir>/checkpoints/<step>, which holds state/)")
+  state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+  return state, int(jax.device_get(state.step))
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None = None,
+          break_lock: bool = False) -> dict:
   """Trains (or resumes) the run in ``workdir``; returns a summary dict.
 
   ``num_steps``: stop after this many steps in this invocation (the schedule
   still runs to ``training.max_train_steps``), e.g. to split a run into jobs.
+  ``break_lock``: take over the workdir's lock even if its holder cannot be shown
+  to be gone (a run on another host that died).
   """
   if num_steps is not None and int(num_steps) < 1:
     raise ValueError(f"num_steps (--steps) = {num_steps}: must be >= 1, or left out to run to "
                      "training.max_train_steps")
   workdir = os.path.abspath(workdir)
-  is_main = jax.process_index() == 0
   stage = stage_of(cfg)
   validate_common(cfg)
   mesh = make_mesh(cfg)
+  lock = _lock_job(workdir, break_lock=break_lock)
+  try:
+    return _train_locked(cfg, workdir, stage, mesh, num_steps)
+  finally:
+    if lock is not None:
+      release_lock(workdir, lock)
+
+
+def _check_global_batch(meta: dict, global_batch: int, workdir: str) -> None:
+  """The topology may change between restarts, the global batch it implies may not."""
+  saved = meta.get("global_batch")
+  if saved is not None and int(saved) != global_batch:
+    raise RunMismatchError(f"{workdir} holds a run with global batch {saved}; this start's is {global_batch} "
+                           "(training.per_gpu_batch_size x devices, or training.global_batch_size). Use a new "
+                           "--workdir, or the devices or batch it ran with; nothing in this one was changed.")
+
+
+def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh, num_steps: int | None) -> dict:
+  is_main = jax.process_index() == 0
   check_workdir(workdir, cfg, is_main=is_main)
   task = make_task(cfg, mesh, workdir)
 
@@ -185,7 +360,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
   generate_every, eval_every = int(exp.generate_every), int(exp.get("eval_every", 0))
   manager = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), save_every=save_every,
                                      keep=int(cfg.runtime.get("keep_checkpoints", 3)))
-  writer = observe.make_writer(os.path.join(workdir, "tensorboard"), is_main=is_main)
   say = print if is_main else (lambda *a, **k: None)
 
   try:
@@ -198,16 +372,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
       data_iter = iter(dataset)
       restored = checkpoints.restore_latest(manager, abstract)
       if restored is None:
-        state, start = task.init_state(), 0
+        init = str(exp.get("init_checkpoint", "") or "")
+        state, start = initial_state(task, abstract, init)
         say(f"[{stage}] new run in {workdir}: {total} steps, global batch {task.global_batch} "
-            f"({task.process_count} process(es), mesh {dict(mesh.shape)})")
+            f"({task.process_count} process(es), mesh {dict(mesh.shape)})"
+            + (f", from {init} at step {start}" if init else ""))
       else:
         start, state, meta = restored
+        _check_global_batch(meta, task.global_batch, workdir)
         if meta.get("data") is not None:
           data_iter.set_state(meta["data"])
         say(f"[{stage}] resumed {workdir} at step {start}/{total}")
       end = total if num_steps is None else min(total, start + int(num_steps))
-
+      writer = observe.make_writer(os.path.join(workdir, "tensorboard"), is_main=is_main)  # once the run is ours
+      meta_now = lambda: {"data": data_iter.get_state(), "stage": stage, "global_batch": task.global_batch}
       progress = observe.Progress(start, total, task.global_batch)
       history: list[dict] = []
       step = start
@@ -216,8 +394,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
         while step < end and not stop:
           batch = task.to_device(next(data_iter))
           state, metrics = task.step(state, batch, step)
+          grad_norms = metrics.pop(GRAD_NORMS, None)  # per parameter, written on their own cadence
           step += 1
           history.append(metrics)
+          if grad_norms is not None and _is_due(step, int(exp.get("log_grad_norm_every", 0) or 0)):
+            writer.write_scalars(step, {k: float(v) for k, v in jax.device_get(grad_norms).items()})
           if _is_due(step, log_every) or step == end:
             values = observe.mean_metrics(jax.device_get(history))
             history = []
@@ -241,10 +422,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
             if is_main:
               summary["image_grid"] = observe.save_grid(workdir, "recon" if stage == "tokenizer" else "samples",
                                                         step, images, labels, ncols)
-          checkpoints.save(manager, step, state, {"data": data_iter.get_state(), "stage": stage})
+          checkpoints.save(manager, step, state, meta_now())
         if step > start and (stop or step == end) and manager.latest_step() != step:
-          checkpoints.save(manager, step, state, {"data": data_iter.get_state(), "stage": stage}, force=True)
+          checkpoints.save(manager, step, state, meta_now(), force=True)
         manager.wait_until_finished()
+        if step > start and manager.latest_step() != step:  # never report a save that did not happen
+          raise checkpoints.CheckpointError(f"the checkpoint of step {step} was not written (newest: "
+                                            f"{manager.latest_step()})")
       writer.flush()
       summary.update(end_step=step, stopped_by_signal=bool(stop), finished=step >= total)
       if step >= total:
