@@ -190,6 +190,67 @@ def _env(**extra) -> dict:
   return env
 
 
+# A launched job is stopped only when it stops progressing -- no new output and no CPU time used by any of its
+# processes for STALL_S -- never for being slow: on a loaded 2-core machine a 2-process compile alone can take
+# minutes, with nothing printed. HARD_LIMIT_S is only a backstop for a job spinning forever.
+STALL_S = 900
+HARD_LIMIT_S = 3 * 3600
+
+
+def _job_cpu_seconds(root_pid: int) -> float:
+  """User + system CPU seconds of ``root_pid`` and all its descendants (Linux /proc; 0.0 elsewhere)."""
+  parent, cpu = {}, {}
+  for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+      continue
+    parent[int(entry)] = int(fields[1])
+    cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+  total, todo = 0.0, [root_pid]
+  while todo:
+    pid = todo.pop()
+    total += cpu.get(pid, 0.0)
+    todo.extend(child for child, p in parent.items() if p == pid)
+  return total
+
+
+def _output_bytes(*folders: pathlib.Path) -> int:
+  return sum(p.stat().st_size for folder in folders if folder.exists() for p in folder.rglob("*") if p.is_file())
+
+
+def run_while_progressing(cmd: list[str], watch: pathlib.Path, *, stall_s: float = STALL_S,
+                          **kwargs) -> subprocess.CompletedProcess:
+  """``subprocess.run(cmd, capture_output=True, text=True)`` that waits as long as the job progresses: its
+  output (stdout, stderr, files under ``watch``) grows or its processes use CPU. A job that does neither for
+  ``stall_s`` is stopped (SIGTERM: the launcher stops its processes) and the test fails naming the stall."""
+  io = watch.parent / f"{watch.name}_io"
+  io.mkdir(parents=True, exist_ok=True)
+  with open(io / "stdout", "w") as out, open(io / "stderr", "w") as err:
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kwargs)
+    start = last_progress = time.monotonic()
+    seen = None
+    while True:
+      try:
+        proc.wait(timeout=min(5.0, stall_s / 2))
+        break
+      except subprocess.TimeoutExpired:
+        pass
+      mark = (_output_bytes(watch, io), round(_job_cpu_seconds(proc.pid), 1))
+      now = time.monotonic()
+      if mark != seen:
+        seen, last_progress = mark, now
+      elif now - last_progress > stall_s or now - start > HARD_LIMIT_S:
+        proc.terminate()
+        proc.wait(timeout=60)
+        pytest.fail(f"{cmd[:6]}... made no progress (no output, no CPU time) for {now - last_progress:.0f} s "
+                    f"after {now - start:.0f} s; logs in {watch}")
+  return subprocess.CompletedProcess(cmd, proc.returncode, (io / "stdout").read_text(), (io / "stderr").read_text())
+
+
 # plans (pure: nothing connects)
 
 def test_single_process_without_flags_or_environment_does_nothing(monkeypatch):
@@ -266,6 +327,12 @@ def test_unreachable_coordinator_and_missing_peer_fail_clearly_within_bounded_ti
   assert procs[0].returncode == distributed.EXIT_JOIN_TIMEOUT, outs[0][1][-2000:]
   assert "process 0 of 2 could not join the job" in outs[0][1]
   assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+def test_a_launched_job_is_stopped_when_it_stops_progressing_not_when_it_is_slow(tmp_path):
+  with pytest.raises(pytest.fail.Exception, match=r"made no progress \(no output, no CPU time\) for"):
+    run_while_progressing(["sleep", "600"], tmp_path / "logs", stall_s=1)
+  assert _job_cpu_seconds(os.getpid()) > 0
 
 
 def test_check_global_batch():
@@ -404,10 +471,10 @@ def test_generator_evaluation_with_more_processes_than_images(monkeypatch):
 @pytest.fixture(scope="module")
 def two_process_job(tmp_path_factory):
   out = tmp_path_factory.mktemp("two_process")
-  cmd = ["bash", str(LAUNCH), "-q", "-n", "2", "-d", "2", "-t", "150", "-l", str(out / "logs"), "--",
+  cmd = ["bash", str(LAUNCH), "-q", "-n", "2", "-d", "2", "-l", str(out / "logs"), "--",
          sys.executable, str(pathlib.Path(__file__).resolve()), "worker", "--out", str(out),
          "--distributed_timeout_s", "60"]
-  run = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env(), cwd=REPO)
+  run = run_while_progressing(cmd, out / "logs", env=_env(), cwd=REPO)
   logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((out / "logs").glob("*.log")))
   assert run.returncode == 0, f"{run.stderr}\n{logs}"
   records = [json.loads((out / f"process_{i}.json").read_text()) for i in range(2)]
@@ -486,12 +553,12 @@ def test_two_process_generator_evaluation_counts_every_image_once(two_process_jo
 
 def _launch_train(tmp_path, name: str, *overrides: str) -> pathlib.Path:
   workdir, logs = tmp_path / name, tmp_path / f"{name}_logs"
-  cmd = ["bash", str(LAUNCH), "-q", "-n", "2", "-d", "2", "-t", "400", "-l", str(logs), "--",
+  cmd = ["bash", str(LAUNCH), "-q", "-n", "2", "-d", "2", "-l", str(logs), "--",
          sys.executable, "-m", "maskbit_jax.train", "--workdir", str(workdir), *overrides,
          "--config.training.max_train_steps=2", "--config.training.per_gpu_batch_size=2",
          "--config.experiment.save_every=2", "--config.experiment.log_every=1",
          "--config.experiment.generate_every=1", "--config.training.num_generated_images=4"]
-  run = subprocess.run(cmd, capture_output=True, text=True, timeout=450, env=_env(), cwd=REPO)
+  run = run_while_progressing(cmd, logs, env=_env(), cwd=REPO)
   text = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
   assert run.returncode == 0, f"{run.stderr}\n{text}"
   assert sorted(p.name for p in (workdir / "images").glob("*.png"))[-1].endswith("00000002.png")
