@@ -9,7 +9,12 @@
 Writes ArrayRecord files ``tokens-PPPPP-of-NNNNN.array_record`` (one per
 process) whose records hold, per image, the tokens of the image and of its
 horizontal flip, the label and the image index (msgpack via
-``flax.serialization``), plus ``meta.json``. A MaskBit tokenizer (or a BAR
+``flax.serialization``), plus ``meta.json``. The image is the reference's
+evaluation crop (or ADM's, ``--crop adm``); with ``--crops K`` (K > 1) each
+image gives K records instead, K ``RandomResizedCrop`` s of the config's
+training recipe (and their flips), record ``i * K + c`` holding crop ``c``
+(``"crop"``) of image ``i``, so a shuffled pass over the set sees every crop
+once (docs/training.md, "Pretokenized sets"). A MaskBit tokenizer (or a BAR
 config on MaskBit's LFQ tokens) writes int32 ``tokens`` / ``tokens_flipped``
 ``[h, w]``; a BAR config on BAR's binary-FSQ tokenizer writes its bits, uint8
 ``bits`` / ``bits_flipped`` ``[h*w, K]``, never packed, as the reference stores
@@ -40,12 +45,15 @@ def shard_path(out_dir: str, process_index: int, process_count: int) -> str:
 
 
 def encode_record(tokens: np.ndarray, tokens_flipped: np.ndarray, label: int, index: int, *,
-                  field: str = "tokens") -> bytes:
-  """One image's record; ``field`` "tokens" (int32 indices ``[h, w]``) or "bits" (uint8 ``[h*w, K]``)."""
+                  field: str = "tokens", crop: int | None = None) -> bytes:
+  """One image's record; ``field`` "tokens" (int32 indices ``[h, w]``) or "bits" (uint8 ``[h*w, K]``);
+  ``crop``: which of the image's random crops (only in sets of several crops per image)."""
   dtype = np.uint8 if field == "bits" else np.int32
-  return serialization.msgpack_serialize({field: np.asarray(tokens, dtype),
-                                          f"{field}_flipped": np.asarray(tokens_flipped, dtype),
-                                          "label": np.int32(label), "index": np.int64(index)})
+  record = {field: np.asarray(tokens, dtype), f"{field}_flipped": np.asarray(tokens_flipped, dtype),
+            "label": np.int32(label), "index": np.int64(index)}
+  if crop is not None:
+    record["crop"] = np.int32(crop)
+  return serialization.msgpack_serialize(record)
 
 
 def decode_record(record: bytes) -> dict:
@@ -55,7 +63,9 @@ def decode_record(record: bytes) -> dict:
 def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int | None = None,
                 overwrite: bool = False, crop: str = "center") -> dict:
   """Encodes ``source`` (and its flips) with ``tok`` into ``out_dir``; returns the metadata written.
-  ``crop`` names the source's preprocessing for the metadata."""
+  ``crop`` names the source's preprocessing for the metadata. A source with ``crops`` > 1
+  (:class:`~maskbit_jax.data.sources.RandomResizedCropsSource`) gives that many records per image;
+  ``num_images`` counts images."""
   from array_record.python.array_record_module import ArrayRecordWriter
 
   from maskbit_jax import sharding
@@ -64,7 +74,10 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
   n_dev = jax.local_device_count()
   if batch_size % n_dev:
     raise ValueError(f"--batch_size {batch_size} must be a multiple of the {n_dev} local devices")
-  total = len(source) if num_images is None else min(num_images, len(source))
+  crops = int(getattr(source, "crops", 1))
+  images = len(source) // crops
+  images = images if num_images is None else min(num_images, images)
+  total = images * crops  # records
   pid, pcount = jax.process_index(), jax.process_count()
   os.makedirs(out_dir, exist_ok=True)
   final = shard_path(out_dir, pid, pcount)
@@ -90,8 +103,9 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     for b, batch in enumerate(eval_batches(source, batch_size, num=total, process_index=pid, process_count=pcount)):
       tokens, flipped = jax.device_get(encode_both(params, jax.device_put(batch["image"], batch_sh)))
       for j in np.flatnonzero(batch["mask"]):
-        writer.write(encode_record(tokens[j], flipped[j], int(batch["label"][j]), int(mine[b * batch_size + j]),
-                                   field=field))
+        image, c = divmod(int(mine[b * batch_size + j]), crops)
+        writer.write(encode_record(tokens[j], flipped[j], int(batch["label"][j]), image, field=field,
+                                   crop=c if crops > 1 else None))
         written += 1
     writer.close()
   except BaseException:
@@ -99,8 +113,11 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     os.remove(tmp)
     raise
   os.replace(tmp, final)  # a half-written shard never carries the final name
-  meta = dict(num_images=total, process_count=pcount, field=field, token_grid=grid_of(source, total), crop=crop,
-              **extra_meta, config=tok.config.to_dict(), seconds=round(time.perf_counter() - start, 3))
+  meta = dict(num_images=images, crops=crops, num_records=total, process_count=pcount, field=field,
+              token_grid=grid_of(source, total), crop=crop, **extra_meta, config=tok.config.to_dict(),
+              seconds=round(time.perf_counter() - start, 3))
+  if crops > 1:  # how the crops were drawn (RandomResizedCropsSource)
+    meta["crop_options"] = dict(getattr(source, "options", {}), seed=getattr(source, "seed", None))
   if pid == 0:
     with open(os.path.join(out_dir, META_FILE), "w") as f:
       json.dump(meta, f, indent=1)
@@ -140,7 +157,13 @@ def _encoder(tok):
 
 class TokenDataset:
   """Random-access source over a pretokenized folder: ``{"tokens", "tokens_flipped", "label", "index"}`` (or
-  ``"bits"`` / ``"bits_flipped"`` for BAR's binary-FSQ tokenizer; ``meta["field"]`` says which)."""
+  ``"bits"`` / ``"bits_flipped"`` for BAR's binary-FSQ tokenizer; ``meta["field"]`` says which).
+
+  A set of ``crops`` K > 1 random crops per image holds ``num_images * K`` records (each with ``"crop"``),
+  record ``i * K + c`` crop ``c`` of image ``i``: training shuffles them all, so one pass over this source
+  is K epochs of the images, each seeing one stored crop (and a flip drawn with it) of every image, and every
+  crop exactly once. Sets written before ``crops`` existed hold one centre crop per image.
+  """
 
   def __init__(self, out_dir: str):
     import grain.python as grain
@@ -154,8 +177,11 @@ class TokenDataset:
     if len(files) != self.meta["process_count"]:
       raise ValueError(f"{out_dir}: {len(files)} token shards, meta.json says {self.meta['process_count']}")
     self.source = grain.ArrayRecordDataSource(files)
-    if len(self.source) != self.meta["num_images"]:
-      raise ValueError(f"{out_dir}: {len(self.source)} records, meta.json says {self.meta['num_images']}")
+    self.crops = int(self.meta.get("crops", 1))
+    self.num_images = int(self.meta["num_images"])
+    if len(self.source) != self.num_images * self.crops:
+      says = f"{self.num_images} images" + (f" x {self.crops} crops" if self.crops > 1 else "")
+      raise ValueError(f"{out_dir}: {len(self.source)} records, meta.json says {says}")
 
   def __len__(self) -> int:
     return len(self.source)
@@ -198,6 +224,11 @@ def main(argv=None) -> int:
   p.add_argument("--num_images", type=int, default=None)
   p.add_argument("--out", required=True)
   p.add_argument("--overwrite", action="store_true")
+  p.add_argument("--crops", type=int, default=1,
+                 help="K > 1: K random-resized crops per image (the config's dataset.preprocessing recipe: "
+                      "min_scale, use_aspect_ratio_aug, interpolation) and their flips, for a training split; "
+                      "1 (default): one evaluation crop and its flip")
+  p.add_argument("--seed", type=int, default=0, help="seed of the --crops draws")
   p.add_argument("--crop", choices=("center", "adm"), default=None,
                  help="the reference's evaluation crop (shorter side resized with the config's interpolation, "
                       "then the centre), or ADM's box-halving crop (default: adm for BAR's binary-FSQ tokenizer, as "
@@ -205,8 +236,17 @@ def main(argv=None) -> int:
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required")
+  if args.crops < 1:
+    p.error(f"--crops must be >= 1, got {args.crops}")
+  if args.crops > 1 and args.crop is not None:
+    p.error(f"--crop {args.crop} makes one crop per image; --crops {args.crops} draws random-resized crops")
+  if args.seed < 0:
+    p.error(f"--seed must be >= 0, got {args.seed}")
   cfg = load_config(config, overrides)
   pre = cfg.get("dataset", {}).get("preprocessing", {})
+  if args.crops > 1 and "min_scale" not in pre:
+    p.error(f"--crops {args.crops}: this config's dataset.preprocessing has no RandomResizedCrop recipe "
+            "(min_scale, use_aspect_ratio_aug, interpolation; BAR's trains on one ADM crop per image)")
   # BAR's released configs name the image size crop_size
   size = args.size or int(pre.get("resolution", pre.get("crop_size", 256)))
   if bar.is_bar_config(cfg):  # the tokenizer a BAR config trains on: MaskBit's LFQ or BAR's binary FSQ
@@ -218,13 +258,21 @@ def main(argv=None) -> int:
   # "center": the reference's eval_transform (Resize of the shorter side with the config's interpolation,
   # CenterCrop), as for an evaluation split
   source = sources.make_source(args.data, size, interpolation=sources.eval_interpolation(cfg))
-  crop = args.crop or ("adm" if isinstance(tok, bar.BarFsqTokenizer) else "center")
+  if args.crops > 1:
+    crop = "random_resized"
+    try:
+      source = sources.RandomResizedCropsSource(source, size, args.crops, dict(pre), seed=args.seed)
+    except ValueError as e:
+      p.error(f"--crops {args.crops}: {e}")
+  else:
+    crop = args.crop or ("adm" if isinstance(tok, bar.BarFsqTokenizer) else "center")
   if crop == "adm":
     source = sources.AdmCropSource(source, size)
   meta = pretokenize(tok, source, args.out, batch_size=args.batch_size,
                      num_images=args.num_images, overwrite=args.overwrite, crop=crop)
   if jax.process_index() == 0:
-    print(f"wrote {meta['num_images']} images' tokens ({meta['token_grid']} grid) to {args.out}")
+    crops = f" x {meta['crops']} crops" if meta["crops"] > 1 else ""
+    print(f"wrote {meta['num_images']} images'{crops} tokens ({meta['token_grid']} grid) to {args.out}")
   return 0
 
 

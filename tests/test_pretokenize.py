@@ -19,12 +19,14 @@ def test_pretokenized_tokens_equal_on_the_fly(tmp_path, golden, fixture_configs)
           "--size", "32", "--batch_size", "8", "--out", str(out)]
   assert pretokenize_main(args) == 0
   ds = TokenDataset(str(out))
-  assert len(ds) == 11 and ds.meta["token_grid"] == [2, 2]
   tok = maskbit_jax.load_tokenizer(tokenizer_config(fixture_configs, "tokenizer_tiny"), golden / "tokenizer_tiny.bin")
   src = SyntheticSource(11, 32)
   images = np.stack([src[i]["image"] for i in range(11)])
   expected = np.asarray(tok.encode(images))
   expected_flipped = np.asarray(tok.encode(images[:, :, ::-1]))
+  grid = [32 // tok.latent_stride] * 2  # the fixture tokenizer's grid at 32 px
+  assert list(expected.shape[1:]) == grid
+  assert len(ds) == 11 and ds.meta["token_grid"] == grid and ds.crops == 1
   got = [ds[i] for i in range(11)]
   assert [int(r["index"]) for r in got] == list(range(11))
   np.testing.assert_array_equal(np.stack([r["tokens"] for r in got]), expected)
@@ -46,3 +48,76 @@ def test_stage_two_refuses_a_token_set_of_other_bits_or_grid(tmp_path, tokenizer
   task = task_on_token_set("generator_tiny.py", out, tmp_path)
   with pytest.raises(ValueError, match=message):
     task.dataset()
+
+
+CROP_RECIPE = dict(resolution=32, use_random_crop=True, use_aspect_ratio_aug=True, min_scale=0.3,
+                   interpolation="bicubic", random_flip=True)
+
+
+def test_random_resized_crops_per_image(tmp_path, golden, fixture_configs):
+  """``--crops K``: K records per image, record i*K+c the tokens of crop c of image i (the recipe's
+  RandomResizedCrop, drawn from (seed, i, c)) and of its flip; training reads every crop once per pass."""
+  from maskbit_jax.data import augment, pipeline
+
+  num, k, seed = 5, 3, 7
+  cfg = tmp_path / "c.py"
+  cfg.write_text("def get_config():\n  return "
+                 f"{dict(tokenizer_config(fixture_configs, 'tokenizer_tiny'), dataset=dict(preprocessing=CROP_RECIPE))!r}\n")
+  out = tmp_path / "tok"
+  assert pretokenize_main(["--config", str(cfg), "--checkpoint", str(golden / "tokenizer_tiny.bin"), "--data",
+                           f"synthetic:{num}", "--size", "32", "--batch_size", "8", "--crops", str(k), "--seed",
+                           str(seed), "--out", str(out)]) == 0
+  ds = TokenDataset(str(out))
+  assert (len(ds), ds.num_images, ds.crops, ds.meta["crop"]) == (num * k, num, k, "random_resized")
+  tok = maskbit_jax.load_tokenizer(tokenizer_config(fixture_configs, "tokenizer_tiny"), golden / "tokenizer_tiny.bin")
+  src = SyntheticSource(num, 32)
+  options = dict(use_random_crop=True, use_aspect_ratio_aug=True, min_scale=0.3, interp="bicubic", random_flip=False)
+  crops = np.stack([augment.train_transform(src.raw(i)["image"], 32, np.random.default_rng([seed, i, c]), **options)
+                    for i in range(num) for c in range(k)])
+  assert not np.array_equal(crops[0], crops[1])  # crops of one image differ
+  records = [ds[j] for j in range(len(ds))]
+  assert [(int(r["index"]), int(r["crop"])) for r in records] == [(i, c) for i in range(num) for c in range(k)]
+  np.testing.assert_array_equal(np.stack([r["tokens"] for r in records]), np.asarray(tok.encode(crops)))
+  np.testing.assert_array_equal(np.stack([r["tokens_flipped"] for r in records]),
+                                np.asarray(tok.encode(crops[:, :, ::-1])))
+  np.testing.assert_array_equal([int(r["label"]) for r in records], [src[j // k]["label"] for j in range(num * k)])
+  # stage II's reader: one pass over the set (num * k examples) is every crop of every image once, either flip
+  where = {}
+  for j, r in enumerate(records):
+    where[r["tokens"].tobytes()] = where[r["tokens_flipped"].tobytes()] = j
+  it = iter(pipeline.token_train_dataset(ds, batch_size=num * k, seed=0, num_threads=1))
+  seen = [where[t.tobytes()] for t in next(it)["tokens"]]
+  assert sorted(seen) == list(range(num * k))
+
+
+def test_crops_refused_where_they_cannot_be_drawn(tmp_path, capsys):
+  base = ["--random_init", "--data", "synthetic:2", "--out", str(tmp_path / "t")]
+  for config, extra, message in [
+      ("tokenizer_tiny.py", ["--crops", "2", "--crop", "center"], "--crop center makes one crop per image"),
+      ("tokenizer_tiny.py", ["--crops", "0"], "--crops must be >= 1"),
+      ("bar_tiny.py", ["--crops", "2"], "use_random_crop is False"),  # BAR's LFQ recipe: no random crop
+      ("bar_b.py", ["--crops", "2"], "no RandomResizedCrop recipe")]:  # BAR's FSQ configs: one ADM crop
+    with pytest.raises(SystemExit):
+      pretokenize_main(["--config", str(REPO / "configs" / config), *extra, *base])
+    assert message in capsys.readouterr().err, (config, extra)
+  assert not (tmp_path / "t").exists()
+
+
+def test_sets_without_crops_in_their_meta_still_load(tmp_path):
+  """A set written before --crops (no "crops" in meta.json) reads as one crop per image; a count that does
+  not match the records is named."""
+  import json
+
+  out = tmp_path / "tokens"
+  assert pretokenize_main(["--config", str(REPO / "configs/tokenizer_tiny.py"), "--random_init", "--data",
+                           "synthetic:3", "--size", "32", "--batch_size", "8", "--out", str(out)]) == 0
+  meta = json.loads((out / "meta.json").read_text())
+  assert meta["crops"] == 1 and "crop" not in TokenDataset(str(out))[0]  # K = 1 records keep the old format
+  for key in ("crops", "num_records"):
+    meta.pop(key)
+  (out / "meta.json").write_text(json.dumps(meta))
+  ds = TokenDataset(str(out))
+  assert (len(ds), ds.crops, ds.num_images) == (3, 1, 3)
+  (out / "meta.json").write_text(json.dumps(dict(meta, crops=2)))
+  with pytest.raises(ValueError, match=r"3 records, meta.json says 3 images x 2 crops"):
+    TokenDataset(str(out))

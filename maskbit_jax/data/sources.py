@@ -30,7 +30,8 @@ from maskbit_jax.data.sample_images import eval_preprocess, photo_arrays, synthe
 from maskbit_jax.image_io import IMAGE_SUFFIXES, CorruptImageError, array_to_rgb_uint8, read_rgb, to_uint8
 
 __all__ = ["AdmCropSource", "CorruptImageError", "ImageFolderSource", "PhotoSource", "SyntheticSource",
-           "TfdsSource", "eval_batches", "eval_interpolation", "make_source", "num_eval_batches", "shard_indices"]
+           "RandomResizedCropsSource", "TfdsSource", "eval_batches", "eval_interpolation", "make_source",
+           "num_eval_batches", "shard_indices"]
 
 
 def eval_interpolation(cfg) -> str:
@@ -231,3 +232,41 @@ class AdmCropSource:
     ex = self.source.raw(index)
     image = adm_center_crop(ex["image"], self.size).astype(np.float32) / 255.0
     return {"image": image, "label": ex["label"]}
+
+
+class RandomResizedCropsSource:
+  """``crops`` training crops of every image of ``source`` (``RandomResizedCrop`` of the training recipe,
+  ``dataset.preprocessing``: ``min_scale``, ``use_aspect_ratio_aug``, ``interpolation``; no flip), image-major:
+  item ``j`` is crop ``j % crops`` of image ``j // crops``, drawn from a generator seeded by
+  ``(seed, image, crop)`` alone, so any shard (process) makes the same crops."""
+
+  def __init__(self, source, size: int, crops: int, preprocessing=None, *, seed: int = 0):
+    from maskbit_jax.data import augment
+
+    if not hasattr(source, "raw"):
+      raise TypeError(f"{type(source).__name__} has no raw(index): cannot crop its stored images")
+    if crops < 1:
+      raise ValueError(f"crops must be >= 1, got {crops}")
+    pre = dict(preprocessing or {})
+    augment.check_preprocessing({**pre, "resolution": size})
+    if not pre.get("use_random_crop", True):
+      raise ValueError("dataset.preprocessing.use_random_crop is False: every crop would be the same centre "
+                       "crop; use one crop per image")
+    self.source, self.size, self.crops, self.seed = source, size, int(crops), int(seed)
+    self.num_images = len(source)
+    self.options = dict(use_random_crop=True, use_aspect_ratio_aug=bool(pre.get("use_aspect_ratio_aug", True)),
+                        min_scale=float(pre.get("min_scale", 0.8)), interp=str(pre.get("interpolation", "bilinear")),
+                        random_flip=False)
+
+  def __len__(self) -> int:
+    return self.num_images * self.crops
+
+  def __getitem__(self, index: int) -> dict:
+    from maskbit_jax.data import augment
+
+    if not 0 <= index < len(self):
+      raise IndexError(index)
+    image, crop = divmod(int(index), self.crops)
+    ex = self.source.raw(image)
+    rng = np.random.default_rng([self.seed, image, crop])
+    return {"image": augment.train_transform(ex["image"], self.size, rng, **self.options), "label": ex["label"]}
