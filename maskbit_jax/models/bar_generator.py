@@ -48,12 +48,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax.models import layers
+from maskbit_jax.models import initializers, layers
 from maskbit_jax.losses.bar_masking import draw_mbm_masking, mbm_masking
 from maskbit_jax.losses.bar_mbm_loss import mbm_loss
 from maskbit_jax.models.bar_mbm_head import OUT, MBMHead, RMSNorm, SwiGLU, dense, embed, modulate, swiglu_hidden
 
-_INIT = nn.initializers.normal(0.02)
+_INIT = initializers.trunc_normal_02  # cls_token and the position / timestep tables
 ROPE_THETA = 10000.0
 POS_EMBED_EXTRA_ROWS = 128       # pos_embed / target_aware_pos_embed have L + 128 rows
 TIME_EMBED_EXTRA_ROWS = 100      # timesteps_embeddings has L + 100 rows

@@ -33,14 +33,15 @@ from flax import linen as nn
 from flax import traverse_util
 
 from maskbit_jax.losses import bar_masking, bar_mbm_loss
+from maskbit_jax.models import initializers
 
 RMS_NORM_EPS = 1e-6
 FOURIER_SIZE = 256
 # Suffix of a sow name that would clash with a sub-module of the same name (e.g. the output of the
 # ``input_proj`` Linear, sown from its parent); ``collect_intermediates`` strips it.
 OUT = "__out"
-# torch's trunc_normal_(std=0.02) truncates at +-2 absolute, i.e. +-100 std: a plain normal.
-_INIT = nn.initializers.normal(0.02)
+# BAR's init_weights: trunc_normal_(0.02) on every Linear and Embedding, zero biases, norms at one.
+_INIT = initializers.trunc_normal_02
 
 
 def swiglu_hidden(dim: int) -> int:
@@ -51,10 +52,10 @@ def swiglu_hidden(dim: int) -> int:
 def dense(features: int, axes: tuple[str, str], name: str, *, dtype, param_dtype, precision,
           zero_init: bool = False) -> nn.Dense:
   """A Linear with bias and logical axis names; ``zero_init`` for the adaLN-Zero output layers."""
-  kernel_init = nn.initializers.zeros_init() if zero_init else _INIT
+  kernel_init = initializers.zeros if zero_init else _INIT
   return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
                   kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+                  bias_init=nn.with_logical_partitioning(initializers.zeros, (axes[1],)))
 
 
 def embed(rows: int, features: int, axes: tuple[str, str], name: str, *, dtype, param_dtype) -> nn.Embed:
@@ -74,7 +75,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+    scale = self.param("scale", nn.with_logical_partitioning(initializers.ones, ("norm",)),
                        (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)

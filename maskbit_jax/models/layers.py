@@ -13,8 +13,46 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from maskbit_jax.models import initializers
+
 Dtype = Any
 KERNEL_AXES = ("kernel_height", "kernel_width", "conv_in", "conv_out")
+
+
+class Conv(nn.Module):
+  """``nn.Conv`` started as ``torch.nn.Conv2d``: kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  The bias bound needs the input channels, known only at the call, so the
+  ``nn.Conv`` is made there and shares this module's scope: the parameters are
+  ``<name>/kernel`` and ``<name>/bias``, as with a bare ``nn.Conv``.
+  """
+
+  features: int
+  kernel_size: int
+  strides: int = 1
+  padding: Any = "SAME"
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x_bhwc: jax.Array) -> jax.Array:
+    fan_in = x_bhwc.shape[-1] * self.kernel_size * self.kernel_size
+    conv = nn.Conv(
+        self.features,
+        (self.kernel_size, self.kernel_size),
+        strides=(self.strides, self.strides),
+        padding=self.padding,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        precision=self.precision,
+        kernel_init=nn.with_logical_partitioning(initializers.torch_kernel, KERNEL_AXES),
+        bias_init=nn.with_logical_partitioning(initializers.torch_bias(fan_in), ("conv_out",)),
+    )
+    nn.share_scope(self, conv)
+    return conv(x_bhwc)
 
 
 def conv(
@@ -28,25 +66,14 @@ def conv(
     param_dtype: Dtype = jnp.float32,
     precision: Any = None,
     name: str | None = None,
-) -> nn.Conv:
-  """A 2D convolution with logical axis names on its kernel and bias.
+) -> Conv:
+  """A 2D convolution with logical axis names on its kernel and bias, torch's default init.
 
   ``padding="SAME"`` is TF-style: for a stride-2 conv on an even size it pads
   0 before and 1 after, exactly like the reference ``Conv2dSame``.
   """
-  return nn.Conv(
-      features,
-      (kernel_size, kernel_size),
-      strides=(strides, strides),
-      padding=padding,
-      use_bias=use_bias,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      precision=precision,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), KERNEL_AXES),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
-      name=name,
-  )
+  return Conv(features, kernel_size, strides=strides, padding=padding, use_bias=use_bias, dtype=dtype,
+              param_dtype=param_dtype, precision=precision, name=name)
 
 
 def group_norm(
@@ -68,8 +95,8 @@ def group_norm(
       dtype=dtype,
       param_dtype=param_dtype,
       use_fast_variance=False,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+      scale_init=nn.with_logical_partitioning(initializers.ones, ("norm",)),
+      bias_init=nn.with_logical_partitioning(initializers.zeros, ("norm",)),
       name=name,
   )
 

@@ -16,24 +16,25 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from maskbit_jax.models import layers
+from maskbit_jax.models import initializers, layers
 
 LAYER_NORM_EPS = 1e-12
-# torch's trunc_normal_(std=0.02) truncates at +-2 absolute, i.e. +-100 std: a plain normal.
-_INIT = nn.initializers.normal(0.02)
+# The reference's _init_weights: trunc_normal_(0.02) on every Linear and Embedding (and pos_emb), zero biases.
+_INIT = initializers.trunc_normal_02
 
 
-def _dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype, precision) -> nn.Dense:
+def _dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype, precision,
+           kernel_init=_INIT) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
-                  kernel_init=nn.with_logical_partitioning(_INIT, axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+                  kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+                  bias_init=nn.with_logical_partitioning(initializers.zeros, (axes[1],)))
 
 
 def _layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
                       use_fast_variance=False,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
+                      scale_init=nn.with_logical_partitioning(initializers.ones, ("norm",)),
+                      bias_init=nn.with_logical_partitioning(initializers.zeros, ("norm",)))
 
 
 def token_bits_features(tokens_bnm: jax.Array, bits_per_split: int, mask_token: int) -> jax.Array:
@@ -84,7 +85,10 @@ class MultiheadSelfAttention(nn.Module):
     b, n, _ = x_bnd.shape
     head_dim = self.dim // self.heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-    qkv = _dense(3 * self.dim, ("embed", "qkv"), "in_proj", **kw)(x_bnd)
+    # in_proj_weight is a Parameter of nn.MultiheadAttention, not a Linear: the reference's
+    # _init_weights leaves it at MHA's xavier_uniform (bias zeros); out_proj is a Linear (0.02).
+    qkv = _dense(3 * self.dim, ("embed", "qkv"), "in_proj", kernel_init=initializers.mha_in_proj_kernel,
+                 **kw)(x_bnd)
     q, k, v = (t.reshape(b, n, self.heads, head_dim) for t in jnp.split(qkv, 3, axis=-1))
     q = q * (head_dim ** -0.5)
     if train and self.dropout > 0.0:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from maskbit_jax.models import initializers
 from maskbit_jax.models.entropy import entropy_terms
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -35,8 +36,7 @@ class VectorQuantizer(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    bound = 1.0 / self.codebook_size
-    init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    init = initializers.uniform(1.0 / self.codebook_size)  # the reference's explicit uniform_(-1/n, 1/n)
     self.embedding = nn.Embed(
         self.codebook_size,
         self.token_size,
