@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import maskbit_jax
 from conftest import REPO, tokenizer_config
 from maskbit_jax.data.sample_images import sample_photos, synthetic_images
 from maskbit_jax.reconstruct import main as reconstruct_main
@@ -38,10 +39,14 @@ def test_reconstruct_with_released_style_checkpoint(tmp_path, golden, fixture_co
   assert reconstruct_main(["--config", str(cfg_path), "--checkpoint", str(golden / "tokenizer_tiny.bin"),
                            "--size", "32", "--out", str(out)]) == 0
   summary = json.loads((out / "summary.json").read_text())
-  assert summary["token_grid"] == [2, 2] and summary["random_init"] is False
+  tok = maskbit_jax.load_tokenizer(tokenizer_config(fixture_configs, "tokenizer_tiny"), golden / "tokenizer_tiny.bin")
+  side = 32 // tok.latent_stride  # the fixture tokenizer's grid at 32 px
+  assert summary["token_grid"] == [side, side] and summary["random_init"] is False
   grid = np.asarray(Image.open(out / "reconstructions.png"))
   assert grid.ndim == 3 and grid.shape[-1] == 3
-  assert np.load(out / "tokens.npz")["tokens"].shape == (summary["images"], 2, 2)
+  tokens = np.load(out / "tokens.npz")["tokens"]
+  assert tokens.shape == (summary["images"], side, side)
+  np.testing.assert_array_equal(tokens, np.asarray(tok.encode(sample_photos(32)[0])))  # the photos' tokens
 
 
 def test_reconstruct_random_init_is_explicit(tmp_path, capsys):

@@ -88,21 +88,27 @@ def test_sharded_sampling_over_devices_matches(models):
 
 def test_bad_sampling_input(models, fixture_configs):
   gen, tok, _ = models
-  with pytest.raises(ValueError, match=r"\[0, 1000\)"):
-    maskbit_jax.sample(gen, tok, [1, 1000], jax.random.key(0), num_steps=2)
-  with pytest.raises(ValueError, match=r"\[0, 1000\)"):
+  nclass, bits = gen.nclass, gen.token_bits  # the fixture generator's, whatever set it was made with
+  with pytest.raises(ValueError, match=rf"\[0, {nclass}\)"):
+    maskbit_jax.sample(gen, tok, [1, nclass], jax.random.key(0), num_steps=2)
+  with pytest.raises(ValueError, match=rf"\[0, {nclass}\)"):
     maskbit_jax.sample(gen, tok, [-1], jax.random.key(0), num_steps=2)
   with pytest.raises(ValueError, match="num_steps"):
     maskbit_jax.sample(gen, tok, [1], jax.random.key(0), num_steps=0)
-  other_bits = dict(fixture_configs["configs"]["tokenizer_tiny"], token_size=10, codebook_size=1024)
-  tok10 = maskbit_jax.load_tokenizer({"model": {"vq_model": other_bits}}, random_init=True)
-  with pytest.raises(ValueError, match="12-bit tokens but the tokenizer has 10 bits"):
-    maskbit_jax.sample(gen, tok10, [1], jax.random.key(0), num_steps=2)
+  other = bits - 2 if bits > 4 else bits + 2
+  other_bits = dict(fixture_configs["configs"]["tokenizer_tiny"], token_size=other, codebook_size=2**other)
+  tok_other = maskbit_jax.load_tokenizer({"model": {"vq_model": other_bits}}, random_init=True)
+  with pytest.raises(ValueError, match=f"{bits}-bit tokens but the tokenizer has {other} bits"):
+    maskbit_jax.sample(gen, tok_other, [1], jax.random.key(0), num_steps=2)
   with pytest.raises(TypeError, match="unknown sampling settings"):
     maskbit_jax.sample(gen, tok, [1], jax.random.key(0), num_step=2)
 
 
 def test_splits_must_divide_bits(fixture_configs):
-  fields = dict(fixture_configs["configs"]["generator_tiny"], codebook_splits=5)
-  with pytest.raises(ValueError, match="codebook_splits=5 must divide"):
-    build_generator_module(fields)
+  fields = fixture_configs["configs"]["generator_tiny"]
+  bits = int(fields["token_size"])
+  splits = next(m for m in range(2, bits + 2) if bits % m)  # the smallest that does not divide the bits
+  with pytest.raises(ValueError, match=f"codebook_splits={splits} must divide the tokenizer's token_size={bits}"):
+    build_generator_module(dict(fields, codebook_splits=splits))
+  with pytest.raises(ValueError, match="codebook_splits=0 must divide"):
+    build_generator_module(dict(fields, codebook_splits=0))
