@@ -41,6 +41,7 @@ from maskbit_jax.models.bar_generator import BarGenerator, abstract_bar_params
 from maskbit_jax.train import microbatch
 from maskbit_jax.train.bar_optim import rar_anneal_steps
 from maskbit_jax.train.optim import ema_update
+from maskbit_jax.train.tokenizer_step import GRAD_NORMS, parameter_grad_norms
 
 DEFAULT_EMA_DECAY = 0.9999
 
@@ -66,6 +67,7 @@ class BarSettings:
   use_ema: bool = flax.struct.field(pytree_node=False, default=False)
   ema_decay: float = flax.struct.field(pytree_node=False, default=DEFAULT_EMA_DECAY)
   accumulation: int = flax.struct.field(pytree_node=False, default=1)
+  max_grad_norm: float | None = flax.struct.field(pytree_node=False, default=None)  # the optimizer's clip
 
   @classmethod
   def from_config(cls, cfg) -> "BarSettings":
@@ -74,7 +76,9 @@ class BarSettings:
     settings = cls(class_label_dropout=float(bar_fields(cfg)["class_label_dropout"]), anneal_start=start,
                    anneal_end=end, use_ema=bool(training.get("use_ema", False)),
                    ema_decay=float(training.get("ema_decay", DEFAULT_EMA_DECAY)),
-                   accumulation=int(training.get("gradient_accumulation_steps", 1)))
+                   accumulation=int(training.get("gradient_accumulation_steps", 1)),
+                   max_grad_norm=None if training.get("max_grad_norm", None) is None
+                   else float(training["max_grad_norm"]))
     settings.check()
     return settings
 
@@ -147,6 +151,7 @@ def bar_train_step(state: BarTrainState, batch: dict, *, module: BarGenerator, t
     ema = ema_update(state.ema_params, params, state.step + 1, decay=settings.ema_decay)
   metrics = dict(terms, grad_norm=optax.tree.norm(grads), random_order_prob=random_prob,
                  label_drop_rate=jnp.mean(dropped.astype(jnp.float32)))
+  metrics[GRAD_NORMS] = parameter_grad_norms(grads, settings.max_grad_norm)
   return BarTrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
                        rng=state.rng), metrics
 

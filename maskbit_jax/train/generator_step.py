@@ -22,6 +22,7 @@ from maskbit_jax.models.maskbit_transformer import MaskBitTransformer, abstract_
 from maskbit_jax.sampling.factorization import split_tokens
 from maskbit_jax.train import microbatch
 from maskbit_jax.train.optim import ema_update
+from maskbit_jax.train.tokenizer_step import GRAD_NORMS, parameter_grad_norms
 
 
 @flax.struct.dataclass
@@ -43,6 +44,7 @@ class MLMSettings:
   sum_splits: bool = flax.struct.field(pytree_node=False, default=False)
   use_ema: bool = flax.struct.field(pytree_node=False, default=True)
   accumulation: int = flax.struct.field(pytree_node=False, default=1)
+  max_grad_norm: float | None = flax.struct.field(pytree_node=False, default=None)  # the optimizer's clip
 
   @classmethod
   def from_config(cls, cfg) -> "MLMSettings":
@@ -52,7 +54,13 @@ class MLMSettings:
                mask_schedule=str(mlm.get("train_mask_schedule_strategy", "arccos")),
                label_smoothing=float(loss.get("label_smoothing", 0.1)), sum_splits=bool(loss.get("sum_splits", False)),
                use_ema=bool((cfg.get("training", None) or {}).get("use_ema", True)),
-               accumulation=int((cfg.get("training", None) or {}).get("gradient_accumulation_steps", 1)))
+               accumulation=int((cfg.get("training", None) or {}).get("gradient_accumulation_steps", 1)),
+               max_grad_norm=_max_grad_norm(cfg))
+
+
+def _max_grad_norm(cfg) -> float | None:
+  value = (cfg.get("training", None) or {}).get("max_grad_norm", None)
+  return None if value is None else float(value)
 
 
 def init_train_state(module: MaskBitTransformer, tx: optax.GradientTransformation, params: Any,
@@ -96,6 +104,7 @@ def mlm_train_step(state: TrainState, batch: dict, *, module: MaskBitTransformer
   # the reference EMA counts optimizer steps from 1
   ema = ema_update(state.ema_params, params, state.step + 1) if settings.use_ema else state.ema_params
   metrics = dict(terms, grad_norm=optax.tree.norm(grads), mask_ratio=jnp.mean(mask.astype(jnp.float32)))
+  metrics[GRAD_NORMS] = parameter_grad_norms(grads, settings.max_grad_norm)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema, rng=state.rng), metrics
 
 

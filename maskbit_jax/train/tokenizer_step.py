@@ -39,7 +39,24 @@ from maskbit_jax.losses import vqgan_loss as vl
 from maskbit_jax.models.discriminator import abstract_discriminator_params
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params
 from maskbit_jax.train import microbatch
-from maskbit_jax.train.optim import ema_update
+from maskbit_jax.train.optim import CLIP_EPS, ema_update
+
+# The metric holding per-parameter gradient norms (a dict); the loop writes it every
+# ``experiment.log_grad_norm_every`` steps instead of averaging it with the scalars.
+GRAD_NORMS = "grad_norms"
+
+
+def parameter_grad_norms(grads: Any, max_grad_norm: float | None, prefix: str = "") -> dict:
+  """The reference's ``log_grad_norm``: ``{"grad_norm/<prefix><path>": ||g||_2 / g.size}`` for every parameter,
+  of the gradient the optimizer applies, i.e. after ``clip_grad_norm_(max_grad_norm)`` (None: no clipping),
+  as the reference reads ``param.grad`` after clipping. float32 scalars; the paths join flax's names with "/"."""
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  sq = [jnp.sum(jnp.square(g.astype(jnp.float32))) for _, g in flat]
+  scale = jnp.float32(1.0)
+  if max_grad_norm is not None and sq:
+    scale = jnp.minimum(jnp.float32(max_grad_norm) / (jnp.sqrt(sum(sq)) + CLIP_EPS), 1.0)
+  name = lambda path: "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+  return {f"grad_norm/{prefix}{name(path)}": jnp.sqrt(s) * scale / max(g.size, 1) for (path, g), s in zip(flat, sq)}
 
 
 @flax.struct.dataclass
@@ -66,6 +83,7 @@ class TokenizerStep:
   perceptual_fn: Any = None  # fn(variables, inputs, reconstructions); None when perceptual_weight is 0
   use_ema: bool = True
   accumulation: int = 1
+  max_grad_norm: float | None = None  # training.max_grad_norm (the clip inside tx/disc_tx), for GRAD_NORMS
 
 
 def init_state(spec: TokenizerStep, params: Any, disc_params: Any, rng: jax.Array) -> TokenizerTrainState:
@@ -137,17 +155,21 @@ def train_step(state: TokenizerTrainState, batch: dict, perceptual_vars: Any, *,
       d_grads, d_terms = jax.tree.map(lambda x: jnp.mean(x, axis=0), (d_grads, d_terms))
     d_updates, d_opt_state = spec.disc_tx.update(d_grads, d_opt_state, d_params)
     d_terms = dict(d_terms, discriminator_grad_norm=optax.tree.norm(d_grads))
-    return optax.apply_updates(d_params, d_updates), d_opt_state, lecam, d_terms
+    d_norms = parameter_grad_norms(d_grads, spec.max_grad_norm, prefix="discriminator/")
+    return optax.apply_updates(d_params, d_updates), d_opt_state, lecam, d_terms, d_norms
 
   operand = (state.disc_params, state.disc_opt_state, state.lecam)
+  grad_norms = parameter_grad_norms(grads, spec.max_grad_norm)
   if discriminator_on:
-    disc_params, disc_opt_state, lecam, d_terms = train_discriminator(operand)
+    disc_params, disc_opt_state, lecam, d_terms, d_norms = train_discriminator(operand)
+    grad_norms.update(d_norms)  # the reference logs the discriminator's only on the steps it trains
   else:  # nothing of the discriminator moves, its optimizer count included
     disc_params, disc_opt_state, lecam = operand
     d_terms = {name: jnp.zeros((), jnp.float32) for name in vl.DISCRIMINATOR_TERMS + ("discriminator_grad_norm",)}
 
   metrics = dict(g_terms, **d_terms, grad_norm=optax.tree.norm(grads),
                  lecam_ema_real=lecam.real_logits_mean, lecam_ema_fake=lecam.fake_logits_mean)
+  metrics[GRAD_NORMS] = grad_norms
   new_state = TokenizerTrainState(step=step + 1, params=params, opt_state=opt_state, ema_params=ema,
                                   disc_params=disc_params, disc_opt_state=disc_opt_state, lecam=lecam,
                                   rng=state.rng)
