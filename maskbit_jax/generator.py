@@ -125,6 +125,11 @@ class Generator:
 
     ``drop_label_mask`` ``[B]`` bool: True replaces that label by the null class.
     """
+    tokens, labels, drop = self.check_inputs(tokens, labels, drop_label_mask)
+    return self._apply(self.params, jnp.asarray(tokens, jnp.int32), labels, drop)
+
+  def check_inputs(self, tokens, labels, drop_label_mask=None):
+    """``(tokens, labels, drop_label_mask)`` of a forward pass checked: shapes, token and class ranges."""
     tokens = np.asarray(tokens)
     want = (self.seq_len, self.codebook_splits)
     if tokens.ndim != 3 or tokens.shape[1:] != want:
@@ -136,7 +141,32 @@ class Generator:
     if labels.shape[0] != tokens.shape[0]:
       raise ValueError(f"{labels.shape[0]} labels for a batch of {tokens.shape[0]}")
     drop = None if drop_label_mask is None else jnp.asarray(drop_label_mask, bool).reshape(tokens.shape[0])
-    return self._apply(self.params, jnp.asarray(tokens, jnp.int32), labels, drop)
+    return tokens, labels, drop
+
+
+def sharded_forward(gen: Generator, mesh, *, pad: bool = True):
+  """``gen``'s forward pass over ``mesh``: ``fn(tokens, labels, drop_label_mask=None) -> logits`` as
+  ``gen(...)`` gives them, with the parameters placed by the rules table (``sharding.RULES``: FSDP and tensor
+  axes), the batch split over the batch axes (``data`` x ``fsdp``) and the activation constraints of the
+  same table. A batch those axes do not divide is padded by repeating its last row and the padding cut off
+  again (``pad=True``, as ``sample_sharded`` does), or refused with ``sharding.BatchNotDivisibleError``."""
+  from maskbit_jax import sharding
+
+  param_sh = sharding.logical_to_sharding(abstract_generator_params(gen.module), mesh)
+  params = jax.device_put(gen.params, param_sh)
+  batch = functools.partial(sharding.batch_sharding, mesh)
+  fwd = jax.jit(lambda p, t, l, d: gen.module.apply({"params": p}, t, l, d),
+                in_shardings=(param_sh, batch(3), batch(1), batch(1)), out_shardings=batch(4))
+
+  def forward(tokens, labels, drop_label_mask=None) -> jax.Array:
+    tokens, labels, drop = gen.check_inputs(tokens, labels, drop_label_mask)
+    drop = np.zeros(tokens.shape[0], bool) if drop is None else drop  # all False: every label kept
+    (tokens, labels, drop), n = sharding.pad_batch([tokens.astype(np.int32), labels, drop], mesh, pad=pad)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      logits = fwd(params, tokens, labels, drop)
+    return logits if logits.shape[0] == n else logits[:n]
+
+  return forward
 
 
 def load_generator_params(module: MaskBitTransformer, checkpoint: str | os.PathLike):

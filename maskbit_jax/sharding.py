@@ -138,3 +138,28 @@ def data_parallel_size(mesh: Mesh) -> int:
   """How many ways the batch axis is split (the product of the mesh axes ``batch`` maps to)."""
   axes = dict(RULES)["batch"]
   return _axis_size(mesh, axes)
+
+
+class BatchNotDivisibleError(ValueError):
+  """A batch that the mesh's batch axes do not split into equal shares (named with both sizes)."""
+
+
+def pad_batch(arrays: Sequence, mesh: Mesh, *, pad: bool = True) -> tuple[list[np.ndarray], int]:
+  """Batch-major arrays (one leading size ``n``) made splittable over the mesh's batch axes (``data`` x
+  ``fsdp``): with ``pad``, rows repeating each array's last row up to the next multiple (cut off again by the
+  caller: ``out[:n]``); without, :class:`BatchNotDivisibleError` for a batch that does not divide.
+  Returns ``(arrays, n)``."""
+  arrays = [np.asarray(a) for a in arrays]
+  n = arrays[0].shape[0]
+  if any(a.shape[0] != n for a in arrays):
+    raise ValueError(f"batch arrays of different lengths {[a.shape[0] for a in arrays]}")
+  if n == 0:
+    raise ValueError("empty batch")
+  ways = data_parallel_size(mesh)
+  extra = (-n) % ways
+  if extra and not pad:
+    raise BatchNotDivisibleError(f"a batch of {n} does not split over the mesh's {ways} batch shards "
+                                 f"(data x fsdp of {dict(mesh.shape)}): pass a multiple of {ways}, or pad")
+  if extra:
+    arrays = [np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) for a in arrays]
+  return arrays, n

@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 import maskbit_jax
 from conftest import load_npz, nhwc, tokenizer_config
 from maskbit_jax import sharding
+from maskbit_jax.generator import Generator, sharded_forward
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params
 
 
@@ -73,18 +74,24 @@ def test_generator_sharded_forward_equals_single_device(golden, fixture_configs)
   params = torch_state_to_flax(load_npz(golden / "generator_tiny_state.npz"), nn.meta.unbox(boxed),
                                generator_param_mapping(module.bits_per_split))
   io = load_npz(golden / "generator_tiny_io.npz")
-  tokens = np.concatenate([io["masked_tokens"]] * 2)  # 8 rows
-  labels = np.concatenate([io["labels"]] * 2)
-  expected = np.asarray(module.apply({"params": params}, tokens, labels))
-
   mesh = sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  param_sh = sharding.logical_to_sharding(boxed, mesh)
-  placed = jax.device_put(params, param_sh)
-  mlp = placed["transformer_layers_0_1"]["net_0"]["kernel"]
-  assert mlp.sharding.spec == P("fsdp", "tensor")
-  fwd = jax.jit(lambda p, t, l: module.apply({"params": p}, t, l),
-                in_shardings=(param_sh, sharding.batch_sharding(mesh, 3), sharding.batch_sharding(mesh, 1)),
-                out_shardings=sharding.batch_sharding(mesh, 4))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):  # activation constraints use the same table
-    logits = fwd(placed, tokens, labels)
-  np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
+  placed = jax.device_put(params, sharding.logical_to_sharding(boxed, mesh))
+  assert placed["transformer_layers_0_1"]["net_0"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  gen = Generator(maskbit_jax.load_config({"model": {"mlm_model": {}}}), module, params)
+  ways = sharding.data_parallel_size(mesh)
+  # the fixture batch (whatever its size), one the batch axes divide and one they do not
+  rows = np.resize(np.arange(len(io["labels"])), ways * -(-len(io["labels"]) // ways))
+  batches = {"fixture": np.arange(len(io["labels"])), "divisible": rows, "indivisible": rows[:-1]}
+  forward, strict = sharded_forward(gen, mesh), sharded_forward(gen, mesh, pad=False)
+  for name, idx in batches.items():
+    tokens, labels = io["masked_tokens"][idx], io["labels"][idx]
+    expected = np.asarray(module.apply({"params": params}, tokens, labels))
+    logits = forward(tokens, labels)  # padded to the batch axes where they do not divide it
+    assert logits.shape == expected.shape, name
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5, err_msg=name)
+    if len(idx) % ways:
+      with pytest.raises(sharding.BatchNotDivisibleError, match=f"a batch of {len(idx)} does not split over "
+                                                                f"the mesh's {ways} batch shards"):
+        strict(tokens, labels)
+    else:
+      np.testing.assert_allclose(np.asarray(strict(tokens, labels)), expected, rtol=1e-5, atol=1e-5, err_msg=name)
