@@ -169,6 +169,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
 
 # -- tests -------------------------------------------------------------------------------
 
+import proc_wait  # noqa: E402
 import pytest  # noqa: E402
 
 from maskbit_jax import distributed  # noqa: E402
@@ -190,65 +191,14 @@ def _env(**extra) -> dict:
   return env
 
 
-# A launched job is stopped only when it stops progressing -- no new output and no CPU time used by any of its
-# processes for STALL_S -- never for being slow: on a loaded 2-core machine a 2-process compile alone can take
-# minutes, with nothing printed. HARD_LIMIT_S is only a backstop for a job spinning forever.
-STALL_S = 900
-HARD_LIMIT_S = 3 * 3600
-
-
-def _job_cpu_seconds(root_pid: int) -> float:
-  """User + system CPU seconds of ``root_pid`` and all its descendants (Linux /proc; 0.0 elsewhere)."""
-  parent, cpu = {}, {}
-  for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f"/proc/{entry}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-      continue
-    parent[int(entry)] = int(fields[1])
-    cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-  total, todo = 0.0, [root_pid]
-  while todo:
-    pid = todo.pop()
-    total += cpu.get(pid, 0.0)
-    todo.extend(child for child, p in parent.items() if p == pid)
-  return total
-
-
-def _output_bytes(*folders: pathlib.Path) -> int:
-  return sum(p.stat().st_size for folder in folders if folder.exists() for p in folder.rglob("*") if p.is_file())
-
-
-def run_while_progressing(cmd: list[str], watch: pathlib.Path, *, stall_s: float = STALL_S,
+def run_while_progressing(cmd: list[str], watch: pathlib.Path, *, stall_s: float = proc_wait.STALL_S,
                           **kwargs) -> subprocess.CompletedProcess:
-  """``subprocess.run(cmd, capture_output=True, text=True)`` that waits as long as the job progresses: its
-  output (stdout, stderr, files under ``watch``) grows or its processes use CPU. A job that does neither for
-  ``stall_s`` is stopped (SIGTERM: the launcher stops its processes) and the test fails naming the stall."""
-  io = watch.parent / f"{watch.name}_io"
-  io.mkdir(parents=True, exist_ok=True)
-  with open(io / "stdout", "w") as out, open(io / "stderr", "w") as err:
-    proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kwargs)
-    start = last_progress = time.monotonic()
-    seen = None
-    while True:
-      try:
-        proc.wait(timeout=min(5.0, stall_s / 2))
-        break
-      except subprocess.TimeoutExpired:
-        pass
-      mark = (_output_bytes(watch, io), round(_job_cpu_seconds(proc.pid), 1))
-      now = time.monotonic()
-      if mark != seen:
-        seen, last_progress = mark, now
-      elif now - last_progress > stall_s or now - start > HARD_LIMIT_S:
-        proc.terminate()
-        proc.wait(timeout=60)
-        pytest.fail(f"{cmd[:6]}... made no progress (no output, no CPU time) for {now - last_progress:.0f} s "
-                    f"after {now - start:.0f} s; logs in {watch}")
-  return subprocess.CompletedProcess(cmd, proc.returncode, (io / "stdout").read_text(), (io / "stderr").read_text())
+  """The launched job, waited for as long as it progresses (its output, the logs under ``watch``, or its
+  processes' CPU time; ``proc_wait``); a job stalled for ``stall_s`` is stopped and the test fails naming it."""
+  try:
+    return proc_wait.run(cmd, watch=watch, stall_s=stall_s, **kwargs)
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"{cmd[:6]}... made no progress (no output, no CPU time) for {stall_s:.0f} s; logs in {watch}")
 
 
 # plans (pure: nothing connects)
@@ -332,7 +282,7 @@ def test_unreachable_coordinator_and_missing_peer_fail_clearly_within_bounded_ti
 def test_a_launched_job_is_stopped_when_it_stops_progressing_not_when_it_is_slow(tmp_path):
   with pytest.raises(pytest.fail.Exception, match=r"made no progress \(no output, no CPU time\) for"):
     run_while_progressing(["sleep", "600"], tmp_path / "logs", stall_s=1)
-  assert _job_cpu_seconds(os.getpid()) > 0
+  assert proc_wait.cpu_seconds_of_tree(os.getpid()) > 0
 
 
 def test_check_global_batch():
