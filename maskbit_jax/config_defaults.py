@@ -36,12 +36,23 @@ def discriminator(hidden_channels=128, num_stages=4) -> dict:
               hidden_channels=hidden_channels, blur_resample=True, blur_kernel_size=4)
 
 
+# ``dataset.preprocessing`` of the training images (data/webdataset_reader.py's train transform, read by
+# augment.train_transform): RandomResizedCrop(scale=(min_scale, 1), ratio 3/4..4/3 with use_aspect_ratio_aug,
+# else 1), resized with ``interpolation``, then a random flip. ``random_flip`` is this port's key (the reference
+# always flips after its random crop). Stage I (configs/tokenizer/*.yaml):
+TOKENIZER_PREPROCESSING = dict(use_aspect_ratio_aug=True, use_random_crop=True, min_scale=0.8, interpolation="bilinear",
+                               random_flip=True)
+# Stage II (all seven configs/generator/*.yaml; scripts/train_maskbit.py passes them to its loader): square
+# crops only, bicubic resampling.
+GENERATOR_PREPROCESSING = dict(TOKENIZER_PREPROCESSING, use_aspect_ratio_aug=False, interpolation="bicubic")
+
+
 def tokenizer_config(name: str, vq: dict, *, disc: dict | None = None, resolution: int = 256,
                      checkpoint: str = "", recipe: bool = True) -> ml_collections.ConfigDict:
   """A tokenizer config with the reference's sections (``experiment``, ``model``, ``dataset``, ``training``).
 
-  With a discriminator and ``recipe`` the released stage-I training recipe
-  (``configs/tokenizer/*.yaml``: losses, optimizer, schedule, training) is added.
+  With ``recipe``, the released stage-I ``dataset.preprocessing``; with a discriminator too, the
+  released stage-I training recipe (``configs/tokenizer/*.yaml``: losses, optimizer, schedule, training).
   """
   cfg = ml_collections.ConfigDict()
   cfg.experiment = dict(project="MaskBit", name=name, vqgan_checkpoint=checkpoint, seed=42)
@@ -49,6 +60,8 @@ def tokenizer_config(name: str, vq: dict, *, disc: dict | None = None, resolutio
   if disc is not None:
     cfg.model.discriminator = disc
   cfg.dataset = dict(preprocessing=dict(resolution=resolution))
+  if recipe:  # the released stage-I data (also what the external tokenizers' yamls carry)
+    cfg.dataset.preprocessing.update(TOKENIZER_PREPROCESSING)
   # Compute settings of this port (no reference equivalent): compute dtype and
   # matmul/conv precision ("default", "high", "highest").
   cfg.runtime = dict(dtype="float32", precision="default")
@@ -91,15 +104,17 @@ def _add_tokenizer_recipe(cfg: ml_collections.ConfigDict, vq: dict) -> None:
       entropy_annealing_factor=2.0 if lookup_free else 0.0,
       # This port: the converted torchvision ResNet50 (IMAGENET1K_V1) file the perceptual loss needs.
       perceptual_checkpoint="")
-  cfg.dataset.preprocessing.update(use_aspect_ratio_aug=True, use_random_crop=True, min_scale=0.8,
-                                   interpolation="bilinear", random_flip=True)
+  # experiment.init_checkpoint: a checkpoint step folder (<workdir>/checkpoints/<step>) a NEW run starts from,
+  # whole (weights, optimizer, EMA, step), as scripts/train_tokenizer.py's load_checkpoint does; a workdir with
+  # its own checkpoints resumes from those instead. log_grad_norm_every: per-parameter gradient norms.
+  cfg.experiment.update(log_grad_norm_every=100_000, init_checkpoint="")
   cfg.optimizer = dict(name="adamw", params=dict(learning_rate=1e-4, discriminator_learning_rate=1e-4,
                                                  scale_lr=False, beta1=0.9, beta2=0.999, weight_decay=1e-4,
                                                  epsilon=1e-8))
   cfg.lr_scheduler = dict(scheduler="cosine_with_minimum", params=dict(learning_rate=1e-4, warmup_steps=5000))
   cfg.training = dict(gradient_accumulation_steps=1, per_gpu_batch_size=16, mixed_precision="no", use_ema=True,
                       seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=2,
-                      global_batch_size=0)
+                      overfit_batch=False, overfit_batch_num=1, global_batch_size=0)
   _add_run_sections(cfg, training_run(save_every=20_000, generate_every=2000, eval_every=20_000))
 
 
@@ -131,12 +146,14 @@ def generator_config(name: str, vq: dict, mlm: dict, *, resolution: int = 256, n
   cfg.optimizer = dict(name="adamw", params=dict(learning_rate=1e-4, beta1=0.9, beta2=0.96, weight_decay=0.045,
                                                  epsilon=1e-8))
   cfg.lr_scheduler = dict(scheduler="cosine_with_minimum", params=dict(learning_rate=1e-4, warmup_steps=5000))
+  # num_generated_images: how many images' tokens are drawn beside the model's predicted tokens (the reference's
+  # "Train Decoded", of its training batch; here of dataset.eval_source); the sample grid has the reference
+  # sampler's fixed 10 images. log_grad_norm_every: per-parameter gradient norms.
   cfg.training = dict(gradient_accumulation_steps=1, per_gpu_batch_size=32, mixed_precision="no", use_ema=True,
-                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=10,
-                      global_batch_size=0)
-  # The reference's generator data: 256 px, random crop + flip (train_maskbit.py reuses the tokenizer pipeline).
-  cfg.dataset.preprocessing.update(use_aspect_ratio_aug=True, use_random_crop=True, min_scale=0.8,
-                                   interpolation="bilinear", random_flip=True)
+                      seed=42, max_train_steps=1_350_000, max_grad_norm=1.0, num_generated_images=4,
+                      overfit_batch=False, overfit_batch_num=1, global_batch_size=0)
+  cfg.experiment.log_grad_norm_every = 100_000
+  cfg.dataset.preprocessing.update(GENERATOR_PREPROCESSING)
   # ``dataset.pretokenized``: a folder written by ``python -m maskbit_jax.pretokenize`` (tokens of each image and
   # its flip); empty = tokens made on the fly by the frozen tokenizer inside the train step.
   cfg.dataset.pretokenized = ""

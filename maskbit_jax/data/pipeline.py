@@ -65,14 +65,43 @@ def check_batch(global_batch: int, process_count: int, data_parallel: int) -> in
   return global_batch // process_count
 
 
+def overfit_batches(training: Any) -> int:
+  """``training.overfit_batch_num`` when ``training.overfit_batch`` is set (the reference's debugging mode:
+  train on the first that many batches over and over), else 0."""
+  training = training or {}
+  if not bool(training.get("overfit_batch", False)):
+    return 0
+  num = int(training.get("overfit_batch_num", 1))
+  if num < 1:
+    raise ValueError(f"training.overfit_batch_num must be >= 1 with training.overfit_batch, got {num}")
+  return num
+
+
+def _stream(ds: grain.MapDataset, load, *, seed: int, batch_size: int, overfit: int) -> grain.MapDataset:
+  """``ds`` (this process's indices) shuffled per epoch and loaded with per-position randomness, forever; with
+  ``overfit`` > 0 only the first ``overfit`` batches of that stream, the very same examples (augmentation
+  included) repeated in the same order, as the reference's list of its first batches."""
+  if not overfit:
+    return ds.shuffle(seed=seed).repeat().random_map(load, seed=seed + 1)
+  picked = [int(i) for i in ds.shuffle(seed=seed)[:overfit * batch_size]]
+  if len(picked) < overfit * batch_size:
+    raise ValueError(f"training.overfit_batch_num={overfit} batches of {batch_size} need {overfit * batch_size} "
+                     f"examples on each process, this one has {len(picked)}")
+  fixed = grain.MapDataset.source(list(enumerate(picked)))
+  return fixed.map(lambda pos_index: load(pos_index[1], np.random.default_rng((seed + 1, pos_index[0])))).repeat()
+
+
 def image_train_dataset(source, *, size: int, batch_size: int, seed: int, preprocessing: Any = None,
                         process_index: int = 0, process_count: int = 1, corrupt_images: str = "error",
                         num_threads: int = 8, prefetch_buffer_size: int = 16,
-                        counter: CorruptCounter | None = None) -> grain.IterDataset:
+                        counter: CorruptCounter | None = None, overfit: int = 0) -> grain.IterDataset:
   """Batches ``{"image": float32 [b, size, size, 3], "label": int32 [b]}`` of this process, forever.
 
   ``batch_size`` is the per-process batch; incomplete batches never occur
-  (the dataset repeats, reshuffled every epoch with ``seed``).
+  (the dataset repeats, reshuffled every epoch with ``seed``). ``preprocessing``:
+  ``dataset.preprocessing`` (``use_random_crop``, ``use_aspect_ratio_aug``,
+  ``min_scale``, ``interpolation``, ``random_flip``; see :func:`augment.train_transform`).
+  ``overfit``: :func:`overfit_batches`.
   """
   if corrupt_images not in CORRUPT_POLICIES:
     raise ValueError(f"dataset.corrupt_images={corrupt_images!r}; use one of {CORRUPT_POLICIES}")
@@ -98,14 +127,14 @@ def image_train_dataset(source, *, size: int, batch_size: int, seed: int, prepro
     return {"image": augment.train_transform(ex["image"], size, rng, **options), "label": np.int32(ex["label"])}
 
   ds = grain.MapDataset.range(len(source))[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat().random_map(load, seed=seed + 1)
+  ds = _stream(ds, load, seed=seed, batch_size=batch_size, overfit=overfit)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
   return it.batch(batch_size, drop_remainder=True)
 
 
 def token_train_dataset(token_source, *, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
-                        random_flip: bool = True, num_threads: int = 8, prefetch_buffer_size: int = 16
-                        ) -> grain.IterDataset:
+                        random_flip: bool = True, num_threads: int = 8, prefetch_buffer_size: int = 16,
+                        overfit: int = 0) -> grain.IterDataset:
   """Batches ``{"tokens": int32 [b, h, w], "label": int32 [b]}`` from a pretokenized set.
 
   A flip is the tokens of the flipped image (stored next to the originals by
@@ -121,6 +150,6 @@ def token_train_dataset(token_source, *, batch_size: int, seed: int, process_ind
             "label": np.int32(ex["label"])}
 
   ds = grain.MapDataset.range(len(token_source))[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat().random_map(load, seed=seed + 1)
+  ds = _stream(ds, load, seed=seed, batch_size=batch_size, overfit=overfit)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
   return it.batch(batch_size, drop_remainder=True)

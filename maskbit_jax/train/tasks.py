@@ -26,6 +26,9 @@ from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.tokenizer import DTYPES, PRECISIONS
 
 STAGES = ("tokenizer", "generator", "bar")
+# The classes of the reference samplers' training grids (MaskBit's sample(), BAR's sample_images): goldfish,
+# chicken, tiger cat, hourglass, ship, dog, race car, airliner, teddy bear, then one random class.
+GRID_CLASSES = (1, 7, 282, 604, 724, 179, 751, 404, 850)
 
 
 def stage_of(cfg: ml_collections.ConfigDict) -> str:
@@ -140,7 +143,13 @@ class _Task:
         self.source(), size=self.size, batch_size=self.local_batch, seed=self.seed,
         preprocessing=data.preprocessing.to_dict(), process_index=self.process_index,
         process_count=self.process_count, corrupt_images=str(data.get("corrupt_images", "error")),
-        num_threads=int(data.get("num_threads", 8)), prefetch_buffer_size=int(data.get("prefetch_buffer_size", 16)))
+        num_threads=int(data.get("num_threads", 8)), prefetch_buffer_size=int(data.get("prefetch_buffer_size", 16)),
+        overfit=pipeline.overfit_batches(self.cfg.get("training", None)))
+
+  def _eval_examples(self, num: int) -> tuple[np.ndarray, np.ndarray]:
+    source = self.source("eval_source")
+    examples = [source[i] for i in range(min(num, len(source)))]
+    return np.stack([e["image"] for e in examples]), np.asarray([e["label"] for e in examples], np.int32)
 
   use_ema: bool  # training.use_ema, as each task's step settings hold it (a property there)
 
@@ -149,12 +158,19 @@ class _Task:
     else the trained weights (the state's ``ema_params`` then stays at its initial copy)."""
     return state.ema_params if self.use_ema else state.params
 
+  grid_samples: int | None = None  # None: training.num_generated_images (BAR's sample_images)
+
   def sample_grid(self, gen, num_classes: int) -> tuple[np.ndarray, list[str], int]:
-    """``training.num_generated_images`` class-conditional samples of ``gen`` (MaskBit or BAR) for the grid."""
+    """``grid_samples`` class-conditional samples of ``gen`` (MaskBit or BAR) for the grid: ImageNet models
+    draw ``GRID_CLASSES`` and a random class (seeded) as the reference does, other class sets 0, 1, ..."""
     from maskbit_jax.sample import sample
 
-    n = max(int(self.cfg.training.get("num_generated_images", 10)), 1)
-    labels = np.arange(n) % num_classes
+    n = self.grid_samples or max(int(self.cfg.training.get("num_generated_images", 10)), 1)
+    if num_classes == 1000:
+      classes = GRID_CLASSES + (int(np.random.default_rng(self.seed).integers(0, 999)),)
+      labels = np.resize(np.asarray(classes), n)
+    else:
+      labels = np.arange(n) % num_classes
     out = sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
     images = host_copy(out["images"])  # inside the training mesh the batch may span every process's devices
     return np.clip(images, 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
@@ -197,7 +213,8 @@ class TokenizerTask(_Task):
         model=self.model, disc=self.disc, loss_cfg=self.loss_cfg, perceptual_fn=perceptual_fn,
         tx=make_optimizer(no_accum, kind="generator", total_batch_size=self.global_batch),
         disc_tx=make_optimizer(no_accum, kind="discriminator", total_batch_size=self.global_batch),
-        use_ema=bool(cfg.training.get("use_ema", True)), accumulation=accum)
+        use_ema=bool(cfg.training.get("use_ema", True)), accumulation=accum,
+        max_grad_norm=None if cfg.training.get("max_grad_norm") is None else float(cfg.training.max_grad_norm))
     self.schedule = make_schedule(cfg, kind="generator", total_batch_size=self.global_batch)
     self.step_fn = ts.JittedTokenizerStep(self.spec, mesh, self.perceptual_vars)
     self.state_shardings = self.step_fn.state_shardings
@@ -244,13 +261,9 @@ class TokenizerTask(_Task):
   def _reconstruct(self):
     return jax.jit(lambda p, x: jnp.clip(self.model.apply({"params": p}, x)[0], 0.0, 1.0))
 
-  def _eval_images(self, num: int) -> np.ndarray:
-    source = self.source("eval_source")
-    return np.stack([source[i]["image"] for i in range(min(num, len(source)))])
-
   def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
     n = int(self.cfg.training.get("num_generated_images", 2))
-    images = self._eval_images(max(n, 1))
+    images = self._eval_examples(max(n, 1))[0]
     recon = host_copy(self._reconstruct(host_copy(self.model_params(state)), images))
     labels = [f"input {i}" for i in range(len(images))] + [f"recon {i}" for i in range(len(images))]
     return np.concatenate([images, recon]), labels, len(images)
@@ -295,6 +308,7 @@ class GeneratorTask(_Task):
 
   stage = "generator"
   log_keys = ("mlm_loss", "correct_tokens", "grad_norm")
+  grid_samples = 10  # the reference's sample(): 10 images; training.num_generated_images sizes decoded_pairs
 
   def __init__(self, cfg, mesh, workdir):
     super().__init__(cfg, mesh, workdir)
@@ -344,7 +358,8 @@ class GeneratorTask(_Task):
                          bits=self.module.token_size)
     return pipeline.token_train_dataset(
         tokens, batch_size=self.local_batch, seed=self.seed, process_index=self.process_index,
-        process_count=self.process_count, random_flip=bool(self.cfg.dataset.preprocessing.get("random_flip", True)))
+        process_count=self.process_count, random_flip=bool(self.cfg.dataset.preprocessing.get("random_flip", True)),
+        overfit=pipeline.overfit_batches(self.cfg.get("training", None)))
 
   def step(self, state, batch, step_number: int):
     del step_number
@@ -359,8 +374,32 @@ class GeneratorTask(_Task):
   def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
     from maskbit_jax.generator import Generator
 
-    return self.sample_grid(Generator(self.cfg, self.module, host_copy(self.model_params(state))),
-                            self.module.nclass)
+    gen = Generator(self.cfg, self.module, host_copy(self.model_params(state)))
+    decoded = self.decoded_pairs(gen)
+    if decoded is not None and self.process_index == 0:
+      from maskbit_jax.train import observe
+
+      observe.save_grid(self.workdir, "decoded", int(jax.device_get(state.step)), *decoded, 2)
+    return self.sample_grid(gen, self.module.nclass)
+
+  def decoded_pairs(self, gen) -> tuple[np.ndarray, list[str]] | None:
+    """The reference's "Train Decoded" images (``workdir/images/decoded_<step>.png``): for the first
+    ``training.num_generated_images`` images (of the eval set here; the reference takes its training batch),
+    their tokens decoded next to the model's arg-max prediction of every token from a training-masked copy."""
+    from maskbit_jax.losses.masking import mask_tokens
+    from maskbit_jax.sampling.factorization import combine_tokens, split_tokens
+
+    n = int(self.cfg.training.get("num_generated_images", 4))
+    if n <= 0:
+      return None
+    images, labels = self._eval_examples(n)
+    tokens = np.asarray(self.tokenizer.encode(images))
+    targets = split_tokens(tokens.reshape(len(tokens), -1), gen.token_bits, gen.codebook_splits)
+    masked, _ = mask_tokens(targets, gen.mask_token, jax.random.key(self.seed), mode=self.settings.mask_schedule)
+    predicted = combine_tokens(jnp.argmax(gen(masked, labels % gen.nclass), axis=-1), gen.token_bits)
+    pairs = np.stack([np.asarray(self.tokenizer.decode_tokens(t.reshape(tokens.shape))) for t in
+                      (tokens, predicted)], axis=1).reshape(-1, *images.shape[1:])
+    return np.clip(pairs, 0.0, 1.0), [f"{kind} {i}" for i in range(len(tokens)) for kind in ("tokens", "predicted")]
 
   def evaluate(self, state) -> dict:
     return {}
