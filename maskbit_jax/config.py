@@ -9,6 +9,7 @@ key is an error (a typo never silently creates a new field).
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -114,6 +115,24 @@ def _parse_like(text: str, current: Any, key: str) -> Any:
   return value
 
 
+class ConfigKeyError(KeyError):
+  """An override names a field the config does not have (a typo never creates a field)."""
+
+  def __str__(self) -> str:  # KeyError's own str() quotes the message
+    return str(self.args[0]) if self.args else ""
+
+
+def _unknown_field(key: str, dotted: str, node) -> ConfigKeyError:
+  """The error for ``--config.KEY`` whose part ``dotted`` is missing, with the closest fields of ``node``."""
+  prefix, _, leaf = dotted.rpartition(".")
+  fields = list(node.keys()) if hasattr(node, "keys") else []
+  close = difflib.get_close_matches(leaf, fields, n=3, cutoff=0.6)
+  hint = ("; did you mean " + " or ".join(repr(f"{prefix}.{c}" if prefix else c) for c in close) + "?") if close \
+      else (f"; {prefix or 'the config'} has {', '.join(sorted(fields)[:12])}" + (" ..." if len(fields) > 12 else "")
+            if fields else "")
+  return ConfigKeyError(f"--config.{key}: no field {dotted!r} in the config{hint}")
+
+
 def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
   """Applies one ``a.b.c=value`` override in place (the ``--config.`` prefix is optional)."""
   if item.startswith("--"):
@@ -127,11 +146,11 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
   node = cfg
   for i, part in enumerate(parts[:-1]):
     if part not in node:
-      raise KeyError(f"--config.{key}: no field {'.'.join(parts[:i + 1])!r} in the config")
+      raise _unknown_field(key, ".".join(parts[:i + 1]), node)
     node = node[part]
   leaf = parts[-1]
   if leaf not in node:
-    raise KeyError(f"--config.{key}: no field {key!r} in the config")
+    raise _unknown_field(key, key, node)
   with node.unlocked() if hasattr(node, "unlocked") else _nullcontext():
     node[leaf] = _parse_like(text, node[leaf], key)
 

@@ -304,4 +304,6 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from maskbit_jax import cli_errors
+
+  sys.exit(cli_errors.run(main))

@@ -1,3 +1,4 @@
+from maskbit_jax import cli_errors
 from maskbit_jax.convert.cli import main
 
-raise SystemExit(main())
+raise SystemExit(cli_errors.run(main))
