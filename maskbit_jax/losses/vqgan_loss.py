@@ -27,6 +27,12 @@ What the reference does, and the details the numbers depend on:
   reference adds in place, which also changes the caller's
   ``extra_result_dict["quantizer_loss"]``; nothing reads it afterwards in a
   training step, so the port does not reproduce that side effect.)
+* Entropy groups (``entropy_over``): each reference GPU took the quantizer's
+  entropy terms on its own ``per_gpu_batch_size`` images and DDP averaged the
+  losses; ``"device"`` (default) reproduces that with groups of that many
+  images on any topology, ``"batch"`` takes the whole batch at once. The
+  quantizer computes the terms; the train step sets its groups
+  (``train.tokenizer_step.entropy_group_size``).
 * Discriminator start: ``discriminator_factor`` is 0 while ``step <
   discriminator_start`` and the config value from then on
   (``gan.adopt_weight``). While it is 0 the generator does NOT run the
@@ -92,6 +98,7 @@ from maskbit_jax.models import resnet50 as resnet50_lib
 from maskbit_jax.models import vgg_lpips
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
+ENTROPY_OVER = ("device", "batch")
 PERCEPTUAL_LOSSES = ("resnet50", "lpips")
 GRADIENT_PENALTIES = ("none", "adopt_weight")
 DISCRIMINATOR_LOSSES = tuple(gan.GAN_LOSSES)
@@ -134,6 +141,8 @@ _KEYS: dict[str, tuple[Any, type]] = {
     "entropy_annealing_factor": (0.0, float),
     # This port: the converted perceptual network's weights file (read by the training script, not the loss).
     "perceptual_checkpoint": ("", str),
+    # This port: the quantizer's entropy per reference GPU batch ("device") or over the whole batch ("batch").
+    "entropy_over": ("device", str),
 }
 # Sections of ``losses`` that belong to other losses (the generator's MLM loss).
 _OTHER_SECTIONS = ("mlm",)
@@ -160,11 +169,12 @@ class VQGANLossConfig:
   entropy_annealing_steps: int = 2000
   entropy_annealing_factor: float = 0.0
   perceptual_checkpoint: str = ""
+  entropy_over: str = "device"  # train.tokenizer_step.entropy_group_size
 
   def __post_init__(self):
     for key, allowed in (("reconstruction_loss", RECONSTRUCTION_LOSSES), ("perceptual_loss", PERCEPTUAL_LOSSES),
                          ("discriminator_loss", DISCRIMINATOR_LOSSES),
-                         ("discriminator_gradient_penalty", GRADIENT_PENALTIES)):
+                         ("discriminator_gradient_penalty", GRADIENT_PENALTIES), ("entropy_over", ENTROPY_OVER)):
       if getattr(self, key) not in allowed:
         raise ValueError(f"losses.{key}={getattr(self, key)!r} is not supported; use one of {list(allowed)}")
     if self.entropy_annealing_factor > 0.0 and self.entropy_annealing_steps <= 0:

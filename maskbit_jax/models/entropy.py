@@ -17,8 +17,8 @@ def entropy_terms(affinity_xn: jax.Array, temperature: float, gamma: float = 1.0
 
   Args:
     affinity_xn: ``[..., num_codes]`` logits (higher = closer); every leading
-      position is one sample. Under a sharded batch the average runs over the
-      global batch, as in single-device reference training.
+      position is one sample, all of them averaged together (see
+      :func:`grouped_terms` for the reference's per-device average).
   Returns:
     ``(per_sample_entropy, gamma * avg_entropy)``, both float32 scalars; the
     log is clamped at 1e-5 as in the reference.
@@ -80,3 +80,22 @@ def lfq_entropy_terms(z_xk: jax.Array, codebook_nk: jax.Array, temperature: floa
   per_sample = ent_sum / rows
   avg = -jnp.sum(avg_probs * clamp_log(avg_probs))
   return per_sample, avg * gamma
+
+
+def grouped_terms(terms_fn, x_b: jax.Array, groups: int = 1) -> tuple[jax.Array, jax.Array]:
+  """Mean over ``groups`` equal contiguous slices of the batch axis of ``terms_fn(slice)``.
+
+  The reference computes the entropy terms on each GPU's own images and DDP
+  averages the gradients, i.e. it minimises the mean over devices of each
+  device's loss; ``groups`` slices of ``x_b [B, ...]`` (B/groups images each,
+  in batch order, so a group is one device's shard when the batch is laid out
+  that way) reproduce that. ``groups=1`` is the whole batch. ``terms_fn``
+  returns ``(per_sample_entropy, avg_entropy)``.
+  """
+  if groups == 1:
+    return terms_fn(x_b)
+  b = x_b.shape[0]
+  if groups < 1 or b % groups:
+    raise ValueError(f"the entropy of a batch of {b} cannot be taken over {groups} equal groups")
+  per_sample, avg = jax.vmap(terms_fn)(x_b.reshape(groups, b // groups, *x_b.shape[1:]))
+  return jnp.mean(per_sample), jnp.mean(avg)

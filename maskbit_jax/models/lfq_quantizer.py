@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from maskbit_jax.models.entropy import lfq_entropy_terms
+from maskbit_jax.models.entropy import grouped_terms, lfq_entropy_terms
 
 MAX_TOKEN_BITS = 30  # indices are int32
 
@@ -43,7 +43,9 @@ class LookupFreeQuantizer(nn.Module):
   ``per_sample_entropy``, ``avg_entropy`` (float32 scalars) and
   ``min_encoding_indices`` (int32 ``[B, h, w]``). The entropy terms are active
   only with ``train=True`` and a non-zero weight; they need the full
-  ``[B*h*w, 2^K]`` code distribution, as the reference computes it.
+  ``[B*h*w, 2^K]`` code distribution, as the reference computes it, averaged
+  over ``entropy_groups`` equal slices of the batch (the reference's per-GPU
+  entropy, see ``entropy.grouped_terms``; 1: the whole batch).
   """
 
   token_bits: int
@@ -51,6 +53,7 @@ class LookupFreeQuantizer(nn.Module):
   entropy_loss_weight: float = 0.1
   entropy_loss_temperature: float = 0.01
   entropy_gamma: float = 1.0
+  entropy_groups: int = 1
 
   @property
   def codebook_size(self) -> int:
@@ -66,8 +69,10 @@ class LookupFreeQuantizer(nn.Module):
     entropy_loss, per_sample, avg = zero, zero, zero
     if train and self.entropy_loss_weight != 0.0:
       # chunked for large codebooks (18 bits: 2^18 codes per token), same values as the full softmax
-      per_sample, avg = lfq_entropy_terms(z, lfq_codebook(self.token_bits), self.entropy_loss_temperature,
-                                          self.entropy_gamma)
+      codebook = lfq_codebook(self.token_bits)
+      per_sample, avg = grouped_terms(
+          lambda zg: lfq_entropy_terms(zg, codebook, self.entropy_loss_temperature, self.entropy_gamma),
+          z, self.entropy_groups)
       entropy_loss = self.entropy_loss_weight * (per_sample - avg)
     z_q = z + jax.lax.stop_gradient(q - z)
     return z_q, dict(

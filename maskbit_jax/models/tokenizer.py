@@ -195,6 +195,15 @@ def build_tokenizer_module(vq_cfg: Mapping[str, Any], *, dtype: Any = jnp.float3
   )
 
 
+def with_entropy_groups(module: nn.Module, groups: int) -> nn.Module:
+  """The tokenizer with its quantizer's entropy terms averaged over ``groups`` slices of the batch."""
+  if groups == 1:
+    return module
+  if not isinstance(module, ConvVQModel):
+    raise ValueError(f"per-group entropy needs a VQGAN+ / MaskGIT tokenizer, not {type(module).__name__}")
+  return module.clone(quantize=module.quantize.clone(entropy_groups=groups))
+
+
 def abstract_tokenizer_params(module: nn.Module, image_size: int = INIT_IMAGE_SIZE):
   """ShapeDtypeStructs of the params (boxed with logical axis names); allocates nothing."""
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)

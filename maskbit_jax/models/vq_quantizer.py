@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from maskbit_jax.models import initializers
-from maskbit_jax.models.entropy import entropy_terms
+from maskbit_jax.models.entropy import entropy_terms, grouped_terms
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -33,6 +33,7 @@ class VectorQuantizer(nn.Module):
   entropy_loss_temperature: float = 0.01
   entropy_gamma: float = 1.0
   use_l2_normalisation: bool = False
+  entropy_groups: int = 1  # the entropy over this many equal slices of the batch (entropy.grouped_terms)
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -62,7 +63,8 @@ class VectorQuantizer(nn.Module):
     zero = jnp.zeros((), jnp.float32)
     entropy_loss, per_sample, avg = zero, zero, zero
     if train and self.entropy_loss_weight != 0.0:
-      per_sample, avg = entropy_terms(-dist, self.entropy_loss_temperature, self.entropy_gamma)
+      per_sample, avg = grouped_terms(
+          lambda d: entropy_terms(-d, self.entropy_loss_temperature, self.entropy_gamma), dist, self.entropy_groups)
       entropy_loss = self.entropy_loss_weight * (per_sample - avg)
     z_q_st = z + jax.lax.stop_gradient(z_q - z)
     return z_q_st, dict(

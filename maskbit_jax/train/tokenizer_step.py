@@ -37,7 +37,7 @@ from maskbit_jax import sharding
 from maskbit_jax.losses import gan
 from maskbit_jax.losses import vqgan_loss as vl
 from maskbit_jax.models.discriminator import abstract_discriminator_params
-from maskbit_jax.models.tokenizer import abstract_tokenizer_params
+from maskbit_jax.models.tokenizer import abstract_tokenizer_params, with_entropy_groups
 from maskbit_jax.train import microbatch
 from maskbit_jax.train.optim import CLIP_EPS, ema_update
 
@@ -84,6 +84,30 @@ class TokenizerStep:
   use_ema: bool = True
   accumulation: int = 1
   max_grad_norm: float | None = None  # training.max_grad_norm (the clip inside tx/disc_tx), for GRAD_NORMS
+  entropy_group_size: int | None = None  # images per quantizer-entropy group (entropy_group_size); None: whole batch
+
+
+def entropy_group_size(loss_cfg: vl.VQGANLossConfig, per_gpu_batch_size: int) -> int | None:
+  """Images per group of the quantizer's entropy terms.
+
+  ``losses.entropy_over="device"`` (default): the reference's per-GPU batch
+  (``training.per_gpu_batch_size``, 16 in the recipes): each GPU took the
+  entropy of its own images, and DDP averaged the losses. The groups are the
+  same on any topology (1 device or a pod), and are each device's images when
+  the global batch is ``per_gpu_batch_size`` x devices. ``"batch"``: None, the
+  whole (micro-)batch at once.
+  """
+  return int(per_gpu_batch_size) if loss_cfg.entropy_over == "device" else None
+
+
+def entropy_groups(micro_batch: int, group_size: int | None) -> int:
+  """How many entropy groups a micro-batch of ``micro_batch`` images holds (1 when it is at most one group)."""
+  if group_size is None or micro_batch <= group_size:
+    return 1
+  if micro_batch % group_size:
+    raise ValueError(f"a micro-batch of {micro_batch} images does not split into entropy groups of {group_size} "
+                     "(training.per_gpu_batch_size); choose a multiple, or losses.entropy_over='batch'")
+  return micro_batch // group_size
 
 
 def init_state(spec: TokenizerStep, params: Any, disc_params: Any, rng: jax.Array) -> TokenizerTrainState:
@@ -113,10 +137,11 @@ def train_step(state: TokenizerTrainState, batch: dict, perceptual_vars: Any, *,
   perceptual = (functools.partial(spec.perceptual_fn, perceptual_vars) if spec.perceptual_fn is not None
                 else _zero_perceptual)
   micro_images = microbatch.split(batch["image"], k)
+  model = with_entropy_groups(spec.model, entropy_groups(batch["image"].shape[0] // k, spec.entropy_group_size))
 
   def generator_micro(images):
     def loss_fn(params):
-      forward = lambda p: spec.model.apply({"params": p}, images, train=True)
+      forward = lambda p: model.apply({"params": p}, images, train=True)
       recon, quantizer_results, last_layer_vjp = vl.with_last_layer_vjp(forward, params)
       total, terms = vl.generator_loss(cfg, inputs=images, reconstructions=recon,
                                        quantizer_results=quantizer_results, step=step, disc_apply=disc_apply,
