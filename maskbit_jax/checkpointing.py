@@ -129,6 +129,18 @@ def config_of(directory: str | os.PathLike) -> dict:
   return read_meta(directory)["config"]
 
 
+def stored_config(*checkpoints: str | os.PathLike | None) -> dict | None:
+  """The config stored with the first of ``checkpoints`` that is one of our folders, else None.
+
+  Lets a command run on our own exports without ``--config``: the export carries the config it was
+  trained with.
+  """
+  for checkpoint in checkpoints:
+    if checkpoint and is_params_checkpoint(checkpoint):
+      return config_of(checkpoint)
+  return None
+
+
 def params_metadata(directory: str | os.PathLike) -> Any:
   """The tree of the saved params' metadata (``.shape``, ``.dtype`` per leaf), without reading array data."""
   path = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)

@@ -3,8 +3,10 @@
   python -m maskbit_jax.reconstruct --config configs/maskbit_tokenizer_12bit.py \
       --checkpoint maskbit_tokenizer_12bit.bin --out out/recon
   python -m maskbit_jax.reconstruct --config configs/tokenizer_tiny.py --random_init --out out/recon
+  python -m maskbit_jax.reconstruct --checkpoint runs/tok/export/tokenizer --out out/recon   # its stored config
 
-Without ``--images`` the embedded sample photos are used. Writes
+Without ``--images``: the held-out images of the synthetic set when the config trained on it (the
+tiny run), else the embedded sample photos. Writes
 ``reconstructions.png`` (originals above, reconstructions below),
 ``tokens.npz`` and prints PSNR and codebook usage.
 """
@@ -26,19 +28,26 @@ def _parse(argv):
   config, overrides, rest = split_config_args(argv)
   p = argparse.ArgumentParser(prog="python -m maskbit_jax.reconstruct", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_config_help(p)
+  add_config_help(p, required="default: the config stored with --checkpoint when that is one of our exports")
   p.add_argument("--checkpoint", help="PyTorch file (.bin/.ckpt/.safetensors/_state.npz) or converted checkpoint dir")
   p.add_argument("--random_init", action="store_true", help="untrained weights (smoke test); never implicit")
-  p.add_argument("--images", help="folder of images (default: the embedded sample photos)")
+  p.add_argument("--images", help="a folder of images, photos, synthetic:N[:SEED] or tfds:NAME:SPLIT (default: "
+                 "held-out synthetic images for a config trained on synthetic:N, else photos)")
+  p.add_argument("--num_images", type=int, default=8, help="images taken from a data source (default: 8)")
   p.add_argument("--size", type=int, default=None, help="image side (default: dataset.preprocessing.resolution)")
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True, help="output folder")
   args = p.parse_args(rest)
   if config is None:
-    p.error("--config is required (a configs/*.py file or a reference .yaml)")
-  if args.batch_size < 1:
-    p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    from maskbit_jax import checkpointing
+
+    config = checkpointing.stored_config(args.checkpoint)
+    if config is None:
+      p.error("--config is required, unless --checkpoint is one of our exports (its stored config is used)")
+  for flag in ("batch_size", "num_images"):
+    if getattr(args, flag) < 1:
+      p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
   from maskbit_jax.image_io import check_output_path
 
   try:
@@ -48,13 +57,38 @@ def _parse(argv):
   return config, overrides, args
 
 
+HELD_OUT_SEED = 10_000  # a seed of the synthetic set that no training config uses
+
+
+def _images(spec: str | None, cfg, size: int, num: int) -> tuple[np.ndarray, list[str]]:
+  """``[N, size, size, 3]`` float images in [0, 1] and their names, from ``--images`` or the default."""
+  from maskbit_jax import image_io
+  from maskbit_jax.data.sample_images import sample_photos
+  from maskbit_jax.data.sources import eval_interpolation, make_source
+
+  if spec is None:
+    trained_on = str(cfg.get("dataset", {}).get("source", ""))
+    if not trained_on.startswith("synthetic:"):
+      return sample_photos(size)
+    spec = f"synthetic:{num}:{HELD_OUT_SEED}"  # held out: the run trained on other draws of the same set
+    print(f"images: {num} held-out images of the synthetic set the model was trained on ({spec})")
+  if os.path.isdir(spec):
+    return image_io.load_image_folder(spec, size)
+  source = make_source(spec, size, interpolation=eval_interpolation(cfg))
+  count = min(num, len(source))
+  items = [source[i] for i in range(count)]
+  images = np.stack([np.asarray(it["image"]) for it in items])
+  images = images / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+  names = [f"{spec.split(':')[0]} {i} (label {int(it['label'])})" for i, it in enumerate(items)]
+  return images, names
+
+
 def main(argv=None) -> int:
   config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
   import jax
 
   from maskbit_jax import image_io
   from maskbit_jax.config import load_config, vq_model_config
-  from maskbit_jax.data.sample_images import sample_photos
   from maskbit_jax.models.tokenizer import latent_stride_of
   from maskbit_jax.tokenizer import check_image_side, load_tokenizer
 
@@ -66,7 +100,7 @@ def main(argv=None) -> int:
   # the size and the images before the weights: a bad size or file fails before a large checkpoint loads
   check_image_side(size, latent_stride_of(vq_model_config(cfg)),
                    "dataset.preprocessing.resolution" if args.size is None else "--size")
-  images, names = image_io.load_image_folder(args.images, size) if args.images else sample_photos(size)
+  images, names = _images(args.images, cfg, size, args.num_images)
   tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init, seed=args.seed)
   if args.random_init:
     print("NOTE: random (untrained) tokenizer weights; reconstructions are not meaningful.")

@@ -164,7 +164,7 @@ def _parse(argv):
   config, overrides, rest = split_config_args(argv)
   p = argparse.ArgumentParser(prog="python -m maskbit_jax.sample", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_config_help(p)
+  add_config_help(p, required="default: the config stored with --generator when that is one of our exports")
   p.add_argument("--tokenizer", help="tokenizer checkpoint (default: experiment.vqgan_checkpoint; "
                  "BAR-FSQ: experiment.tokenizer_checkpoint)")
   p.add_argument("--generator", help="generator checkpoint (default: experiment.generator_checkpoint)")
@@ -183,7 +183,11 @@ def _parse(argv):
   p.add_argument("--tokens_allocation", help="BAR: bits revealed per MBM step, comma-separated (e.g. 2,2,5,7)")
   args = p.parse_args(rest)
   if config is None:
-    p.error("--config is required")
+    from maskbit_jax import checkpointing
+
+    config = checkpointing.stored_config(args.generator)
+    if config is None:
+      p.error("--config is required, unless --generator is one of our exports (its stored config is used)")
   if args.random_init and (args.tokenizer or args.generator):
     p.error("--random_init excludes --tokenizer/--generator")
   try:

@@ -55,3 +55,37 @@ def test_reconstruct_random_init_is_explicit(tmp_path, capsys):
   assert "random (untrained)" in capsys.readouterr().out
   with pytest.raises(ValueError, match="random_init"):
     reconstruct_main(["--config", str(REPO / "configs/tokenizer_tiny.py"), "--out", str(tmp_path)])
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+  """An export of the tiny tokenizer as training writes it (random weights; its config stored inside)."""
+  from maskbit_jax import checkpointing
+
+  cfg = maskbit_jax.load_config(str(REPO / "configs/tokenizer_tiny.py"))
+  tok = maskbit_jax.load_tokenizer(cfg, random_init=True)
+  return checkpointing.save_params(tmp_path_factory.mktemp("exp") / "tokenizer", checkpointing.to_numpy(tok.params),
+                                   kind="tokenizer", config=cfg.to_dict())
+
+
+def test_reconstruct_takes_an_exports_config_and_its_held_out_images(tmp_path, tiny_export, capsys):
+  from maskbit_jax import reconstruct
+
+  assert reconstruct_main(["--checkpoint", tiny_export, "--num_images", "3", "--out", str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert f"synthetic:3:{reconstruct.HELD_OUT_SEED}" in out
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  cfg = maskbit_jax.load_config(str(REPO / "configs/tokenizer_tiny.py"))
+  assert summary["images"] == 3 and summary["size"] == cfg.dataset.preprocessing.resolution
+  held_out, _ = synthetic_images(3, summary["size"], seed=reconstruct.HELD_OUT_SEED)
+  trained, _ = synthetic_images(3, summary["size"], seed=cfg.training.seed)
+  assert not np.array_equal(held_out, trained)
+
+
+def test_reconstruct_images_from_a_data_source(tmp_path, capsys):
+  assert reconstruct_main(["--config", str(REPO / "configs/tokenizer_tiny.py"), "--random_init",
+                           "--images", "synthetic:5", "--num_images", "2", "--out", str(tmp_path)]) == 0
+  assert json.loads((tmp_path / "summary.json").read_text())["images"] == 2
+  with pytest.raises(SystemExit):
+    reconstruct_main(["--random_init", "--out", str(tmp_path / "b")])  # no config, no export to take it from
+  assert "unless --checkpoint is one of our exports" in capsys.readouterr().err

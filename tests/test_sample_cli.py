@@ -78,3 +78,18 @@ def test_sample_api_names_its_argument_mistakes():
     maskbit_jax.sample(tok, gen, [1], jax.random.key(0))
   with pytest.raises(TypeError, match=r"jax.random.key\(0\)"):
     maskbit_jax.sample(gen, tok, [1], 0)
+
+
+def test_sample_takes_the_config_stored_with_a_generator_export(tmp_path):
+  from maskbit_jax import checkpointing
+
+  cfg = maskbit_jax.load_config(TINY)
+  gen = maskbit_jax.load_generator(cfg, random_init=True)
+  tok = maskbit_jax.load_tokenizer(cfg, random_init=True)
+  tok_dir = checkpointing.save_params(tmp_path / "tok", checkpointing.to_numpy(tok.params), kind="tokenizer",
+                                      config=cfg.to_dict())
+  cfg.experiment.vqgan_checkpoint = tok_dir
+  gen_dir = checkpointing.save_params(tmp_path / "gen", checkpointing.to_numpy(gen.params), kind="generator",
+                                      config=cfg.to_dict())
+  assert sample_main(["--generator", gen_dir, "--classes", "1,2", "--num_steps", "2", "--out", str(tmp_path / "s")]) == 0
+  assert json.loads((tmp_path / "s" / "summary.json").read_text())["images"] == 2
