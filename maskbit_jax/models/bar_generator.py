@@ -34,6 +34,16 @@ Entry points (all through ``module.apply``):
   block at a time (the prefix, then one token per call).
 * ``head_logits``: the MBM head alone.
 
+Precision: with ``dtype=bfloat16`` the backbone runs as the reference does
+under torch's bf16 autocast. Linear layers and attention compute in bf16
+(attention scores and softmax in float32), while the residual stream stays
+float32: embeddings, position and timestep tables and the adaLN condition are
+float32, a bf16 branch output ``gate * h`` added to the stream promotes to
+float32, and every RMSNorm computes in float32 and returns its input's dtype
+(float32 on the stream). The MBM head has no float32 stream under autocast
+(its ``ln_pre`` gets the bf16 ``input_proj`` output and returns bf16), so it
+runs in bf16 as there.
+
 Parameter names follow the PyTorch ``BAR`` module (``maskbit_jax.convert.bar_mapping``).
 """
 
@@ -57,6 +67,8 @@ _INIT = initializers.trunc_normal_02  # cls_token and the position / timestep ta
 ROPE_THETA = 10000.0
 POS_EMBED_EXTRA_ROWS = 128       # pos_embed / target_aware_pos_embed have L + 128 rows
 TIME_EMBED_EXTRA_ROWS = 100      # timesteps_embeddings has L + 100 rows
+# The residual stream's dtype whatever the compute dtype (torch autocast leaves additions in float32).
+STREAM_DTYPE = jnp.float32
 
 
 @functools.lru_cache(maxsize=16)
@@ -166,8 +178,10 @@ class Attention(nn.Module):
       values = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, offset, 0))
       cache = (keys, values)
       visible = jnp.arange(keys.shape[2])[None, :] <= offset + jnp.arange(t)[:, None]
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, keys.astype(q.dtype), precision=self.precision)
-    scores = scores.astype(jnp.float32) * np.float32(hd ** -0.5)
+    # scores accumulate and stay float32, as in a fused bf16 attention kernel
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, keys.astype(q.dtype), precision=self.precision,
+                        preferred_element_type=jnp.float32)
+    scores = scores * np.float32(hd ** -0.5)
     scores = jnp.where(visible, scores, -jnp.inf)
     weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     out = jnp.einsum("bhqk,bhkd->bqhd", weights, values.astype(self.dtype), precision=self.precision)
@@ -177,7 +191,10 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm adaLN-Zero block: ``x += g1 * attn(mod(norm1 x))``, ``x += g2 * mlp(mod(norm2 x))``."""
+  """Pre-norm adaLN-Zero block: ``x += g1 * attn(mod(norm1 x))``, ``x += g2 * mlp(mod(norm2 x))``.
+
+  ``x`` and ``c`` are float32 (``STREAM_DTYPE``); the branches compute in ``dtype``.
+  """
 
   dim: int
   heads: int
@@ -310,10 +327,11 @@ class BarGenerator(nn.Module):
     self.lm_head = MBMHead(self.step_bits, self.head_width, self.head_layers, self.target_codebook_size,
                            zero_init=True, **kw)
     self.latent_condition_proj = dense(self.head_width, ("embed", "mlp"), "latent_condition_proj", **kw)
+    # lookups are not autocast ops: the tables' float32 values enter the stream (and input_merge casts)
     self.embeddings = embed(self.target_codebook_size + 1 + self.num_classes + 1, d, ("classes", "embed"),
-                            "embeddings", dtype=self.dtype, param_dtype=self.param_dtype)
+                            "embeddings", dtype=STREAM_DTYPE, param_dtype=self.param_dtype)
     self.input_embeddings = embed(self.target_codebook_size + 1, self.bit_embed_dim, ("vocab", "embed"),
-                                  "input_embeddings", dtype=self.dtype, param_dtype=self.param_dtype)
+                                  "input_embeddings", dtype=STREAM_DTYPE, param_dtype=self.param_dtype)
     self.input_merge = dense(d, ("bits", "embed"), "input_merge", **kw)
 
   # ---- pieces ----
@@ -332,11 +350,12 @@ class BarGenerator(nn.Module):
   def _prefix_inputs(self, cond_bd: jax.Array, orders_bl: jax.Array):
     b, p, d = cond_bd.shape[0], self.prefix_len, self.hidden_size
     first = p + orders_bl[:, 0].astype(jnp.int32)                                   # [B]
-    tokens = jnp.concatenate([jnp.broadcast_to(self.cls_token.astype(self.dtype), (b, 1, d)),
-                              jnp.broadcast_to(cond_bd[:, None], (b, p - 1, d))], axis=1)
-    x = tokens + self.pos_embed[0, :p].astype(self.dtype)
-    x = x + self.target_aware_pos_embed[0][first][:, None].astype(self.dtype)
-    c = cond_bd[:, None] + self.timesteps_embeddings[0, :p].astype(self.dtype)
+    f32 = STREAM_DTYPE
+    tokens = jnp.concatenate([jnp.broadcast_to(self.cls_token.astype(f32), (b, 1, d)),
+                              jnp.broadcast_to(cond_bd[:, None].astype(f32), (b, p - 1, d))], axis=1)
+    x = tokens + self.pos_embed[0, :p].astype(f32)
+    x = x + self.target_aware_pos_embed[0][first][:, None].astype(f32)
+    c = cond_bd[:, None].astype(f32) + self.timesteps_embeddings[0, :p].astype(f32)
     rows = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
     return x, c, rows, jnp.broadcast_to(first[:, None], (b, p))
 
@@ -347,9 +366,10 @@ class BarGenerator(nn.Module):
     orders = orders_bl.astype(jnp.int32)
     cells = p + jnp.take(orders, idx, axis=1)                                        # [B, n]
     targets = p + jnp.take(orders, jnp.minimum(idx + 1, last), axis=1)
-    x = tok_bnd + self.pos_embed[0][cells].astype(self.dtype)
-    x = x + self.target_aware_pos_embed[0][targets].astype(self.dtype)
-    c = cond_bd[:, None] + self.timesteps_embeddings[0][p + idx][None].astype(self.dtype)
+    f32 = STREAM_DTYPE
+    x = tok_bnd.astype(f32) + self.pos_embed[0][cells].astype(f32)
+    x = x + self.target_aware_pos_embed[0][targets].astype(f32)
+    c = cond_bd[:, None].astype(f32) + self.timesteps_embeddings[0][p + idx][None].astype(f32)
     return x, c, cells, targets
 
   def _blocks(self, x, c, rows_cur, rows_tgt, cache=None, offset=None, deterministic=True):
