@@ -393,11 +393,13 @@ class GeneratorTask(_Task):
     if n <= 0:
       return None
     images, labels = self._eval_examples(n)
-    tokens = np.asarray(self.tokenizer.encode(images))
+    # host copies: inside the training mesh the results may span every process's devices
+    tokens = np.asarray(host_copy(self.tokenizer.encode(images)))
     targets = split_tokens(tokens.reshape(len(tokens), -1), gen.token_bits, gen.codebook_splits)
     masked, _ = mask_tokens(targets, gen.mask_token, jax.random.key(self.seed), mode=self.settings.mask_schedule)
-    predicted = combine_tokens(jnp.argmax(gen(masked, labels % gen.nclass), axis=-1), gen.token_bits)
-    pairs = np.stack([np.asarray(self.tokenizer.decode_tokens(t.reshape(tokens.shape))) for t in
+    logits = gen(np.asarray(host_copy(masked)), labels % gen.nclass)
+    predicted = np.asarray(host_copy(combine_tokens(jnp.argmax(logits, axis=-1), gen.token_bits)))
+    pairs = np.stack([np.asarray(host_copy(self.tokenizer.decode_tokens(t.reshape(tokens.shape)))) for t in
                       (tokens, predicted)], axis=1).reshape(-1, *images.shape[1:])
     return np.clip(pairs, 0.0, 1.0), [f"{kind} {i}" for i in range(len(tokens)) for kind in ("tokens", "predicted")]
 
