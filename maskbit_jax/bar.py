@@ -265,7 +265,9 @@ def decode_bits(tok, bits, grid: tuple[int, int]) -> tuple[jax.Array, jax.Array]
 
 def images_to_uint8(images_01) -> np.ndarray:
   """[0, 1] images -> uint8 as the reference sampling script writes them: ``clamp(0, 1) * 255``, truncated."""
-  return (np.clip(np.asarray(images_01, np.float32), 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+  from maskbit_jax.image_io import to_uint8
+
+  return np.asarray(to_uint8(np.asarray(images_01, np.float32)))
 
 
 # ---------------------------------------------------------------- sampling

@@ -277,4 +277,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from maskbit_jax import cli_errors
+
+  sys.exit(cli_errors.run(main))
