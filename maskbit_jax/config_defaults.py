@@ -102,6 +102,9 @@ def _add_tokenizer_recipe(cfg: ml_collections.ConfigDict, vq: dict) -> None:
       discriminator_factor=1.0, discriminator_weight=0.02, discriminator_gradient_penalty="none",
       discriminator_penalty_cost=10.0, lecam_regularization_weight=0.001, entropy_annealing_steps=2000,
       entropy_annealing_factor=2.0 if lookup_free else 0.0,
+      # The quantizer's entropy terms over each reference GPU's images (training.per_gpu_batch_size of them),
+      # as the released runs took them; "batch": over the whole batch at once (train.tokenizer_step).
+      entropy_over="device",
       # This port: the converted torchvision ResNet50 (IMAGENET1K_V1) file the perceptual loss needs.
       perceptual_checkpoint="")
   # experiment.init_checkpoint: a checkpoint step folder (<workdir>/checkpoints/<step>) a NEW run starts from,

@@ -20,7 +20,7 @@ import numpy as np
 from maskbit_jax import checkpointing, sharding
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.data import augment, pipeline
-from maskbit_jax.data.sources import eval_batches, make_source, num_eval_batches
+from maskbit_jax.data.sources import eval_batches, eval_interpolation, make_source, num_eval_batches
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.tokenizer import DTYPES, PRECISIONS
@@ -135,7 +135,9 @@ class _Task:
     spec = str(self.cfg.dataset.get(key, ""))
     if not spec:
       raise ValueError(f"dataset.{key} is empty; give a data source (synthetic:N, a folder, tfds:NAME:SPLIT)")
-    return make_source(spec, self.size, seed=self.seed)
+    # eval_interpolation: evaluation and the grids preprocess as the reference evaluates (training reads
+    # the stored images through .raw and its own augmentation).
+    return make_source(spec, self.size, seed=self.seed, interpolation=eval_interpolation(self.cfg))
 
   def image_dataset(self):
     data = self.cfg.dataset
@@ -214,7 +216,8 @@ class TokenizerTask(_Task):
         tx=make_optimizer(no_accum, kind="generator", total_batch_size=self.global_batch),
         disc_tx=make_optimizer(no_accum, kind="discriminator", total_batch_size=self.global_batch),
         use_ema=bool(cfg.training.get("use_ema", True)), accumulation=accum,
-        max_grad_norm=None if cfg.training.get("max_grad_norm") is None else float(cfg.training.max_grad_norm))
+        max_grad_norm=None if cfg.training.get("max_grad_norm") is None else float(cfg.training.max_grad_norm),
+        entropy_group_size=ts.entropy_group_size(self.loss_cfg, int(cfg.training.per_gpu_batch_size)))
     self.schedule = make_schedule(cfg, kind="generator", total_batch_size=self.global_batch)
     self.step_fn = ts.JittedTokenizerStep(self.spec, mesh, self.perceptual_vars)
     self.state_shardings = self.step_fn.state_shardings
