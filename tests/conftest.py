@@ -90,6 +90,18 @@ def tokenizer_config(fixture_configs, name: str) -> dict:
   return {"model": {"vq_model": dict(fixture_configs["configs"][name])}}
 
 
+def assert_trees_equal(a, b):
+  """Every leaf of ``a`` and ``b`` bit for bit (PRNG keys by their data)."""
+  import jax
+
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def restored_state(workdir) -> tuple[int, dict, dict]:
   """``(step, state, meta)`` of the latest checkpoint of a train run's ``workdir``, restored without a target."""
   import orbax.checkpoint as ocp

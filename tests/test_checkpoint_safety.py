@@ -77,32 +77,38 @@ def test_bad_descriptions_are_named(tmp_path, meta, match):
 # 2. Bounded memory: hostile files measured in a fresh interpreter.
 
 
-def _pickle_with_view(size, stride, numel: int) -> bytes:
+def _pickle_with_views(views) -> bytes:
+  """A state-dict pickle: for each ``(key, size, stride, numel)`` a float32 tensor viewing storage "0"."""
   w = tp._PickleWriter()
   w.global_("collections", "OrderedDict")
   w.call_no_args()
   w.mark()
-  w.str_("w")
-  w.global_("torch._utils", "_rebuild_tensor_v2")
-  w.mark()
-  w.mark()
-  w.str_("storage")
-  w.global_("torch", "FloatStorage")
-  w.str_("0")
-  w.str_("cpu")
-  w.int_(numel)
-  w.tuple_()
-  w.persid()
-  w.int_(0)
-  w.int_tuple(size)
-  w.int_tuple(stride)
-  w.false()
-  w.global_("collections", "OrderedDict")
-  w.call_no_args()
-  w.tuple_()
-  w.reduce()
+  for key, size, stride, numel in views:
+    w.str_(key)
+    w.global_("torch._utils", "_rebuild_tensor_v2")
+    w.mark()
+    w.mark()
+    w.str_("storage")
+    w.global_("torch", "FloatStorage")
+    w.str_("0")
+    w.str_("cpu")
+    w.int_(numel)
+    w.tuple_()
+    w.persid()
+    w.int_(0)
+    w.int_tuple(size)
+    w.int_tuple(stride)
+    w.false()
+    w.global_("collections", "OrderedDict")
+    w.call_no_args()
+    w.tuple_()
+    w.reduce()
   w.setitems()
   return w.stop()
+
+
+def _pickle_with_view(size, stride, numel: int) -> bytes:
+  return _pickle_with_views([("w", size, stride, numel)])
 
 
 def _zip(path: pathlib.Path, records: dict[str, bytes], compressed: tuple[str, ...] = ()) -> pathlib.Path:
@@ -215,33 +221,9 @@ def test_shapes_are_checked_before_any_tensor_is_read(tmp_path, fixture_configs,
 
 def test_tensors_sharing_one_storage_past_the_bound_are_refused(tmp_path):
   """A pickle naming one storage in many tensors: each would be a copy; the total is bounded by the file."""
-  w = tp._PickleWriter()
-  w.global_("collections", "OrderedDict")
-  w.call_no_args()
-  w.mark()
-  numel = 1 << 16
-  for i in range(400):  # 400 x 256 kB from a 256 kB storage
-    w.str_(f"w{i}")
-    w.global_("torch._utils", "_rebuild_tensor_v2")
-    w.mark()
-    w.mark()
-    w.str_("storage")
-    w.global_("torch", "FloatStorage")
-    w.str_("0")
-    w.str_("cpu")
-    w.int_(numel)
-    w.tuple_()
-    w.persid()
-    w.int_(0)
-    w.int_tuple((numel,))
-    w.int_tuple((1,))
-    w.false()
-    w.global_("collections", "OrderedDict")
-    w.call_no_args()
-    w.tuple_()
-    w.reduce()
-  w.setitems()
-  path = _zip(tmp_path / "shared.bin", {"data.pkl": w.stop(), "data/0": bytes(4 * numel)})
+  numel = 1 << 16  # 400 x 256 kB from one 256 kB storage
+  pkl = _pickle_with_views([(f"w{i}", (numel,), (1,), numel) for i in range(400)])
+  path = _zip(tmp_path / "shared.bin", {"data.pkl": pkl, "data/0": bytes(4 * numel)})
   state = read_state_dict(path)
   assert len(state) == 400 and state.shape_of("w0") == (numel,)
   with pytest.raises(ValueError, match=r"shared\.bin.*more than .* bytes"):

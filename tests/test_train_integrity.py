@@ -23,7 +23,7 @@ import pytest
 from flax import linen as nn
 
 import maskbit_jax
-from conftest import REPO, restored_state
+from conftest import REPO, assert_trees_equal, restored_state
 from maskbit_jax import checkpointing, sharding
 from maskbit_jax.train import checkpoints, loop
 from maskbit_jax.train.loop import RunMismatchError, WorkdirLockedError, train
@@ -50,15 +50,6 @@ def file_hashes(folder) -> dict:
       with open(path, "rb") as f:
         out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
   return out
-
-
-def assert_trees_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def flip_bytes(step_dir, count: int = 64) -> str:

@@ -20,7 +20,7 @@ import pytest
 from flax import linen as nn
 
 import maskbit_jax
-from conftest import REPO, restored_state
+from conftest import REPO, assert_trees_equal, restored_state
 from maskbit_jax import checkpointing, sharding
 from maskbit_jax.data.sources import make_source
 from maskbit_jax.train.loop import RunMismatchError, train
@@ -37,15 +37,6 @@ def tok_config(*overrides):
 def gen_config(tokenizer_dir, *overrides):
   return maskbit_jax.load_config(GEN, ONE_DEVICE + [f"--config.experiment.vqgan_checkpoint={tokenizer_dir}"]
                                  + list(overrides))
-
-
-def assert_trees_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for x, y in zip(la, lb):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")

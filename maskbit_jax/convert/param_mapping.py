@@ -113,28 +113,21 @@ LOSSLESS_WIDENING = frozenset({(np.dtype(np.float16), np.dtype(np.float32)),
                                (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32))})
 
 
+def _renamed(key: str, renames: Mapping[str, str]) -> str:
+  """``key`` with the first matching prefix of ``renames`` (released-file prefix -> model prefix) replaced."""
+  for old, new in renames.items():
+    if key == old or key.startswith(old + "."):
+      return new + key[len(old):]
+  return key
+
+
 def _renamed_keys(state: Mapping[str, np.ndarray], renames: Mapping[str, str]) -> "OrderedDict[str, str]":
-  """Model key -> the state's key, after ``renames`` (released-file prefix -> model prefix)."""
-  out = OrderedDict()
-  for key in state:
-    new = key
-    for old, repl in renames.items():
-      if key == old or key.startswith(old + "."):
-        new = repl + key[len(old):]
-        break
-    out[new] = key
-  return out
+  """Model key -> the state's key."""
+  return OrderedDict((_renamed(key, renames), key) for key in state)
 
 
 def _apply_renames(state: Mapping[str, np.ndarray], renames: Mapping[str, str]) -> "OrderedDict[str, np.ndarray]":
-  out = OrderedDict()
-  for key, value in state.items():
-    for old, new in renames.items():
-      if key == old or key.startswith(old + "."):
-        key = new + key[len(old):]
-        break
-    out[key] = value
-  return out
+  return OrderedDict((_renamed(key, renames), value) for key, value in state.items())
 
 
 def torch_state_to_flax(state: Mapping[str, np.ndarray], abstract_params, mapping: ParamMapping, *,
