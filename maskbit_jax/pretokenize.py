@@ -1,9 +1,9 @@
 """Tokenize a dataset once: ``python -m maskbit_jax.pretokenize``.
 
-  python -m maskbit_jax.pretokenize --config configs/maskbit_tokenizer_12bit.py \
+  python -m maskbit_jax.pretokenize --config configs/maskbit_tokenizer_12bit.py \\
       --checkpoint maskbit_tokenizer_12bit.bin --data tfds:imagenet2012:train --out data/in256_tok12
 
-  python -m maskbit_jax.pretokenize --config configs/bar_b.py --checkpoint bar_fsq_16bits.bin \
+  python -m maskbit_jax.pretokenize --config configs/bar_b.py --checkpoint bar_fsq_16bits.bin \\
       --data tfds:imagenet2012:train --out data/in256_bar16
 
 Writes ArrayRecord files ``tokens-PPPPP-of-NNNNN.array_record`` (one per
@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
+
+from maskbit_jax import cli_errors
 
 META_FILE = "meta.json"
 
@@ -213,8 +215,7 @@ def main(argv=None) -> int:
   from maskbit_jax.tokenizer import load_tokenizer
 
   config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
-  p = argparse.ArgumentParser(prog="python -m maskbit_jax.pretokenize", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli_errors.parser("python -m maskbit_jax.pretokenize", __doc__)
   add_config_help(p)
   p.add_argument("--checkpoint")
   p.add_argument("--random_init", action="store_true")
@@ -277,6 +278,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from maskbit_jax import cli_errors
-
   sys.exit(cli_errors.run(main))

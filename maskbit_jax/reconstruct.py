@@ -1,6 +1,6 @@
 """Tokenize and reconstruct images with a tokenizer: ``python -m maskbit_jax.reconstruct``.
 
-  python -m maskbit_jax.reconstruct --config configs/maskbit_tokenizer_12bit.py \
+  python -m maskbit_jax.reconstruct --config configs/maskbit_tokenizer_12bit.py \\
       --checkpoint maskbit_tokenizer_12bit.bin --out out/recon
   python -m maskbit_jax.reconstruct --config configs/tokenizer_tiny.py --random_init --out out/recon
   python -m maskbit_jax.reconstruct --checkpoint runs/tok/export/tokenizer --out out/recon   # its stored config
@@ -21,13 +21,14 @@ import time
 
 import numpy as np
 
+from maskbit_jax import cli_errors
+
 
 def _parse(argv):
   from maskbit_jax.config import add_config_help, split_config_args
 
   config, overrides, rest = split_config_args(argv)
-  p = argparse.ArgumentParser(prog="python -m maskbit_jax.reconstruct", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli_errors.parser("python -m maskbit_jax.reconstruct", __doc__)
   add_config_help(p, required="default: the config stored with --checkpoint when that is one of our exports")
   p.add_argument("--checkpoint", help="PyTorch file (.bin/.ckpt/.safetensors/_state.npz) or converted checkpoint dir")
   p.add_argument("--random_init", action="store_true", help="untrained weights (smoke test); never implicit")
@@ -136,6 +137,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from maskbit_jax import cli_errors
-
   sys.exit(cli_errors.run(main))

@@ -1,10 +1,10 @@
 """Class-conditional sampling: ``maskbit_jax.sample(...)`` and ``python -m maskbit_jax.sample``.
 
-  python -m maskbit_jax.sample --config configs/maskbit_generator_12bit.py \
-      --tokenizer maskbit_tokenizer_12bit.bin --generator maskbit_generator_12bit.bin \
+  python -m maskbit_jax.sample --config configs/maskbit_generator_12bit.py \\
+      --tokenizer maskbit_tokenizer_12bit.bin --generator maskbit_generator_12bit.bin \\
       --classes 1,207,360 --num_steps 64 --seed 0 --out out/samples
   python -m maskbit_jax.sample --config configs/generator_tiny.py --random_init --classes 1,2,3 --out out/tiny
-  python -m maskbit_jax.sample --config configs/bar_b.py --tokenizer bar_fsq_16bits_ft.bin \
+  python -m maskbit_jax.sample --config configs/bar_b.py --tokenizer bar_fsq_16bits_ft.bin \\
       --generator bar_b.bin --classes 1,207,360 --out out/bar_b
 
 MaskBit configs (``model.mlm_model``): generation (all MaskGIT steps,
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskbit_jax import cli_errors
 from maskbit_jax.generator import Generator
 from maskbit_jax.sampling.factorization import combine_tokens
 from maskbit_jax.sampling.maskgit_sampler import SamplerConfig, sample_tokens
@@ -162,8 +163,7 @@ def _parse(argv):
   from maskbit_jax.config import add_config_help, split_config_args
 
   config, overrides, rest = split_config_args(argv)
-  p = argparse.ArgumentParser(prog="python -m maskbit_jax.sample", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli_errors.parser("python -m maskbit_jax.sample", __doc__)
   add_config_help(p, required="default: the config stored with --generator when that is one of our exports")
   p.add_argument("--tokenizer", help="tokenizer checkpoint (default: experiment.vqgan_checkpoint; "
                  "BAR-FSQ: experiment.tokenizer_checkpoint)")
@@ -308,6 +308,4 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
-  from maskbit_jax import cli_errors
-
   sys.exit(cli_errors.run(main))

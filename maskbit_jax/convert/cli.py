@@ -2,7 +2,7 @@
 
 Import (PyTorch file -> Orbax directory)::
 
-  python -m maskbit_jax.convert --config configs/maskbit_tokenizer_12bit.py \
+  python -m maskbit_jax.convert --config configs/maskbit_tokenizer_12bit.py \\
       --checkpoint maskbit_tokenizer_12bit.bin --out ckpt/maskbit_tokenizer_12bit
 
 Export (Orbax directory -> PyTorch-layout state dict, ``.bin``/``.safetensors``/``.npz``)::
@@ -16,7 +16,7 @@ BAR (``--kind bar_generator`` / ``bar_tokenizer``; the default for a config with
 
   python -m maskbit_jax.convert --config configs/bar_b.py --checkpoint bar_b.bin --out ckpt/bar_b
   python -m maskbit_jax.convert --config configs/bar_fsq_16bits.py --checkpoint bar_fsq_16bits.bin --out ckpt/fsq16
-  python -m maskbit_jax.convert --config configs/bar_b.py --kind bar_tokenizer \
+  python -m maskbit_jax.convert --config configs/bar_b.py --kind bar_tokenizer \\
       --checkpoint bar_fsq_16bits_ft.bin --out ckpt/fsq16_ft_decoder     # decoder + out_proj only
 
 Every import is verified: the params are converted back and must reproduce
@@ -40,6 +40,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
+from maskbit_jax import cli_errors
 from maskbit_jax import checkpointing
 from maskbit_jax.config import add_config_help, load_config, split_config_args, vq_model_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
@@ -194,8 +195,7 @@ def export_checkpoint(directory: str, out: str) -> str:
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   config, overrides, rest = split_config_args(argv)
-  p = argparse.ArgumentParser(prog="python -m maskbit_jax.convert", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli_errors.parser("python -m maskbit_jax.convert", __doc__)
   add_config_help(p, required="to import a PyTorch file; an export takes the config stored in the folder")
   p.add_argument("--checkpoint", required=True, help="source: PyTorch file, or our checkpoint dir to export")
   p.add_argument("--out", required=True, help="Orbax directory (import) or .bin/.safetensors/.npz (export)")
@@ -222,6 +222,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from maskbit_jax import cli_errors
-
   sys.exit(cli_errors.run(main))

@@ -19,13 +19,14 @@ import argparse
 import json
 import sys
 
+from maskbit_jax import cli_errors
+
 
 def _parse(argv):
   from maskbit_jax.config import add_config_help, split_config_args
 
   config, overrides, rest = split_config_args(argv)
-  p = argparse.ArgumentParser(prog="python -m maskbit_jax.train", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli_errors.parser("python -m maskbit_jax.train", __doc__)
   add_config_help(p)
   p.add_argument("--workdir", required=True, help="run folder: checkpoints, logs, images, exported weights")
   p.add_argument("--steps", type=int, default=None,
@@ -74,6 +75,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from maskbit_jax import cli_errors
-
   sys.exit(cli_errors.run(main))
