@@ -3,18 +3,22 @@
 Tokenizer (rFID, IS, PSNR, SSIM, MAE, MSE, LPIPS, codebook usage and entropy
 of the reconstructions of a dataset split)::
 
-  python -m maskbit_jax.evaluate tokenizer --config configs/maskbit_tokenizer_12bit.py \
-      --checkpoint maskbit_tokenizer_12bit.bin --data tfds:imagenet2012:validation \
-      --inception pretrained/pt_inception-2015-12-05-6726825d.pth \
+  python -m maskbit_jax.evaluate tokenizer --config configs/maskbit_tokenizer_12bit.py \\
+      --checkpoint maskbit_tokenizer_12bit.bin --data tfds:imagenet2012:validation \\
+      --inception pretrained/pt_inception-2015-12-05-6726825d.pth \\
       --lpips pretrained/vgg_lpips.pth --vgg16 pretrained/vgg16-397923af.pth --out results/tok12.json
 
-Generator (class-balanced samples, FID and IS against ADM reference statistics;
-the samples are also written as an ADM ``.npz``)::
+Generator, MaskBit or BAR by the config (class-balanced samples with the
+config's evaluation settings, FID and IS against ADM reference statistics; the
+samples are also written as one ADM ``.npz``, whatever the process count)::
 
-  python -m maskbit_jax.evaluate generator --config configs/maskbit_generator_12bit.py \
-      --tokenizer maskbit_tokenizer_12bit.bin --generator maskbit_generator_12bit.bin \
-      --num_images 50000 --ref_stats VIRTUAL_imagenet256_stats.npz \
+  python -m maskbit_jax.evaluate generator --config configs/maskbit_generator_12bit.py \\
+      --tokenizer maskbit_tokenizer_12bit.bin --generator maskbit_generator_12bit.bin \\
+      --num_images 50000 --ref_stats VIRTUAL_imagenet256_stats.npz \\
       --inception pretrained/pt_inception-2015-12-05-6726825d.pth --samples_npz out/samples.npz --out results/gen12.json
+  python -m maskbit_jax.evaluate generator --config configs/bar_b.py --tokenizer bar_fsq_16bits_ft.bin \
+      --generator bar_b.bin --num_images 50000 --ref_stats VIRTUAL_imagenet256_labeled.npz \
+      --inception pretrained/pt_inception-2015-12-05-6726825d.pth --samples_npz out/bar_b.npz --out results/bar_b.json
 
 The networks' weights are the files published for them (read without torch,
 never downloaded here). Batches are split over every local device; statistics
@@ -26,6 +30,7 @@ interrupted, and such numbers are never printed as final.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -189,43 +194,103 @@ def generation_batch_indices(mine: np.ndarray, b: int, batch_size: int) -> tuple
   return np.concatenate([idx, np.repeat(filler, batch_size - valid)]), valid
 
 
+def generator_num_classes(gen) -> int:
+  """Classes of a MaskBit ``Generator`` (``nclass``) or a BAR ``BarModel`` (``num_classes``)."""
+  from maskbit_jax import bar
+
+  return int(gen.num_classes if isinstance(gen, bar.BarModel) else gen.nclass)
+
+
+def process_generation_batches(num_images: int, batch_size: int, process_index: int,
+                               process_count: int) -> list[int]:
+  """Global batch ids process ``process_index`` runs, one per step: batch ``g`` holds images
+  ``[g * batch_size, (g + 1) * batch_size)``, and step ``s`` of process ``p`` is batch ``s * process_count + p``.
+
+  Every process runs the same number of steps (ids past the last batch are all padding), so collectives stay
+  aligned; step ``s`` of processes 0, 1, ... covers consecutive images, so gathering a step over the processes
+  gives the samples in class-balanced order. A batch's images and key depend on ``g`` alone: the samples (and
+  FID) do not depend on the process count, only on ``batch_size``.
+  """
+  total = -(-num_images // batch_size)
+  steps = -(-total // process_count)
+  return [s * process_count + process_index for s in range(steps)]
+
+
+def merge_is_parts(parts: list) -> M.InceptionScoreSplits:
+  """ADM Inception Score splits from per-split accumulators (``parts[k]``: this process's images of global
+  split ``k``), merged over processes: split ``k`` holds the images ``[k * S, (k + 1) * S)`` of the sample
+  order whichever process made them, so the score equals one process's on the same samples."""
+  counts, sums, plogp = [], [], []
+  for part in parts:
+    state = M.allgather_merge(part).state_dict()
+    if not state["split_counts"].sum():  # a split an interrupted run never reached
+      continue
+    counts.append(int(state["split_counts"].sum()))
+    sums.append(state["split_prob_sums"].sum(axis=0))
+    plogp.append(float(state["split_plogp"].sum()))
+  if not counts:
+    return M.InceptionScoreSplits()
+  return M.InceptionScoreSplits().with_state(dict(split_counts=np.asarray(counts, np.int64),
+                                                  split_prob_sums=np.stack(sums), split_plogp=np.asarray(plogp)))
+
+
 def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int, inception, ref_stats=None,
                        samples_npz: str | None = None, settings: dict | None = None, progress: bool = True) -> dict:
-  """Generates ``num_images`` class-balanced samples; FID (vs ``ref_stats`` = (mu, sigma)) and IS."""
-  from maskbit_jax.data.sources import num_eval_batches, shard_indices
+  """Generates ``num_images`` class-balanced samples; FID (vs ``ref_stats`` = (mu, sigma)) and IS.
+
+  ``gen``, ``tok``: a MaskBit generator and tokenizer, or a BAR generator and the tokenizer its bits decode
+  with (``maskbit_jax.sample.sample`` serves both). ``settings``: sampling overrides on top of the model
+  config's evaluation settings. ``samples_npz``: process 0 writes every process's samples there, one ADM
+  ``.npz`` in class-balanced order (each step's images are gathered over the processes).
+  """
+  from jax.experimental import multihost_utils
+
   from maskbit_jax.sample import sample
 
   check_batch_size(batch_size)
   if num_images < 2:
     raise ValueError(f"FID needs at least 2 images, asked for {num_images}")
   _, batch_sh = _mesh_and_batch_sharding()
-  labels_all = class_balanced_labels(num_images, gen.nclass)
-  mine = shard_indices(num_images, jax.process_index(), jax.process_count())
-  num_batches = num_eval_batches(num_images, batch_size, jax.process_count())
+  labels_all = class_balanced_labels(num_images, generator_num_classes(gen))
+  everything = np.arange(num_images)
+  count, me = jax.process_count(), jax.process_index()
   features = jax.jit(lambda v, x: inception[0].apply(v, to_uint8(x)))
-  stats, is_splits = M.FeatureStats(), M.InceptionScoreSplits()
+  stats = M.FeatureStats()
+  split = M.ADM_IS_SPLIT_SIZE
+  is_parts = [M.InceptionScoreSplits(split) for _ in range(-(-num_images // split))]
   key = jax.random.key(seed)
-  side = gen.module.img_size
-  writer = (M.AdmSamplesWriter(f"{samples_npz}.process{jax.process_index()}" if jax.process_count() > 1
-                               else samples_npz, len(mine), side, side) if samples_npz else None)
+  writer = None
   start, complete = time.perf_counter(), False
   progress = Progress(num_images) if progress else None
   try:
-    for b in range(num_batches):
-      padded, valid = generation_batch_indices(mine, b, batch_size)
+    for step, g in enumerate(process_generation_batches(num_images, batch_size, me, count)):
+      padded, valid = generation_batch_indices(everything, g, batch_size)
       labels = jax.device_put(labels_all[padded], batch_sh(1))
-      # one key per batch, from the global index of its first image: shards are disjoint, so no two
-      # processes (or batches) share a key; the samples do depend on the batch size
+      # one key per batch, from the global index of its first image: batches are disjoint, so no two
+      # batches share a key, whichever process runs them; the samples do depend on the batch size
       out = sample(gen, tok, labels, jax.random.fold_in(key, int(padded[0])), **(settings or {}))
       images = out["images"]
       feats = jax.device_get(features(inception[1], images))
       mask = np.arange(batch_size) < valid
       stats.update(feats["2048"], mask=mask)
-      is_splits.update(feats["logits_unbiased"], mask=mask)
-      if writer is not None and valid:
-        writer.write(np.asarray(jax.device_get(to_uint8(images)))[:valid])
+      for k in np.unique(padded[:valid] // split):
+        is_parts[k].update(feats["logits_unbiased"], mask=mask & (padded // split == k))
+      if samples_npz:
+        u8 = np.asarray(jax.device_get(to_uint8(images)))
+        if count > 1:  # every process's batch of this step, in process order = image order
+          u8 = np.asarray(multihost_utils.process_allgather(u8)).reshape(count * batch_size, *u8.shape[1:])
+          rows = [p * batch_size + r for p in range(count)
+                  for r in range(generation_batch_indices(everything, step * count + p, batch_size)[1])]
+          u8 = u8[rows]
+        else:
+          u8 = u8[:valid]
+        if me == 0:
+          if writer is None:
+            writer = M.AdmSamplesWriter(samples_npz, num_images, u8.shape[1], u8.shape[2], u8.shape[3])
+          if len(u8):
+            writer.write(u8)
       if progress:
-        progress.update(min((b + 1) * batch_size * jax.process_count(), num_images))
+        progress.update(min((step + 1) * batch_size * count, num_images))
     complete = True
   except KeyboardInterrupt:
     print("interrupted: the partial metrics are written with complete=false", flush=True)
@@ -236,12 +301,42 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
       else:
         writer.__exit__(KeyboardInterrupt, None, None)
   stats = M.allgather_merge(stats)
-  is_splits = M.allgather_merge(is_splits)
+  is_splits = merge_is_parts(is_parts)
   result = dict(num_images=int(stats.count), InceptionScore=is_splits.compute(), complete=complete,
                 seconds=round(time.perf_counter() - start, 3))
   if ref_stats is not None:
     result["FID"] = M.fid_from_stats(stats, ref_stats)
   return result
+
+
+def load_generator_pair(cfg, args) -> tuple:
+  """(generator, tokenizer, resolved sampling settings, family) of a generator config: the one place the
+  evaluation tells BAR (``bar.is_bar_config``) from MaskBit. The parameters are placed on every local device once."""
+  from maskbit_jax import bar
+  from maskbit_jax.sample import check_pair, resolve_settings
+
+  overrides = dict(guidance_scale=args.guidance_scale)
+  if bar.is_bar_config(cfg):
+    if args.num_steps is not None:
+      raise SystemExit("--num_steps is a MaskBit setting; BAR samples one raster pass (its config's "
+                       "tokens_allocation sets the bit steps)")
+    tok = bar.load_bar_tokenizer(cfg, args.tokenizer, random_init=args.random_init, precision=args.precision)
+    gen = bar.load_bar_generator(cfg, args.generator, random_init=args.random_init, seed=1,
+                                 precision=args.precision)
+    bar.check_pair(gen, tok)
+    family, settings = "bar", bar.resolve_settings(gen, overrides)
+  else:
+    from maskbit_jax.generator import load_generator
+    from maskbit_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(cfg, args.tokenizer, random_init=args.random_init, precision=args.precision)
+    gen = load_generator(cfg, args.generator, random_init=args.random_init, seed=1, precision=args.precision)
+    check_pair(gen, tok)
+    family = "maskbit"
+    settings = resolve_settings(gen, dict(overrides, num_steps=args.num_steps))
+  rep = sharding.replicated(sharding.create_mesh({"data": -1}, jax.local_devices()))
+  gen, tok = (dataclasses.replace(m, params=jax.device_put(m.params, rep)) for m in (gen, tok))
+  return gen, tok, settings, family
 
 
 # -- command line ------------------------------------------------------------------------
@@ -262,6 +357,7 @@ def _lpips(path: str, trunk: str | None):
 
 
 def main(argv=None) -> int:
+  from maskbit_jax import distributed
   from maskbit_jax.config import load_config, split_config_args
 
   config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
@@ -276,14 +372,15 @@ def main(argv=None) -> int:
   t.add_argument("--vgg16", help="torchvision VGG16 weights (vgg16-397923af.pth), if --lpips holds heads only")
   t.add_argument("--skip", default="", help="comma list of metric groups to skip: fid (rFID and IS), lpips")
   g = sub.add_parser("generator", help="FID / IS of class-conditional samples")
-  g.add_argument("--tokenizer")
-  g.add_argument("--generator")
+  g.add_argument("--tokenizer", help="tokenizer checkpoint (default: the config's experiment.vqgan_checkpoint; "
+                 "BAR-FSQ: experiment.tokenizer_checkpoint)")
+  g.add_argument("--generator", help="MaskBit or BAR generator checkpoint (default: experiment.generator_checkpoint)")
   g.add_argument("--num_images", type=int, default=50_000)
   g.add_argument("--ref_stats", help="ADM reference statistics .npz (mu, sigma)")
   g.add_argument("--samples_npz", help="also write the samples as an ADM .npz")
   g.add_argument("--seed", type=int, default=0)
-  g.add_argument("--num_steps", type=int)
-  g.add_argument("--guidance_scale", type=float)
+  g.add_argument("--num_steps", type=int, help="MaskBit only (default: the config's evaluation settings)")
+  g.add_argument("--guidance_scale", type=float, help="default: the config's evaluation settings")
   for q in (t, g):
     q.add_argument("--random_init", action="store_true", help="untrained model weights (smoke test)")
     q.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
@@ -291,6 +388,7 @@ def main(argv=None) -> int:
     q.add_argument("--num_images_max", type=int, default=None, help=argparse.SUPPRESS)
     q.add_argument("--precision", choices=("default", "highest"), default=None)
     q.add_argument("--out", help="result JSON file")
+    distributed.add_distributed_args(q)
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required")
@@ -306,6 +404,11 @@ def main(argv=None) -> int:
   except ValueError as e:
     p.error(f"--out: {e}")
   cfg = load_config(config, overrides)
+  # one process per host under a launcher (launch/local_multiprocess.sh, SLURM, Cloud TPU); nothing on one host
+  plan = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                                timeout_s=args.distributed_timeout_s)
+  if plan.is_distributed:  # [pI/N] log lines; one process leaves the caller's logging alone
+    distributed.setup_logging()
 
   if args.what == "tokenizer":
     from maskbit_jax.config import vq_model_config
@@ -331,18 +434,13 @@ def main(argv=None) -> int:
     result = evaluate_tokenizer(tok, source, batch_size=args.batch_size, num_images=args.num_images_max,
                                 inception=inception, lpips=lpips)
   else:
-    from maskbit_jax.generator import load_generator
-    from maskbit_jax.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(cfg, args.tokenizer, random_init=args.random_init, precision=args.precision)
-    gen = load_generator(cfg, args.generator, random_init=args.random_init, seed=1, precision=args.precision)
+    gen, tok, settings, family = load_generator_pair(cfg, args)
     inception = _inception(_require(args.inception, "--inception", "FID and IS"), args.precision)
     ref = M.load_reference_stats(args.ref_stats, expected_dim=2048) if args.ref_stats else None
-    settings = {k: v for k, v in dict(num_steps=args.num_steps, guidance_scale=args.guidance_scale).items()
-                if v is not None}
     result = evaluate_generator(gen, tok, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
                                 inception=inception, ref_stats=ref, samples_npz=args.samples_npz,
                                 settings=settings)
+    result.update(family=family, settings=settings, processes=jax.process_count())
   result["random_init"] = bool(args.random_init)
   _write_result(args.out, result)
   if jax.process_index() == 0:
