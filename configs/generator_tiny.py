@@ -23,6 +23,9 @@ def get_config(arg: str = ""):
   cfg.optimizer.params.update(learning_rate=1e-3)
   cfg.lr_scheduler.params.update(learning_rate=1e-3, warmup_steps=50)
   cfg.training.update(per_gpu_batch_size=32, max_train_steps=800, num_generated_images=16)
-  cfg.experiment.update(save_every=200, log_every=50, generate_every=400, eval_every=0)
+  # The in-training FID / IS once, at the end, on 16 samples, with --config.evaluation.inception_checkpoint
+  # (and evaluation.ref_stats for FID); without it a note says they are skipped.
+  cfg.experiment.update(save_every=200, log_every=50, generate_every=400, eval_every=800, eval_images=16)
+  cfg.evaluation.batch_size = 16
   cfg.dataset.update(source=d.TINY_SOURCE, eval_source=d.TINY_EVAL_SOURCE, num_threads=2)
   return cfg

@@ -74,7 +74,8 @@ def training_run(*, save_every: int, log_every: int = 50, generate_every: int, e
                  source: str = "tfds:imagenet2012:train", eval_source: str = "tfds:imagenet2012:validation") -> dict:
   """Run settings shared by both stages: the reference's cadence keys plus this port's data and mesh keys."""
   return dict(
-      # eval_images: held-out images for the in-training evaluation (stage I PSNR; 0 = none).
+      # eval_images: images of the in-training evaluation (stage I: held-out reconstructions, stage II:
+      # class-balanced samples; 0 = none), every eval_every steps and at the end; see ``evaluation`` below.
       cadence=dict(save_every=save_every, log_every=log_every, generate_every=generate_every, eval_every=eval_every,
                    eval_images=0),
       # ``dataset.source``: ``synthetic:N``, ``photos``, ``tfds:NAME:SPLIT[:DATA_DIR]`` or a folder with one
@@ -92,6 +93,20 @@ def _add_run_sections(cfg: ml_collections.ConfigDict, run: dict, keep_checkpoint
   cfg.runtime.mesh = dict(data=-1, fsdp=1, tensor=1)
   cfg.runtime.num_devices = 0
   cfg.runtime.keep_checkpoints = keep_checkpoints
+  cfg.evaluation = evaluation()
+
+
+def evaluation(**overrides) -> dict:
+  """This port's ``evaluation`` section: the weights files of the in-training evaluation (the files
+  ``python -m maskbit_jax.evaluate`` takes; empty = the metrics that need one are skipped, with a note).
+
+  ``inception_checkpoint``: the FID Inception (pt_inception-2015-12-05-6726825d.pth): stage I rFID and IS,
+  stage II FID and IS. ``lpips_checkpoint`` (+ ``vgg16_checkpoint`` when it holds the heads only): stage I
+  LPIPS. ``ref_stats``: ADM reference statistics (.npz) for stage II FID (IS only without). ``batch_size``:
+  a multiple of the local devices; ``seed``: of the stage II samples (the CLI's --seed).
+  """
+  return dict(dict(inception_checkpoint="", lpips_checkpoint="", vgg16_checkpoint="", ref_stats="", batch_size=32,
+                   seed=0), **overrides)
 
 
 def _add_tokenizer_recipe(cfg: ml_collections.ConfigDict, vq: dict) -> None:

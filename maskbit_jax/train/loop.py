@@ -54,7 +54,8 @@ FREE_TO_CHANGE = ("experiment.save_every", "experiment.log_every", "experiment.g
                   "experiment.resume", "dataset.eval_source", "dataset.num_threads", "dataset.prefetch_buffer_size",
                   "dataset.corrupt_images", "dataset.params.eval_shards_path_or_url",
                   "dataset.params.num_workers_per_gpu", "runtime.keep_checkpoints", "runtime.mesh",
-                  "runtime.num_devices", "training.num_generated_images", "training.enable_wandb", "sampling")
+                  "runtime.num_devices", "training.num_generated_images", "training.enable_wandb", "sampling",
+                  "evaluation")
 
 
 class RunMismatchError(ValueError):
@@ -353,6 +354,8 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
   is_main = jax.process_index() == 0
   check_workdir(workdir, cfg, is_main=is_main)
   task = make_task(cfg, mesh, workdir)
+  if hasattr(task, "prepare_evaluation"):  # the evaluation networks' files: a missing one fails now, not later
+    task.prepare_evaluation()
 
   total = int(cfg.training.max_train_steps)
   exp = cfg.experiment

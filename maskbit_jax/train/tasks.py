@@ -9,6 +9,7 @@ config keys (``model.*``, ``losses.*``, ``optimizer.*``, ``lr_scheduler.*``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -16,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import linen as nn
 
 from maskbit_jax import checkpointing, sharding
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.data import augment, pipeline
-from maskbit_jax.data.sources import eval_batches, eval_interpolation, make_source, num_eval_batches
+from maskbit_jax.data.sources import eval_interpolation, make_source
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.tokenizer import DTYPES, PRECISIONS
@@ -113,6 +115,14 @@ def _global_array(local: dict, shardings: dict) -> dict:
   return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in local.items()}
 
 
+@contextlib.contextmanager
+def outside_training_mesh():
+  """No context mesh and no logical rules, as the evaluation CLI runs: maskbit_jax.evaluate places its batches
+  on a mesh of the local devices of its own, which the training mesh (and its rules) must not constrain."""
+  with jax.set_mesh(None), nn.logical_axis_rules(()):
+    yield
+
+
 class _Task:
   stage: str
   log_keys: tuple[str, ...]
@@ -153,6 +163,84 @@ class _Task:
     examples = [source[i] for i in range(min(num, len(source)))]
     return np.stack([e["image"] for e in examples]), np.asarray([e["label"] for e in examples], np.int32)
 
+  # In-training evaluation (``evaluation.*``, every ``experiment.eval_every`` steps and at the end, on
+  # ``experiment.eval_images`` images): the weights files each stage's metrics need, {config key: metrics}.
+  # The loop calls prepare_evaluation once before the first step; evaluate() then runs the evaluation CLI's
+  # own code (maskbit_jax.evaluate) on the model's weights.
+  evaluation_weights: dict[str, str] = {}
+  evaluates_samples = False  # stage II: FID against evaluation.ref_stats
+
+  def eval_images(self) -> int:
+    return int(self.cfg.experiment.get("eval_images", 0) or 0)
+
+  def evaluation_setting(self, key: str, default=""):
+    return (self.cfg.get("evaluation", None) or {}).get(key, default)
+
+  def prepare_evaluation(self) -> None:
+    """Loads the networks configured in ``evaluation.*`` (a missing file fails here, before training); one
+    printed note names the metrics skipped for a weights file that is not configured."""
+    self._eval_nets: dict = {}
+    if self.eval_images() <= 0:
+      return
+    from maskbit_jax.evaluate import _inception, _lpips
+
+    skipped = []
+    for key, metrics in self.evaluation_weights.items():
+      path = str(self.evaluation_setting(key) or "")
+      if not path:
+        skipped.append(f"{metrics} (evaluation.{key} is not set)")
+        continue
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"evaluation.{key}={path!r}: file not found ({metrics} during training)")
+      if key == "inception_checkpoint":
+        self._eval_nets[key] = _inception(path, None)
+      else:
+        vgg = str(self.evaluation_setting("vgg16_checkpoint") or "") or None
+        self._eval_nets[key] = _lpips(path, vgg)
+    self._ref_stats = None
+    if self.evaluates_samples and "inception_checkpoint" in self._eval_nets:
+      path = str(self.evaluation_setting("ref_stats") or "")
+      if not path:
+        skipped.append("FID (evaluation.ref_stats is not set; IS only)")
+      elif not os.path.exists(path):
+        raise FileNotFoundError(f"evaluation.ref_stats={path!r}: file not found (FID during training)")
+      else:
+        from maskbit_jax.evaluation.metrics import load_reference_stats
+
+        self._ref_stats = load_reference_stats(path, expected_dim=2048)
+    if skipped and self.process_index == 0:
+      print("note: the in-training evaluation skips " + "; ".join(skipped), flush=True)
+
+  def eval_batch_size(self) -> int:
+    from maskbit_jax.evaluate import check_batch_size
+
+    return check_batch_size(int(self.evaluation_setting("batch_size", 32)))
+
+  @staticmethod
+  def eval_scalars(result: dict) -> dict:
+    """An evaluation CLI result -> the logged scalars (``eval_<metric>``; ``eval_images`` the count)."""
+    if not result.get("complete", True):
+      raise KeyboardInterrupt("the in-training evaluation was interrupted")
+    names = {"num_images": "eval_images", "rFID": "eval_rfid", "FID": "eval_fid", "seconds": "eval_seconds",
+             "InceptionScore": "eval_inception_score", "CodebookUsage": "eval_codebook_usage",
+             "CodebookEntropy": "eval_codebook_entropy"}
+    return {names.get(k, f"eval_{k.lower()}"): float(v) for k, v in result.items()
+            if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
+
+  def evaluate_samples(self, gen) -> dict:
+    """FID (with ``evaluation.ref_stats``) and IS of ``experiment.eval_images`` class-balanced samples of
+    ``gen`` (MaskBit or BAR), as ``python -m maskbit_jax.evaluate generator`` computes them."""
+    inception = getattr(self, "_eval_nets", {}).get("inception_checkpoint")
+    if self.eval_images() <= 0 or inception is None:
+      return {}
+    from maskbit_jax.evaluate import evaluate_generator
+
+    with outside_training_mesh():
+      result = evaluate_generator(gen, self.tokenizer, num_images=self.eval_images(),
+                                  batch_size=self.eval_batch_size(), seed=int(self.evaluation_setting("seed", 0)),
+                                  inception=inception, ref_stats=self._ref_stats, progress=False)
+    return self.eval_scalars(result)
+
   use_ema: bool  # training.use_ema, as each task's step settings hold it (a property there)
 
   def model_params(self, state):
@@ -192,6 +280,7 @@ class TokenizerTask(_Task):
 
   stage = "tokenizer"
   log_keys = ("total_loss", "reconstruction_loss", "quantizer_loss", "discriminator_loss")
+  evaluation_weights = {"inception_checkpoint": "rFID and IS", "lpips_checkpoint": "LPIPS"}
 
   def __init__(self, cfg, mesh, workdir):
     super().__init__(cfg, mesh, workdir)
@@ -272,32 +361,21 @@ class TokenizerTask(_Task):
     return np.concatenate([images, recon]), labels, len(images)
 
   def evaluate(self, state) -> dict:
-    """Mean PSNR (dB) of reconstructions (``model_params``) of the first ``experiment.eval_images`` eval images."""
-    num = int(self.cfg.experiment.get("eval_images", 0))
-    if num <= 0:
+    """rFID, IS (with ``evaluation.inception_checkpoint``), PSNR, SSIM, MAE, MSE, LPIPS (with
+    ``evaluation.lpips_checkpoint``) and codebook usage of the reconstructions (``model_params``) of the first
+    ``experiment.eval_images`` eval images: ``python -m maskbit_jax.evaluate tokenizer``'s numbers."""
+    if self.eval_images() <= 0:
       return {}
-    source = self.source("eval_source")
-    num = min(num, len(source))
-    batch = self.local_batch
-    rep = sharding.replicated(self.mesh)
+    from maskbit_jax.evaluate import evaluate_tokenizer
+    from maskbit_jax.tokenizer import Tokenizer
 
-    @functools.partial(jax.jit, out_shardings=rep)
-    def psnr_sums(params, images, mask):
-      recon = jnp.clip(self.model.apply({"params": params}, images)[0], 0.0, 1.0)
-      mse = jnp.mean(jnp.square(recon - images), axis=(1, 2, 3))
-      psnr = 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
-      return jnp.sum(jnp.where(mask, psnr, 0.0)), jnp.sum(mask.astype(jnp.float32))
-
-    shardings = {"image": self.batch_shardings["image"], "mask": sharding.batch_sharding(self.mesh, 1)}
-    total = count = 0.0
-    params = self.model_params(state)
-    steps = num_eval_batches(num, batch, self.process_count)
-    for b in eval_batches(source, batch, num=num, process_index=self.process_index,
-                          process_count=self.process_count, num_batches=steps):
-      s, c = psnr_sums(params, *_global_array({"image": b["image"], "mask": b["mask"]},
-                                                        shardings).values())
-      total, count = total + float(s), count + float(c)
-    return {"eval_psnr": total / max(count, 1.0), "eval_images": count}
+    nets = getattr(self, "_eval_nets", {})
+    tok = Tokenizer(self.cfg, self.model, host_copy(self.model_params(state)))
+    with outside_training_mesh():
+      result = evaluate_tokenizer(tok, self.source("eval_source"), batch_size=self.eval_batch_size(),
+                                  num_images=self.eval_images(), inception=nets.get("inception_checkpoint"),
+                                  lpips=nets.get("lpips_checkpoint"), progress=False)
+    return self.eval_scalars(result)
 
   def learning_rate(self, step: int) -> float:
     return float(self.schedule(step))
@@ -312,6 +390,8 @@ class GeneratorTask(_Task):
   stage = "generator"
   log_keys = ("mlm_loss", "correct_tokens", "grad_norm")
   grid_samples = 10  # the reference's sample(): 10 images; training.num_generated_images sizes decoded_pairs
+  evaluation_weights = {"inception_checkpoint": "FID and IS"}
+  evaluates_samples = True
 
   def __init__(self, cfg, mesh, workdir):
     super().__init__(cfg, mesh, workdir)
@@ -407,7 +487,10 @@ class GeneratorTask(_Task):
     return np.clip(pairs, 0.0, 1.0), [f"{kind} {i}" for i in range(len(tokens)) for kind in ("tokens", "predicted")]
 
   def evaluate(self, state) -> dict:
-    return {}
+    """FID and IS of ``experiment.eval_images`` samples of the EMA weights (``evaluate_samples``)."""
+    from maskbit_jax.generator import Generator
+
+    return self.evaluate_samples(Generator(self.cfg, self.module, host_copy(self.model_params(state))))
 
   def learning_rate(self, step: int) -> float:
     return float(self.schedule(step))
