@@ -443,8 +443,11 @@ def test_two_processes_train_like_one_process_with_four_devices(two_process_job)
   np.testing.assert_allclose(records[0]["losses"], losses, rtol=1e-5)
   with np.load(out / "params.npz") as multi:
     assert sorted(multi.files) == sorted(params)
+    # atol: parameters that start at zero (the attention in-projection bias, as torch's MHA) and see
+    # gradients at rounding level take Adam steps that follow the rounding, which the two reduction
+    # orders (2 processes, 1 process) do not share; 1e-6 of them was seen.
     for k, v in params.items():
-      np.testing.assert_allclose(multi[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+      np.testing.assert_allclose(multi[k], v, rtol=1e-5, atol=1e-5, err_msg=k)
   checksum = lambda tree: sum(float(np.abs(v).astype(np.float64).sum()) for v in tree.values())
   with np.load(out / "params.npz") as multi:
     assert checksum(dict(multi)) == pytest.approx(checksum(params), rel=1e-6)
@@ -492,11 +495,9 @@ def test_two_process_generator_evaluation_counts_every_image_once(two_process_jo
   for r in records:
     assert r["eval_num_images"] == r["eval_count"] == EVAL_IMAGES
     np.testing.assert_array_equal(r["eval_feature_totals"], expected)
-  painted = []
-  for i in range(2):  # each process's ADM file holds exactly its shard, in order
-    with np.load(out / f"samples.npz.process{i}") as f:
-      painted.extend(f["arr_0"][:, 0, 0, 0].tolist())
-  assert painted == list(range(EVAL_IMAGES))
+  with np.load(out / "samples.npz") as f:  # one ADM file, every process's images in class-balanced order
+    assert f["arr_0"][:, 0, 0, 0].tolist() == list(range(EVAL_IMAGES))
+  assert not list(out.glob("samples.npz.process*"))
 
 
 # the training CLI end to end in 2 processes: grids and exports gather what spans both processes
