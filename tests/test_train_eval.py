@@ -115,6 +115,7 @@ def test_tokenizer_logs_the_cli_metrics(tmp_path, weights):
     np.testing.assert_allclose(logged[ours], cli[theirs], rtol=1e-5, err_msg=ours)
 
 
+@pytest.mark.slow
 def test_generator_logs_the_cli_fid(tmp_path, weights):
   """Stage II on a random tokenizer: FID (vs reference statistics) and IS of 10 samples, as the CLI's."""
   result = _run("generator", tmp_path, weights)

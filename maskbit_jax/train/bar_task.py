@@ -84,6 +84,8 @@ class BarTask(_Task):
 
   stage = "bar"
   log_keys = ("mbm_loss", "masked_bit_acc", "grad_norm")
+  evaluation_weights = {"inception_checkpoint": "FID and IS"}
+  evaluates_samples = True
 
   def __init__(self, cfg, mesh, workdir):
     super().__init__(_with_resolution(cfg), mesh, workdir)
@@ -177,7 +179,8 @@ class BarTask(_Task):
     return self.sample_grid(gen, self.module.num_classes)
 
   def evaluate(self, state) -> dict:
-    return {}
+    """FID (with ``evaluation.ref_stats``) and IS of class-balanced samples, as ``evaluate generator`` gives."""
+    return self.evaluate_samples(bar.BarModel(self.cfg, self.module, host_copy(self.model_params(state))))
 
   def learning_rate(self, step: int) -> float:
     return float(self.schedule(step))
