@@ -3,8 +3,8 @@
 The command runs through ``launch/local_multiprocess.sh`` (1 CPU device per process) on the tiny
 configs with random weights and a recipe-weight Inception: 2 processes must write ONE ADM ``.npz``
 (the same images, in the same class-balanced order, as 1 process) and give the same FID and IS.
-BAR (``configs/bar_tiny.py``) runs in the default suite, MaskBit (``configs/generator_tiny.py``) is
-``slow``. 10 images in batches of 4: 3 batches, so the second process has one real batch and one
+Both run under ``-m slow`` (each takes 2-3 minutes of 2 cores, mostly compiling); the default suite
+keeps the 2-process evaluation of tests/test_distributed.py (one ADM file from both processes). 10 images in batches of 4: 3 batches, so the second process has one real batch and one
 of padding.
 """
 
@@ -95,6 +95,7 @@ def test_process_batches_cover_every_image_once_in_order():
   assert process_generation_batches(10, 4, 0, 1) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_bar_generator_evaluation_two_processes_equal_one(tmp_path, eval_files):
   _compare_one_and_two_processes(tmp_path, "configs/bar_tiny.py", "bar", eval_files)
   with open(tmp_path / "p2" / "result.json") as f:
