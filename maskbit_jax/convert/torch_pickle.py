@@ -803,23 +803,23 @@ class _Resolver:
   tensor referenced twice stays one array.
   """
 
-  def __init__(self, records: _Records):
+  def __init__(self, records: _Records, materialize: bool):
     self._records = records
+    self._materialize = materialize  # arrays (read now) or LazyTensors (read on demand)
     self._memo: dict[int, Any] = {}
 
   def __call__(self, obj: Any) -> Any:
-    if isinstance(obj, (str, bytes, int, float, complex, type(None), np.generic, np.ndarray, TorchDtype,
-                        LazyTensor)):
+    if isinstance(obj, (str, bytes, int, float, complex, type(None), np.generic, np.ndarray, TorchDtype)):
       return obj
     if id(obj) in self._memo:
       return self._memo[id(obj)]
     return self._resolve_new(obj)
 
   def _resolve_new(self, obj: Any) -> Any:
-    if isinstance(obj, _PendingTensor):
-      return self._remember(obj, LazyTensor(obj, self._records))
-    if isinstance(obj, _StorageRef):
-      return self._remember(obj, LazyTensor(_PendingTensor(obj, 0, (obj.numel,), (1,), obj.dtype), self._records))
+    if isinstance(obj, (_PendingTensor, _StorageRef)):
+      pending = obj if isinstance(obj, _PendingTensor) else _PendingTensor(obj, 0, (obj.numel,), (1,), obj.dtype)
+      tensor = LazyTensor(pending, self._records)
+      return self._remember(obj, tensor.load() if self._materialize else tensor)
     if isinstance(obj, (_PendingNdarray, _PendingDtype)):
       return self._remember(obj, obj.result())
     if isinstance(obj, dict):
@@ -877,7 +877,7 @@ def read_torch_file(path: PathLike) -> Any:
     ValueError: the file is not a torch checkpoint, is truncated, corrupt or malformed, or its
       tensors would take more than ``MATERIALIZE_FACTOR`` times its size.
   """
-  return _Materializer()(open_torch_file(path))
+  return _open(path, materialize=True)
 
 
 def open_torch_file(path: PathLike) -> Any:
@@ -888,49 +888,21 @@ def open_torch_file(path: PathLike) -> Any:
   fit the bytes present, and the pickle is scanned before it runs so that no opcode can make the
   unpickler allocate beyond a small multiple of the pickle's own size.
   """
+  return _open(path, materialize=False)
+
+
+def _open(path: PathLike, *, materialize: bool) -> Any:
   path = os.fspath(path)
   with open(path, "rb") as f:
     head = f.read(512)
     f.seek(0)
     if head.startswith(_ZIP_MAGIC):
-      return _with_path(path, lambda: _open_zip(path, f))
+      return _with_path(path, lambda: _open_zip(path, f, materialize))
     if head[:1] == b"\x80":
-      return _with_path(path, lambda: _open_legacy(path, f))
+      return _with_path(path, lambda: _open_legacy(path, f, materialize))
   if len(head) >= 262 and head[257:262] == b"ustar":
     raise ValueError(f"{path!r}: the pre-1.0 torch tar checkpoint format is not supported")
   raise ValueError(f"{path!r}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
-
-
-class _Materializer:
-  """Replaces every LazyTensor in a loaded object by its array (one array per tensor object)."""
-
-  def __init__(self) -> None:
-    self._memo: dict[int, Any] = {}
-
-  def __call__(self, obj: Any) -> Any:
-    if isinstance(obj, LazyTensor):
-      if id(obj) not in self._memo:
-        self._memo[id(obj)] = obj.load()
-      return self._memo[id(obj)]
-    if isinstance(obj, dict):
-      if id(obj) not in self._memo:
-        self._memo[id(obj)] = obj
-        for key, value in list(obj.items()):
-          obj[key] = self(value)
-        if hasattr(obj, "__dict__"):
-          self(vars(obj))
-      return obj
-    if isinstance(obj, list):
-      if id(obj) not in self._memo:
-        self._memo[id(obj)] = obj
-        obj[:] = [self(v) for v in obj]
-      return obj
-    if isinstance(obj, tuple):
-      if id(obj) not in self._memo:
-        items = tuple(self(v) for v in obj)
-        self._memo[id(obj)] = obj if all(a is b for a, b in zip(items, obj)) else items
-      return self._memo[id(obj)]
-    return obj
 
 
 def _describe(e: BaseException) -> str:
@@ -951,7 +923,7 @@ def _with_path(path: PathLike, fn: Callable[[], Any]) -> Any:
     raise ValueError(f"{os.fspath(path)!r}: {_describe(e)}") from e
   except (zipfile.BadZipFile, zlib.error, EOFError, struct.error, OverflowError, KeyError, IndexError,
           UnicodeDecodeError, NotImplementedError, RecursionError, OSError) as e:
-    if isinstance(e, OSError) and not isinstance(e, (zipfile.BadZipFile,)) and e.filename is not None:
+    if isinstance(e, OSError) and e.filename is not None:  # a real I/O error on a named file: as it is
       raise
     raise ValueError(f"{os.fspath(path)!r}: not a readable torch checkpoint ({type(e).__name__}: "
                      f"{_describe(e)})") from e
@@ -967,7 +939,7 @@ def _file_size(f: BinaryIO) -> int:
   return size
 
 
-def _open_zip(path: PathLike, f: BinaryIO) -> Any:
+def _open_zip(path: PathLike, f: BinaryIO, materialize: bool) -> Any:
   size = _file_size(f)
   try:
     archive = zipfile.ZipFile(f)
@@ -992,7 +964,7 @@ def _open_zip(path: PathLike, f: BinaryIO) -> Any:
       start, record_size, crc = locations[name]
       _check_record_size(record_size, name, dtype, numel)
       entries[key] = (name, start, record_size, crc)
-    return _resolve(obj, _ZipRecords(path, size, big_endian, entries))
+    return _resolve(obj, _ZipRecords(path, size, big_endian, entries), materialize)
 
 
 def _stored_location(f: BinaryIO, info: zipfile.ZipInfo, file_size: int) -> tuple[int, int, int]:
@@ -1052,14 +1024,14 @@ def _check_record_size(size: int, name: str, dtype: np.dtype, numel: int) -> Non
         f"({numel} x {dtype})")
 
 
-def _resolve(obj: Any, records: _Records) -> Any:
+def _resolve(obj: Any, records: _Records, materialize: bool) -> Any:
   try:
-    return _Resolver(records)(obj)
+    return _Resolver(records, materialize)(obj)
   except RecursionError as e:
     raise _FormatError("the checkpoint is nested too deeply") from e
 
 
-def _open_legacy(path: PathLike, f: BinaryIO) -> Any:
+def _open_legacy(path: PathLike, f: BinaryIO, materialize: bool) -> Any:
   # Legacy files are read whole (they are small and old): every length below is then checked
   # against the bytes present instead of being handed to a file read that would allocate it.
   data = f.read()
@@ -1077,7 +1049,7 @@ def _open_legacy(path: PathLike, f: BinaryIO) -> Any:
   if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
     raise _FormatError("the storage key list is not a list of str")
   records = _legacy_storages(memoryview(data), stream.tell(), keys, storages)
-  return _resolve(obj, _MemoryRecords(path, len(data), records))
+  return _resolve(obj, _MemoryRecords(path, len(data), records), materialize)
 
 
 def _legacy_storages(data: memoryview, pos: int, keys: list[str], storages: _StorageTable
