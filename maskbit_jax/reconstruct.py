@@ -80,7 +80,8 @@ def _images(spec: str | None, cfg, size: int, num: int) -> tuple[np.ndarray, lis
   items = [source[i] for i in range(count)]
   images = np.stack([np.asarray(it["image"]) for it in items])
   images = images / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
-  names = [f"{spec.split(':')[0]} {i} (label {int(it['label'])})" for i, it in enumerate(items)]
+  # the grid's cells are small: a name is the image's class, as the sample grids caption theirs
+  names = [f"class {int(it['label'])}" for it in items]
   return images, names
 
 
