@@ -11,6 +11,11 @@ an existing workdir resumes from its newest checkpoint; ``--config.x.y=v``
 overrides any config value (unknown keys are errors). Multi-host runs take
 ``--coordinator_address/--num_processes/--process_id`` or find them in the
 environment (TPU pod slices, SLURM, Open MPI).
+
+Exit status: 0 when the steps asked for are done; 143 (``EXIT_PREEMPTED``) on
+every process when a SIGTERM or SIGINT to any of them stopped the run early and
+its checkpoint is saved (run again to resume); 2 for a workdir that belongs to
+another run or is locked.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ def main(argv=None) -> int:
 
   if jax.process_index() == 0:
     print(json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}, default=str))
+  if summary.get("stopped_by_signal"):  # saved, not finished: a scheduler should requeue the job
+    from maskbit_jax.train.preemption import EXIT_PREEMPTED
+
+    return EXIT_PREEMPTED
   return 0
 
 

@@ -10,9 +10,10 @@
   workdir/images/*.png       reconstruction (stage I) or sample (stage II) grids
   workdir/export/<stage>/    final weights, loadable by load_tokenizer / load_generator
 
-A SIGTERM or SIGINT (a preempted TPU VM, ``scancel``, Ctrl-C) finishes the
-current step, saves a checkpoint, waits for it to be complete and returns;
-the next start resumes from it. Everything a step depends on (params,
+A SIGTERM or SIGINT (a preempted TPU VM, ``scancel``, Ctrl-C) to any process
+stops every process after the same step (``preemption``), which saves a
+checkpoint, waits for it to be complete and returns; the next start resumes
+from it. Everything a step depends on (params,
 optimizer and EMA state, LeCam state, step, PRNG key, data position) is in
 the checkpoint, so a resumed run continues bit for bit.
 """
@@ -23,9 +24,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 from typing import Any
 
@@ -36,6 +35,7 @@ from flax import linen as nn
 
 from maskbit_jax import sharding
 from maskbit_jax.train import checkpoints, observe
+from maskbit_jax.train.preemption import StopAgreement, StopRequest
 from maskbit_jax.train.tasks import make_task, stage_of, validate_common
 from maskbit_jax.train.tokenizer_step import GRAD_NORMS
 
@@ -252,37 +252,6 @@ def _has_checkpoint(workdir: str) -> bool:
   return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
-class StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps (then it saves and returns)."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.signum: int | None = None
-    self._previous: dict[int, Any] = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for s in self.SIGNALS:
-        self._previous[s] = signal.signal(s, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None:  # a second signal: stop at once
-      raise KeyboardInterrupt
-    self.signum = signum
-    print(f"received {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping", flush=True)
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-    return False
-
-  def __bool__(self) -> bool:
-    return self.signum is not None
-
-
 def make_mesh(cfg: ml_collections.ConfigDict):
   """The mesh of ``runtime.mesh`` over all devices, or the first ``runtime.num_devices`` of them."""
   runtime = cfg.get("runtime", None) or {}
@@ -394,7 +363,8 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
       step = start
       summary: dict = {"stage": stage, "workdir": workdir, "start_step": start}
       with StopRequest() as stop:
-        while step < end and not stop:
+        agree, stopping = StopAgreement(mesh), False
+        while step < end and not stopping:
           batch = task.to_device(next(data_iter))
           state, metrics = task.step(state, batch, step)
           grad_norms = metrics.pop(GRAD_NORMS, None)  # per parameter, written on their own cadence
@@ -426,20 +396,21 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
               summary["image_grid"] = observe.save_grid(workdir, "recon" if stage == "tokenizer" else "samples",
                                                         step, images, labels, ncols)
           checkpoints.save(manager, step, state, meta_now())
-        if step > start and (stop or step == end) and manager.latest_step() != step:
+          stopping = agree(bool(stop))  # the same answer on every process, after the same step
+        if step > start and (stopping or step == end) and manager.latest_step() != step:
           checkpoints.save(manager, step, state, meta_now(), force=True)
         manager.wait_until_finished()
         if step > start and manager.latest_step() != step:  # never report a save that did not happen
           raise checkpoints.CheckpointError(f"the checkpoint of step {step} was not written (newest: "
                                             f"{manager.latest_step()})")
       writer.flush()
-      summary.update(end_step=step, stopped_by_signal=bool(stop), finished=step >= total)
+      summary.update(end_step=step, stopped_by_signal=stopping, finished=step >= total)
       if step >= total:
         summary["export"] = task.export(state)  # every process: gathering sharded weights is collective
         if is_main:
           say(f"[{stage}] done: weights in {summary['export']}")
-      elif stop:
-        say(f"[{stage}] stopped at step {step}; checkpoint saved, run again to resume")
+      elif stopping:  # on every process: each one's log names the step it saved
+        print(f"[{stage}] stopped at step {step}; checkpoint saved, run again to resume", flush=True)
   finally:
     # Also when a step, the data or an evaluation raised: an asynchronous save still in flight is
     # finished (not left as a temporary folder) before the error reaches the user, and its threads do
