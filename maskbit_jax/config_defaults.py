@@ -89,8 +89,10 @@ def _add_run_sections(cfg: ml_collections.ConfigDict, run: dict, keep_checkpoint
   cfg.experiment.update(run["cadence"])
   cfg.dataset.update(run["data"])
   # Mesh axis sizes (-1: all remaining devices) over the first ``num_devices`` devices (0: all of them),
-  # and how many checkpoints to keep.
+  # and how many checkpoints to keep. ``dcn_mesh``: the part of each axis across TPU slices (or, where
+  # devices name no slice, processes); ``mesh`` is then per slice (docs/capacity.md).
   cfg.runtime.mesh = dict(data=-1, fsdp=1, tensor=1)
+  cfg.runtime.dcn_mesh = dict(data=1, fsdp=1, tensor=1)
   cfg.runtime.num_devices = 0
   cfg.runtime.keep_checkpoints = keep_checkpoints
   cfg.evaluation = evaluation()

@@ -50,29 +50,90 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def create_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds a named mesh over ``devices`` (default: all devices).
-
-  ``shape`` maps mesh axis names to sizes; one size may be -1 and is filled in
-  from the device count. Missing axes get size 1, so ``create_mesh()`` is pure
-  data parallelism over every device.
-  """
-  devices = list(jax.devices() if devices is None else devices)
-  shape = dict(shape or {"data": -1})
+def _axis_sizes(shape: dict[str, int] | None, what: str) -> list[int]:
+  """A ``{axis: size}`` dict -> sizes in ``MESH_AXES`` order (missing axes: 1); at most one -1."""
+  shape = dict(shape or {})
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"unknown mesh axes {sorted(unknown)}; known: {MESH_AXES}")
-  sizes = [shape.get(a, 1) for a in MESH_AXES]
+    raise ValueError(f"unknown {what} axes {sorted(unknown)}; known: {MESH_AXES}")
+  sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {shape}")
+    raise ValueError(f"at most one {what} axis may be -1, got {shape}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"{what} sizes must be >= 1 (or one -1), got {shape}")
+  return sizes
+
+
+def _fill(sizes: list[int], devices: int, shape: dict, what: str) -> list[int]:
+  """``sizes`` with its -1 filled in so that the product is ``devices``; a ValueError when it cannot be."""
+  sizes = list(sizes)
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide over mesh {shape}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {len(devices)}")
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+    if devices % known:
+      raise ValueError(f"{devices} devices do not divide over {what} {shape}")
+    sizes[sizes.index(-1)] = devices // known
+  if int(np.prod(sizes)) != devices:
+    raise ValueError(f"{what} {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, have {devices}")
+  return sizes
+
+
+def granules(devices: Sequence[jax.Device]) -> tuple[str, list[list[jax.Device]]]:
+  """The units joined by the slow network (DCN): TPU slices where the devices name more than one
+  (``slice_index``), else processes (hosts). Returns the attribute used and the groups, in index order."""
+  slices = {getattr(d, "slice_index", None) for d in devices}
+  attr = "slice_index" if None not in slices and len(slices) > 1 else "process_index"
+  groups: dict[int, list[jax.Device]] = {}
+  for d in devices:
+    groups.setdefault(getattr(d, attr), []).append(d)
+  return attr, [groups[k] for k in sorted(groups)]
+
+
+def create_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device] | None = None, *,
+                dcn_shape: dict[str, int] | None = None) -> Mesh:
+  """Builds a named mesh over ``devices`` (default: all devices), laid out on the interconnect.
+
+  ``shape`` maps mesh axis names to sizes within one slice (ICI); one size may be
+  -1 and is filled in from the device count. Missing axes get size 1, so
+  ``create_mesh()`` is pure data parallelism over every device. ``dcn_shape``
+  (default: 1 each) splits axes across slices (TPU multi-slice) or, where the
+  devices name no slices, across processes: axis ``a`` then has size
+  ``shape[a] * dcn_shape[a]``, with the DCN part outermost, and ``shape`` is
+  per slice. The device order comes from ``jax.experimental.mesh_utils``
+  (the TPU torus; other platforms keep ``devices``' order).
+  """
+  from jax.experimental import mesh_utils
+
+  devices = list(jax.devices() if devices is None else devices)
+  shape = dict(shape or {"data": -1})
+  sizes = _axis_sizes(shape, "mesh")
+  dcn = _axis_sizes(dcn_shape, "DCN mesh")
+  if -1 in dcn:
+    raise ValueError(f"DCN mesh sizes must be given, not -1: {dcn_shape}")
+  attr, groups = granules(devices)
+  n_dcn = int(np.prod(dcn))
+  if n_dcn == 1:
+    if attr == "slice_index":
+      raise ValueError(f"the devices span {len(groups)} slices: set runtime.dcn_mesh (e.g. data={len(groups)}) "
+                       "to split an axis across them")
+    sizes = _fill(sizes, len(devices), shape, "mesh")
+    try:
+      array = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    except (ValueError, AssertionError):
+      if len(devices) == len(jax.devices()):
+        raise
+      array = np.asarray(devices).reshape(sizes)  # a subset (runtime.num_devices) need not form a torus
+    return Mesh(array, MESH_AXES)
+  unit = "slices" if attr == "slice_index" else "processes"
+  if n_dcn != len(groups):
+    raise ValueError(f"DCN mesh {dict(zip(MESH_AXES, dcn))} spans {n_dcn} {unit}, the devices are in "
+                     f"{len(groups)} {unit}")
+  per_group = {len(g) for g in groups}
+  if len(per_group) > 1:
+    raise ValueError(f"the {unit} hold different device counts {sorted(per_group)}; a DCN mesh needs equal ones")
+  sizes = _fill(sizes, per_group.pop(), shape, f"mesh (per one of {len(groups)} {unit})")
+  array = mesh_utils.create_hybrid_device_mesh(sizes, dcn, devices, process_is_granule=attr == "process_index",
+                                               allow_split_physical_axes=True)
+  return Mesh(array, MESH_AXES)
 
 
 def _axis_size(mesh: Mesh, axes) -> int:

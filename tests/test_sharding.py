@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,8 @@ from maskbit_jax import sharding
 from maskbit_jax.generator import Generator, sharded_forward
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
 
 def test_eight_simulated_devices():
   assert jax.device_count() == 8, "conftest sets --xla_force_host_platform_device_count=8"
@@ -27,6 +31,44 @@ def test_mesh_shapes():
     sharding.create_mesh({"data": 3, "fsdp": -1})
   with pytest.raises(ValueError, match="unknown mesh axes"):
     sharding.create_mesh({"model": 2})
+
+
+def test_meshes_keep_the_device_order_on_cpu_and_validate_sizes():
+  # CPU devices have no torus: mesh_utils keeps jax.devices()' order, so every mesh config places (and
+  # computes) exactly as the plain reshape did before
+  for shape in ({"data": -1}, {"data": 2, "fsdp": 4}, {"fsdp": 2, "tensor": 4}, {"data": 2, "fsdp": 2, "tensor": 2}):
+    mesh = sharding.create_mesh(shape)
+    assert mesh.axis_names == sharding.MESH_AXES
+    np.testing.assert_array_equal(np.vectorize(lambda d: d.id)(mesh.devices).ravel(), [d.id for d in jax.devices()])
+  assert dict(sharding.create_mesh({"data": 2}, jax.devices()[:2]).shape) == {"data": 2, "fsdp": 1, "tensor": 1}
+  for shape, message in (({"data": 0}, "must be >= 1"), ({"data": -1, "fsdp": -1}, "at most one mesh axis"),
+                         ({"data": 4}, "needs 4 devices, have 8")):
+    with pytest.raises(ValueError, match=message):
+      sharding.create_mesh(shape)
+
+
+def test_dcn_mesh_needs_as_many_slices_or_processes_as_it_spans():
+  attr, groups = sharding.granules(jax.devices())
+  assert attr == "process_index" and len(groups) == 1  # one process, no slices on CPU
+  assert dict(sharding.create_mesh({"data": -1}, dcn_shape={"data": 1, "fsdp": 1}).shape)["data"] == 8
+  with pytest.raises(ValueError, match=r"DCN mesh \{'data': 2, 'fsdp': 1, 'tensor': 1\} spans 2 processes, the "
+                                       r"devices are in 1 processes"):
+    sharding.create_mesh({"fsdp": -1}, dcn_shape={"data": 2})
+  with pytest.raises(ValueError, match="not -1"):
+    sharding.create_mesh({"fsdp": -1}, dcn_shape={"data": -1})
+  with pytest.raises(ValueError, match="unknown DCN mesh axes"):
+    sharding.create_mesh(dcn_shape={"slice": 2})
+
+
+def test_runtime_dcn_mesh_from_the_config(fixture_configs):
+  from maskbit_jax.train.loop import make_mesh
+
+  cfg = maskbit_jax.load_config(str(REPO / "configs/tokenizer_tiny.py"), ["--config.runtime.mesh.fsdp=2"])
+  assert dict(cfg.runtime.dcn_mesh) == {"data": 1, "fsdp": 1, "tensor": 1}
+  assert dict(make_mesh(cfg).shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  cfg = maskbit_jax.load_config(str(REPO / "configs/tokenizer_tiny.py"), ["--config.runtime.dcn_mesh.data=2"])
+  with pytest.raises(ValueError, match="runtime.dcn_mesh .* spans 2 processes"):
+    make_mesh(cfg)
 
 
 def test_every_param_has_logical_axes(fixture_configs):

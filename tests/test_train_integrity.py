@@ -219,7 +219,7 @@ def test_changing_every_free_value_leaves_init_and_step_unchanged(stage, tmp_pat
   base = maskbit_jax.load_config(config, RUN + extra)
   flat = loop._flatten(base.to_dict(), "")
   changed = {k: _perturbed(v) for k, v in flat.items()
-             if loop.is_free(k) and not k.startswith(("runtime.mesh", "runtime.num_devices"))
+             if loop.is_free(k) and not k.startswith(("runtime.mesh", "runtime.dcn_mesh", "runtime.num_devices"))
              and not isinstance(v, (list, tuple)) and v is not None}
   assert "experiment.save_every" in changed and "dataset.num_threads" in changed
   other = maskbit_jax.load_config(config, RUN + extra + [f"--config.{k}={v}" for k, v in changed.items()])

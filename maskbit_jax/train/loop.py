@@ -53,7 +53,7 @@ FREE_TO_CHANGE = ("experiment.save_every", "experiment.log_every", "experiment.g
                   "experiment.name", "experiment.project", "experiment.logging_dir", "experiment.output_dir",
                   "experiment.resume", "dataset.eval_source", "dataset.num_threads", "dataset.prefetch_buffer_size",
                   "dataset.corrupt_images", "dataset.params.eval_shards_path_or_url",
-                  "dataset.params.num_workers_per_gpu", "runtime.keep_checkpoints", "runtime.mesh",
+                  "dataset.params.num_workers_per_gpu", "runtime.keep_checkpoints", "runtime.mesh", "runtime.dcn_mesh",
                   "runtime.num_devices", "training.num_generated_images", "training.enable_wandb", "sampling",
                   "evaluation")
 
@@ -253,7 +253,8 @@ def _has_checkpoint(workdir: str) -> bool:
 
 
 def make_mesh(cfg: ml_collections.ConfigDict):
-  """The mesh of ``runtime.mesh`` over all devices, or the first ``runtime.num_devices`` of them."""
+  """The mesh of ``runtime.mesh`` (x ``runtime.dcn_mesh`` across slices) over all devices, or the first
+  ``runtime.num_devices`` of them."""
   runtime = cfg.get("runtime", None) or {}
   devices = jax.devices()
   num = int(runtime.get("num_devices", 0) or 0)
@@ -263,7 +264,14 @@ def make_mesh(cfg: ml_collections.ConfigDict):
     raise ValueError("runtime.num_devices only applies to single-process runs")
   shape = runtime.get("mesh", None)
   shape = shape.to_dict() if hasattr(shape, "to_dict") else dict(shape or {"data": -1})
-  return sharding.create_mesh(shape, devices[:num] if num else devices)
+  dcn = runtime.get("dcn_mesh", None)
+  dcn = dcn.to_dict() if hasattr(dcn, "to_dict") else dict(dcn or {})
+  if num and any(int(v) != 1 for v in dcn.values()):
+    raise ValueError("runtime.num_devices and runtime.dcn_mesh exclude each other (a DCN mesh spans every slice)")
+  try:
+    return sharding.create_mesh(shape, devices[:num] if num else devices, dcn_shape=dcn)
+  except ValueError as e:
+    raise ValueError(f"runtime.mesh {shape}, runtime.dcn_mesh {dcn}: {e}") from None
 
 
 def _is_due(step: int, every: int) -> bool:
