@@ -395,9 +395,14 @@ def global_batch_from_local(local_batch_tree, mesh, batch_sharding=None):
 
   ``batch_sharding``: one Sharding for every leaf, a pytree of them matching
   the batch (e.g. ``batch_sh`` of ``make_jitted_step``), or None for
-  ``sharding.batch_sharding(mesh, ndim)`` per leaf. Process ``p`` of ``P``
-  passes rows ``[p * B / P, (p + 1) * B / P)`` of a global batch ``B`` (the
-  processes' blocks in device order, which is how ``create_mesh`` lays them out).
+  ``sharding.batch_sharding(mesh, ndim)`` per leaf. Each process passes the
+  rows of the batch shards its devices hold, in global order: with
+  ``create_mesh`` on CPU and GPU, or one process per slice, process ``p`` of
+  ``P`` holds rows ``[p * B / P, (p + 1) * B / P)`` of a global batch ``B``;
+  on a TPU torus a host's devices may hold shards that are not adjacent
+  (``jax.make_array_from_process_local_data`` maps its rows onto them in
+  order). Training data is drawn per process, so only bit-for-bit comparisons
+  across topologies depend on which rows those are.
   """
   import jax
   from jax.sharding import Sharding
@@ -435,6 +440,37 @@ def global_batch_from_local(local_batch_tree, mesh, batch_sharding=None):
     return jax.make_array_from_process_local_data(s, x)
 
   return jax.tree_util.tree_map_with_path(one, shardings, local)
+
+
+def process_batch_ids(num_batches: int, process_index: int, process_count: int) -> list[int]:
+  """The batches process ``process_index`` runs, one per step: step ``s`` is batch ``s * process_count +
+  process_index``. Every process runs the same number of steps (ids ``>= num_batches`` are padding, run
+  so that collectives stay aligned), and step ``s`` of processes 0, 1, ... covers consecutive batches."""
+  steps = -(-num_batches // process_count)
+  return [s * process_count + process_index for s in range(steps)]
+
+
+def gather_batches(steps: list[dict[str, np.ndarray]], num_items: int) -> dict[str, np.ndarray]:
+  """Every process's per-step results -> the ``num_items`` results of the whole job, in item order.
+
+  ``steps``: this process's results of its ``process_batch_ids`` steps, each a dict of arrays with the
+  batch size's rows (a short last batch is padded, e.g. by repeating its last row). Collective: every
+  process calls it with as many steps, of the same shapes; every process gets the whole result.
+  """
+  import jax
+  from jax.experimental import multihost_utils
+
+  if not steps:
+    raise ValueError("no steps to gather")
+  local = {k: np.stack([np.asarray(step[k]) for step in steps]) for k in steps[0]}  # [steps, batch, ...]
+  if jax.process_count() == 1:
+    return {k: v.reshape(-1, *v.shape[2:])[:num_items] for k, v in local.items()}
+  out = {}
+  for k, v in local.items():
+    every = np.asarray(multihost_utils.process_allgather(v))  # [processes, steps, batch, ...]
+    # step s of process p is batch s * P + p: steps outermost, then processes, is the batches' order
+    out[k] = np.swapaxes(every, 0, 1).reshape(-1, *v.shape[2:])[:num_items]
+  return out
 
 
 def host_copy(tree: Any) -> Any:

@@ -8,7 +8,8 @@
 Without ``--images``: the held-out images of the synthetic set when the config trained on it (the
 tiny run), else the embedded sample photos. Writes
 ``reconstructions.png`` (originals above, reconstructions below),
-``tokens.npz`` and prints PSNR and codebook usage.
+``tokens.npz`` and prints PSNR and codebook usage. In a multi-process job (``maskbit_jax.distributed``)
+the processes share the batches and process 0 writes the one folder.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def _parse(argv):
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True, help="output folder")
+  from maskbit_jax import distributed
+
+  distributed.add_distributed_args(p)
   args = p.parse_args(rest)
   if config is None:
     from maskbit_jax import checkpointing
@@ -89,13 +93,18 @@ def main(argv=None) -> int:
   config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
   import jax
 
-  from maskbit_jax import image_io
+  from maskbit_jax import distributed, image_io
   from maskbit_jax.config import load_config, vq_model_config
   from maskbit_jax.models.tokenizer import latent_stride_of
   from maskbit_jax.tokenizer import check_image_side, load_tokenizer
 
   if args.random_init and args.checkpoint:
     raise SystemExit("--random_init and --checkpoint exclude each other")
+  # as train and evaluate: nothing on one host; TPU slices, SLURM, Open MPI or the flags join the job
+  plan = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                                timeout_s=args.distributed_timeout_s)
+  if plan.is_distributed:  # [pI/N] log lines; one process leaves the caller's logging alone
+    distributed.setup_logging()
   cfg = load_config(config, overrides)
   size = args.size if args.size is not None else int(
       cfg.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
@@ -107,16 +116,20 @@ def main(argv=None) -> int:
   if args.random_init:
     print("NOTE: random (untrained) tokenizer weights; reconstructions are not meaningful.")
 
-  tokens, recons = [], []
+  outs = []
   start = time.perf_counter()
-  for i in range(0, len(images), args.batch_size):
-    batch = images[i:i + args.batch_size]
+  rows = min(args.batch_size, len(images))
+  num_batches = -(-len(images) // rows)
+  for i in distributed.process_batch_ids(num_batches, jax.process_index(), jax.process_count()):
+    batch = images[i * rows:(i + 1) * rows] if i < num_batches else images[:rows]  # past the end: padding
     t = tok.encode(batch)
-    tokens.append(np.asarray(t))
-    recons.append(np.asarray(tok.decode_tokens(t)))
-  jax.block_until_ready(recons[-1])
+    out = dict(tokens=np.asarray(t), recons=np.asarray(tok.decode_tokens(t)))
+    outs.append({k: np.concatenate([v, np.repeat(v[-1:], rows - len(v), axis=0)]) for k, v in out.items()})
+  gathered = distributed.gather_batches(outs, len(images))  # every process's batches, in order
   seconds = time.perf_counter() - start
-  tokens, recons = np.concatenate(tokens), np.concatenate(recons)
+  tokens, recons = gathered["tokens"], gathered["recons"]
+  if jax.process_index() != 0:  # process 0 writes the one folder
+    return 0
 
   mse = np.mean((np.clip(recons, 0, 1) - images) ** 2, axis=(1, 2, 3))
   psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-12))

@@ -13,6 +13,10 @@ recombining the splits, decoding) is one compiled function. BAR configs
 (``maskbit_jax.bar``), decoded by the BAR-FSQ decoder or, for BAR on MaskBit
 bits, the LFQ tokenizer. The batch is split over every local device. Writes
 one PNG per image, a labelled grid and ``tokens.npz`` (plus ``bits`` for BAR).
+In a multi-process job (``maskbit_jax.distributed``: TPU slices, SLURM, Open
+MPI or ``--coordinator_address/--num_processes/--process_id``) the processes
+share the batches and process 0 writes the one folder; the images are those of
+one process.
 """
 
 from __future__ import annotations
@@ -181,6 +185,9 @@ def _parse(argv):
   p.add_argument("--mask_schedule_strategy", choices=("linear", "square", "cosine", "arccos", "root"))
   p.add_argument("--use_sampling_annealing", choices=("true", "false"))
   p.add_argument("--tokens_allocation", help="BAR: bits revealed per MBM step, comma-separated (e.g. 2,2,5,7)")
+  from maskbit_jax import distributed
+
+  distributed.add_distributed_args(p)
   args = p.parse_args(rest)
   if config is None:
     from maskbit_jax import checkpointing
@@ -258,8 +265,14 @@ def _bar_models(cfg, args):
 
 def main(argv=None) -> int:
   config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
-  from maskbit_jax import bar, image_io
+  from maskbit_jax import bar, distributed, image_io
   from maskbit_jax.config import load_config
+
+  # as train and evaluate: nothing on one host; TPU slices, SLURM, Open MPI or the flags join the job
+  plan = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                                timeout_s=args.distributed_timeout_s)
+  if plan.is_distributed:  # [pI/N] log lines; one process leaves the caller's logging alone
+    distributed.setup_logging()
 
   cfg = load_config(config, overrides)
   gen, tok, settings, resolved = (_bar_models if bar.is_bar_config(cfg) else _maskbit_models)(cfg, args)
@@ -272,12 +285,19 @@ def main(argv=None) -> int:
   key = jax.random.key(args.seed)
   outs = []
   start = time.perf_counter()
-  for i, chunk in enumerate(range(0, len(labels), args.batch_size)):
-    outs.append(sample_sharded(gen, tok, labels[chunk:chunk + args.batch_size], jax.random.fold_in(key, i),
-                               **settings))
+  rows = min(args.batch_size, len(labels))
+  num_batches = -(-len(labels) // rows)
+  # batch i is sampled as it is (key fold_in(key, i)) whichever process runs it, so the images do not depend
+  # on the process count; a short last batch is padded after sampling, only for the gather
+  for i in distributed.process_batch_ids(num_batches, jax.process_index(), jax.process_count()):
+    chunk = labels[i * rows:(i + 1) * rows] if i < num_batches else labels[:rows]  # past the end: padding
+    out = sample_sharded(gen, tok, chunk, jax.random.fold_in(key, i), **settings)
+    outs.append({k: np.concatenate([v, np.repeat(v[-1:], rows - len(v), axis=0)]) for k, v in out.items()})
+  arrays = distributed.gather_batches(outs, len(labels))  # every process's batches, in order
   seconds = time.perf_counter() - start
-  arrays = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
   images = arrays.pop("images")
+  if jax.process_index() != 0:  # process 0 writes the one folder
+    return 0
 
   os.makedirs(args.out, exist_ok=True)
   for i, (label, image) in enumerate(zip(labels, images)):
@@ -286,7 +306,8 @@ def main(argv=None) -> int:
   image_io.save_labelled_grid(os.path.join(args.out, "grid.png"), images, [f"class {c}" for c in labels], ncols)
   np.savez(os.path.join(args.out, "tokens.npz"), labels=labels, **arrays)
   summary = dict(images=len(labels), seconds=round(seconds, 3), images_per_s=round(len(labels) / seconds, 4),
-                 devices=jax.local_device_count(), random_init=bool(args.random_init), settings=resolved)
+                 devices=jax.device_count(), processes=jax.process_count(), random_init=bool(args.random_init),
+                 settings=resolved)
   with open(os.path.join(args.out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(json.dumps(summary))

@@ -31,6 +31,7 @@ TRAIN_MESH = {"data": 2, "fsdp": 2}  # fsdp inside a process, data across the tw
 EVAL_IMAGES = 5  # shards of 2 and 3 over two processes: an uneven split with an empty padded batch
 EVAL_BATCH = 2
 FEATURE_DIM = 8
+GATHER_ITEMS, GATHER_BATCH = 7, 2  # 4 batches, the last one short: 2 steps on each process
 
 
 # -- the work both the 2-process job and the in-process reference do ---------------------
@@ -153,10 +154,21 @@ def worker_main(argv) -> int:
   if distributed.is_main_process():
     np.savez(out / "params.npz", **params)
   result, stats = run_generator_eval(EVAL_IMAGES, EVAL_BATCH, str(out / "samples.npz"))
+  from maskbit_jax import sharding
+
+  # GATHER_ITEMS items in batches of GATHER_BATCH over the processes (the sample and reconstruct CLIs' split)
+  ids = distributed.process_batch_ids(-(-GATHER_ITEMS // GATHER_BATCH), jax.process_index(), jax.process_count())
+  batches = [dict(item=np.arange(i * GATHER_BATCH, (i + 1) * GATHER_BATCH), process=np.full(GATHER_BATCH,
+                                                                                           jax.process_index()))
+             for i in ids]
+  gathered = distributed.gather_batches(batches, GATHER_ITEMS)
+  hybrid = sharding.create_mesh({"fsdp": -1}, dcn_shape={"data": 2})  # processes as the DCN granules
   record = dict(plan=plan.mode, process_index=jax.process_index(), process_count=jax.process_count(),
                 device_count=jax.device_count(), local_device_count=jax.local_device_count(), losses=losses,
                 eval_num_images=result["num_images"], eval_feature_totals=stats.total.tolist(),
-                eval_count=int(stats.count))
+                eval_count=int(stats.count), gathered_items=gathered["item"].tolist(),
+                gathered_processes=gathered["process"].tolist(), hybrid_shape=dict(hybrid.shape),
+                hybrid_processes=[[d.process_index for d in row] for row in hybrid.devices[:, :, 0]])
   (out / f"process_{jax.process_index()}.json").write_text(json.dumps(record))
   logging.getLogger("worker").info("done")
   return 0
@@ -500,6 +512,15 @@ def test_two_process_generator_evaluation_counts_every_image_once(two_process_jo
   assert not list(out.glob("samples.npz.process*"))
 
 
+def test_two_processes_gather_their_batches_in_item_order_and_form_a_hybrid_mesh(two_process_job):
+  _, records = two_process_job
+  for r in records:
+    assert r["gathered_items"] == list(range(GATHER_ITEMS))
+    assert r["gathered_processes"] == [0, 0, 1, 1, 0, 0, 1]  # batch i ran on process i % 2
+    assert r["hybrid_shape"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    assert r["hybrid_processes"] == [[0, 0], [1, 1]]  # the DCN axis (data) is the process
+
+
 # the training CLI end to end in 2 processes: grids and exports gather what spans both processes
 
 def _launch_train(tmp_path, name: str, *overrides: str) -> pathlib.Path:
@@ -573,3 +594,42 @@ def test_two_process_bar_training_cli_writes_its_grid_and_export(two_process_tok
   bar_dir = _launch_train(tmp_path, "bar", "--config", str(REPO / "configs/bar_tiny.py"),
                           f"--config.experiment.vqgan_checkpoint={two_process_tokenizer / 'export/tokenizer'}")
   _assert_export_equals_checkpoint(bar_dir, "bar_generator")
+
+
+# the sample and reconstruct CLIs in 2 processes: one output folder, the same as one process's
+
+def _launch_cli(tmp_path, name: str, processes: int, module: str, *args: str) -> pathlib.Path:
+  out, logs = tmp_path / name, tmp_path / f"{name}_logs"
+  cmd = ["bash", str(LAUNCH), "-q", "-n", str(processes), "-d", "2", "-l", str(logs), "--",
+         sys.executable, "-m", module, "--out", str(out), *args]
+  run = run_while_progressing(cmd, logs, env=_env(), cwd=REPO)
+  text = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
+  assert run.returncode == 0, f"{run.stderr}\n{text}"
+  return out
+
+
+def _assert_same_folder(one: pathlib.Path, two: pathlib.Path, npz: str, keys: tuple[str, ...]) -> None:
+  assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+  with np.load(one / npz) as a, np.load(two / npz) as b:
+    for k in keys:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  for png in sorted(one.glob("*.png")):
+    assert png.read_bytes() == (two / png.name).read_bytes(), png.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cli", ["reconstruct", "sample"])
+def test_two_process_cli_writes_one_folder_equal_to_one_process(tmp_path, cli):
+  if cli == "reconstruct":  # 5 images in batches of 2: 3 batches over 2 processes, the last one short
+    args = ("maskbit_jax.reconstruct", "--config", str(REPO / "configs/tokenizer_tiny.py"), "--random_init",
+            "--images", "synthetic:5", "--num_images", "5", "--batch_size", "2")
+    npz, keys = "tokens.npz", ("tokens", "names")
+  else:
+    args = ("maskbit_jax.sample", "--config", TINY, "--random_init", "--classes", "1,2,3,4,5", "--batch_size", "2",
+            "--num_steps", "2")
+    npz, keys = "tokens.npz", ("tokens", "labels")
+  one = _launch_cli(tmp_path, "one", 1, *args)
+  two = _launch_cli(tmp_path, "two", 2, *args)
+  _assert_same_folder(one, two, npz, keys)
+  summary = json.loads((two / "summary.json").read_text())
+  assert summary["images"] == 5
