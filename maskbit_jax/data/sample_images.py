@@ -42,8 +42,18 @@ def sample_photos(size: int = 256, names: tuple[str, ...] = PHOTOS,
   return np.stack(images), list(names)
 
 
-NUM_SHAPES = 4  # disc, square, triangle, stripes
-NUM_HUES = 4
+SHAPE_NAMES = ("disc", "square", "triangle", "stripes")
+HUE_NAMES = ("red", "green", "blue", "yellow")
+NUM_SHAPES = len(SHAPE_NAMES)
+NUM_HUES = len(HUE_NAMES)
+
+
+def class_name(label: int) -> str:
+  """The synthetic set's name of class ``label``: "<hue> <shape>", e.g. 6 -> "green triangle"."""
+  label = int(label)
+  if not 0 <= label < NUM_SHAPES * NUM_HUES:
+    raise ValueError(f"the synthetic set has classes 0..{NUM_SHAPES * NUM_HUES - 1}, got {label}")
+  return f"{HUE_NAMES[label // NUM_SHAPES]} {SHAPE_NAMES[label % NUM_SHAPES]}"
 
 
 def synthetic_images(num: int, size: int = 64, seed: int = 0, num_classes: int = NUM_SHAPES * NUM_HUES,
