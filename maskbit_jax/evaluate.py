@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax import image_io, sharding
+from maskbit_jax import distributed, image_io, sharding
 from maskbit_jax.evaluation import metrics as M
 
 IMAGE_SLACK = 1e-6
@@ -211,9 +211,7 @@ def process_generation_batches(num_images: int, batch_size: int, process_index: 
   gives the samples in class-balanced order. A batch's images and key depend on ``g`` alone: the samples (and
   FID) do not depend on the process count, only on ``batch_size``.
   """
-  total = -(-num_images // batch_size)
-  steps = -(-total // process_count)
-  return [s * process_count + process_index for s in range(steps)]
+  return distributed.process_batch_ids(-(-num_images // batch_size), process_index, process_count)
 
 
 def merge_is_parts(parts: list) -> M.InceptionScoreSplits:
@@ -357,7 +355,6 @@ def _lpips(path: str, trunk: str | None):
 
 
 def main(argv=None) -> int:
-  from maskbit_jax import distributed
   from maskbit_jax.config import load_config, split_config_args
 
   config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
