@@ -11,10 +11,11 @@ reading it does not hold up the asynchronous dispatch of the steps.
 
 jax's preemption service (``multihost_utils.reached_preemption_sync_point``,
 behind orbax's ``CheckpointManager.reached_preemption``) is not used: it only
-reacts to SIGTERM (Ctrl-C on one process would still hang the others), and it
-picks the step in a background protocol from the counters the processes report
-when the notice reaches them, so the outcome depends on timing; here it is one
-collective at a fixed step.
+hears SIGTERM, through a handler of its own in C++ that a Python handler
+replaces (and Ctrl-C on one process would still hang the others), and it is
+absent in a single process. One all-reduce serves both signals and every
+process count, and its answer is fixed by the step, not by when a background
+protocol runs.
 
 After the save the command exits with ``EXIT_PREEMPTED`` on every process,
 also on those that received no signal, so that schedulers requeue the job.
