@@ -116,10 +116,11 @@ def test_pretokenized_bits_equal_the_encoder_on_the_fly(fsq_setup, tmp_path):
   assert np.any(bits != flipped)  # the flip is really another image
 
 
-def test_refuses_to_overwrite_and_checks_the_size(fsq_setup, token_set):
+def test_resumes_refuses_other_arguments_and_checks_the_size(fsq_setup, token_set):
   out, args = token_set
-  with pytest.raises(FileExistsError):
-    pretokenize_main(args)
+  assert pretokenize_main(args) == 0  # the same arguments: the finished set is resumed, nothing rewritten
+  with pytest.raises(FileExistsError, match="crop was 'adm', this run has 'center'"):
+    pretokenize_main([*args, "--crop", "center"])
   assert len(TokenDataset(out)) == NUM_IMAGES  # the refused run left the set intact
   config, _, size = fsq_setup
   with pytest.raises(ValueError, match=f"encodes {size} px"):

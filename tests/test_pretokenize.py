@@ -8,10 +8,12 @@ import pytest
 import maskbit_jax
 from conftest import REPO, task_on_token_set, tokenizer_config
 from maskbit_jax.data.sources import SyntheticSource
-from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main
+from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main, pretokenize
 
 
 def test_pretokenized_tokens_equal_on_the_fly(tmp_path, golden, fixture_configs):
+  """Every image's and flip's tokens, in order; a rerun resumes (here: nothing left), other arguments are
+  refused by name until --overwrite."""
   cfg = tmp_path / "c.py"
   cfg.write_text(f"def get_config():\n  return {tokenizer_config(fixture_configs, 'tokenizer_tiny')!r}\n")
   out = tmp_path / "tok"
@@ -32,9 +34,55 @@ def test_pretokenized_tokens_equal_on_the_fly(tmp_path, golden, fixture_configs)
   np.testing.assert_array_equal(np.stack([r["tokens"] for r in got]), expected)
   np.testing.assert_array_equal(np.stack([r["tokens_flipped"] for r in got]), expected_flipped)
   np.testing.assert_array_equal([int(r["label"]) for r in got], [src[i]["label"] for i in range(11)])
-  with pytest.raises(FileExistsError):
-    pretokenize_main(args)
-  assert len(TokenDataset(str(out))) == 11  # the refused run left the dataset intact
+  before = _files(out)
+  assert pretokenize_main(args) == 0  # the same arguments: every shard is done, nothing is written again
+  assert _files(out) == before
+  other = [a if a != "synthetic:11" else "synthetic:12" for a in args]
+  with pytest.raises(FileExistsError, match=r"holds another token set \(--data was 'synthetic:11', this run has "
+                                            r"'synthetic:12'\)"):
+    pretokenize_main(other)
+  assert _files(out) == before and len(TokenDataset(str(out))) == 11  # the refused run left the set intact
+  assert pretokenize_main([*other, "--overwrite"]) == 0 and len(TokenDataset(str(out))) == 12
+
+
+def _files(folder) -> dict:
+  """Name -> bytes of every file of a token set, plan and markers included."""
+  return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _tiny_tokenizer(golden, fixture_configs):
+  return maskbit_jax.load_tokenizer(tokenizer_config(fixture_configs, "tokenizer_tiny"), golden / "tokenizer_tiny.bin")
+
+
+def test_an_interrupted_run_resumes_shard_by_shard_to_the_same_bytes(tmp_path, golden, fixture_configs):
+  """11 images in shards of 4 (each shard's one batch of 8 padded): stopped after one shard, a second shard
+  left half-written (no marker), the rerun skips the finished shard, redoes the other two, and the folder
+  equals an uninterrupted run's byte for byte; padding rows are never written."""
+  tok, src = _tiny_tokenizer(golden, fixture_configs), SyntheticSource(11, 32)
+  run = lambda out, **kw: pretokenize(tok, src, str(out), batch_size=8, shard_size=4, plan={"--data": "s11"}, **kw)
+  whole = run(tmp_path / "whole")
+  assert [s["records"] for s in whole["shards"]] == [4, 4, 3] and whole["new_shards"] == 3
+  ds = TokenDataset(str(tmp_path / "whole"))
+  assert [int(ds[i]["index"]) for i in range(len(ds))] == list(range(11))  # no padding row, none lost
+
+  out = tmp_path / "resumed"
+  assert run(out, stop_after_shards=1) is None
+  assert not (out / "meta.json").exists()
+  first = out / "tokens-00000-of-00003.array_record"
+  (out / "tokens-00001-of-00003.array_record").write_bytes(first.read_bytes()[:100])  # a killed writer's part
+  stamp = first.stat().st_mtime_ns
+  resumed = run(out)
+  assert resumed["new_shards"] == 2 and first.stat().st_mtime_ns == stamp  # shard 0 was not written again
+  assert _files(out) == _files(tmp_path / "whole")
+  for i in range(len(ds)):
+    assert TokenDataset(str(out))[i]["tokens"].tobytes() == ds[i]["tokens"].tobytes()
+
+
+def test_progress_line():
+  from maskbit_jax.pretokenize import progress_line
+
+  assert progress_line(300, 1000, 100.0) == "pretokenize: 300/1000 images, 100.0 images/s, ETA 00:00:07"
+  assert progress_line(8, 1000, None) == "pretokenize: 8/1000 images"
 
 
 @pytest.mark.parametrize("tokenizer_arg, size, message", [
@@ -105,7 +153,7 @@ def test_crops_refused_where_they_cannot_be_drawn(tmp_path, capsys):
 
 def test_sets_without_crops_in_their_meta_still_load(tmp_path):
   """A set written before --crops (no "crops" in meta.json) reads as one crop per image; a count that does
-  not match the records is named."""
+  not match the records is named; a set of one shard per process (before the shard list) still reads."""
   import json
 
   out = tmp_path / "tokens"
@@ -121,3 +169,12 @@ def test_sets_without_crops_in_their_meta_still_load(tmp_path):
   (out / "meta.json").write_text(json.dumps(dict(meta, crops=2)))
   with pytest.raises(ValueError, match=r"3 records, meta.json says 3 images x 2 crops"):
     TokenDataset(str(out))
+  # a set of the old layout (one shard per process, no shard list) still loads
+  legacy = dict(meta, process_count=1)
+  legacy.pop("shards")
+  (out / "meta.json").write_text(json.dumps(legacy))
+  assert len(TokenDataset(str(out))) == 3
+  (out / "plan.json").unlink()  # an old folder has no plan: a rerun cannot tell its arguments, and says so
+  with pytest.raises(FileExistsError, match="no plan.json"):
+    pretokenize_main(["--config", str(REPO / "configs/tokenizer_tiny.py"), "--random_init", "--data",
+                      "synthetic:3", "--size", "32", "--batch_size", "8", "--out", str(out)])
