@@ -29,6 +29,7 @@ random-access source. Tokens equal what the tokenizer's encoder gives on the fly
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -342,7 +343,8 @@ def main(argv=None) -> int:
                  help="replace a set made with other arguments (a rerun with the same ones resumes it)")
   p.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_SIZE,
                  help="records per ArrayRecord shard, the unit a rerun resumes by (default %(default)s)")
-  p.add_argument("--num_threads", type=int, default=8, help="grain threads decoding and resizing images")
+  p.add_argument("--num_threads", type=int, default=min(8, os.cpu_count() or 1),
+                 help="grain threads decoding and resizing images (default: the cores, at most 8)")
   p.add_argument("--prefetch", type=int, default=64, help="images decoded ahead of the encoder")
   p.add_argument("--crops", type=int, default=1,
                  help="K > 1: K random-resized crops per image (the config's dataset.preprocessing recipe: "

@@ -87,7 +87,7 @@ def test_progress_line():
 
 @pytest.mark.parametrize("tokenizer_arg, size, message", [
     (":bits=10", 32, r"holds 10-bit tokens; the model takes 12 bits per token"),
-    ("", 64, r"holds a \(8, 8\) token grid; the model takes \(4, 4\)")])
+    ("", 64, r"holds a \(16, 16\) token grid; the model takes \(8, 8\)")])  # stride 4: 64 px -> 16 x 16
 def test_stage_two_refuses_a_token_set_of_other_bits_or_grid(tmp_path, tokenizer_arg, size, message):
   """A set pretokenized by another tokenizer (bits) or at another size (grid): named before any step."""
   out = tmp_path / "tokens"
@@ -178,3 +178,62 @@ def test_sets_without_crops_in_their_meta_still_load(tmp_path):
   with pytest.raises(FileExistsError, match="no plan.json"):
     pretokenize_main(["--config", str(REPO / "configs/tokenizer_tiny.py"), "--random_init", "--data",
                       "synthetic:3", "--size", "32", "--batch_size", "8", "--out", str(out)])
+
+
+def _tiny_args(folder, golden, fixture_configs) -> list[str]:
+  """The fixture's tiny tokenizer and weights (a config file of its own: configs/ may change meanwhile)."""
+  cfg = folder / "tok_config.py"
+  cfg.write_text(f"def get_config():\n  return {tokenizer_config(fixture_configs, 'tokenizer_tiny')!r}\n")
+  return ["--config", str(cfg), "--checkpoint", str(golden / "tokenizer_tiny.bin"), "--size", "32", "--batch_size", "8"]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_bytes(tmp_path, golden, fixture_configs):
+  """SIGKILL of the command line once its first shard is marked finished; the rerun completes the folder
+  to the bytes of an uninterrupted run's, without writing the finished shards again."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  args = [*_tiny_args(tmp_path, golden, fixture_configs), "--data", "synthetic:64", "--shard_size", "2"]
+  whole = tmp_path / "whole"
+  assert pretokenize_main([*args, "--out", str(whole)]) == 0
+  out = tmp_path / "killed"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  proc = subprocess.Popen([sys.executable, "-m", "maskbit_jax.pretokenize", *args, "--out", str(out)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.done")) and proc.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  assert not (out / "meta.json").exists()
+  done = {p.name[: -len(".done")]: (out / p.name[: -len(".done")]).stat().st_mtime_ns for p in out.glob("*.done")}
+  assert done
+  assert pretokenize_main([*args, "--out", str(out)]) == 0
+  assert all((out / name).stat().st_mtime_ns == stamp for name, stamp in done.items())
+  assert {k: v for k, v in _files(out).items() if not k.endswith(".tmp")} == _files(whole)
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_set_equal_to_one_process(tmp_path, golden, fixture_configs):
+  """2 processes x 2 devices split 3 shards (11 images in shards of 4): one meta listing every shard, and
+  the folder byte-equal to one process's."""
+  import json
+
+  from test_distributed import _launch_cli
+
+  args = ("maskbit_jax.pretokenize", *_tiny_args(tmp_path, golden, fixture_configs), "--data", "synthetic:11",
+          "--shard_size", "4")
+  one = _launch_cli(tmp_path, "one", 1, *args)
+  two = _launch_cli(tmp_path, "two", 2, *args)
+  meta = json.loads((two / "meta.json").read_text())
+  assert [(s["file"], s["records"]) for s in meta["shards"]] == [
+      (f"tokens-0000{i}-of-00003.array_record", n) for i, n in enumerate([4, 4, 3])]
+  assert _files(one) == _files(two)
+  assert len(TokenDataset(str(two))) == 11
