@@ -22,27 +22,20 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from maskbit_jax import paths
+
 META_FILE = "maskbit_jax.json"
 PARAMS_DIR = "params"
 FORMAT_VERSION = 1
 
 
-def _umask() -> int:
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
 def is_params_checkpoint(path: str | os.PathLike) -> bool:
-  path = os.fspath(path)
-  return os.path.isdir(path) and os.path.isfile(os.path.join(path, META_FILE))
+  folder = paths.resolve(path)
+  return folder.is_dir() and (folder / META_FILE).is_file()
 
 
 def _write_json_atomic(path: str, payload: dict) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(payload, f, indent=1, sort_keys=False)
-  os.replace(tmp, path)
+  paths.write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=False))
 
 
 def save_params(directory: str | os.PathLike, params: Any, *, kind: str, config: dict,
@@ -50,24 +43,21 @@ def save_params(directory: str | os.PathLike, params: Any, *, kind: str, config:
   """Saves ``params`` to ``directory`` and returns its absolute path.
 
   Refuses to replace an existing checkpoint unless ``overwrite``; with it the
-  old one is only removed once the new one is completely written.
+  old one is only removed once the new one is completely written. A URL (``gs://...``) is written in place
+  instead (a folder rename there copies every object): its description last, so that until it is
+  complete the folder is not a checkpoint (``is_params_checkpoint``).
   """
+  if paths.is_url(directory):
+    return _save_params_in_place(paths.as_str(directory), params, kind=kind, config=config, meta=meta,
+                                 overwrite=overwrite)
   directory = os.path.abspath(os.fspath(directory))
   if os.path.exists(directory) and os.listdir(directory) and not overwrite:
     raise FileExistsError(f"{directory} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(dir=parent, prefix=os.path.basename(directory) + ".tmp-")
-  os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it owner-only; an export is meant to be shared
-  # This process alone writes (host arrays, a staging folder of its own): no barrier with the others,
-  # which in a multi-process run are not saving (train's export: process 0 writes what all gathered).
-  me = jax.process_index()
-  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
-      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"save_params_{me}"))
-  checkpointer.save(os.path.join(staging, PARAMS_DIR), params)
-  checkpointer.wait_until_finished()
-  _write_json_atomic(os.path.join(staging, META_FILE),
-                     dict(format_version=FORMAT_VERSION, kind=kind, config=config, **(meta or {})))
+  os.chmod(staging, 0o777 & ~paths.umask())  # mkdtemp makes it owner-only; an export is meant to be shared
+  _write_params(staging, params, dict(format_version=FORMAT_VERSION, kind=kind, config=config, **(meta or {})))
   if os.path.exists(directory):
     old = directory + ".old"
     os.replace(directory, old)
@@ -77,6 +67,31 @@ def save_params(directory: str | os.PathLike, params: Any, *, kind: str, config:
     shutil.rmtree(old, ignore_errors=True)
   else:
     os.replace(staging, directory)
+  return directory
+
+
+def _write_params(directory: str, params: Any, description: dict) -> None:
+  """``directory/params`` (Orbax) and then ``directory/maskbit_jax.json``."""
+  # This process alone writes (host arrays, a folder of its own): no barrier with the others, which
+  # in a multi-process run are not saving (train's export: process 0 writes what all gathered).
+  me = jax.process_index()
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"save_params_{me}"))
+  checkpointer.save(paths.resolve(paths.join(directory, PARAMS_DIR)), params)
+  checkpointer.wait_until_finished()
+  _write_json_atomic(paths.join(directory, META_FILE), description)
+
+
+def _save_params_in_place(directory: str, params: Any, *, kind: str, config: dict, meta: dict | None,
+                          overwrite: bool) -> str:
+  folder = paths.resolve(directory)
+  if folder.is_dir() and any(folder.iterdir()):
+    if not overwrite:
+      raise FileExistsError(f"{directory} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    if (folder / META_FILE).exists():  # first, so that a save cut short leaves no checkpoint behind
+      (folder / META_FILE).unlink()
+    folder.rmtree()
+  _write_params(directory, params, dict(format_version=FORMAT_VERSION, kind=kind, config=config, **(meta or {})))
   return directory
 
 
@@ -96,15 +111,14 @@ def read_meta(directory: str | os.PathLike) -> dict:
   that is a path (to a ``.py`` that would be imported) or anything but a mapping is refused here,
   and nothing from the folder is ever imported or run.
   """
-  path = os.path.join(os.fspath(directory), META_FILE)
-  if not os.path.isfile(path):
+  path = paths.join(directory, META_FILE)
+  if not paths.isfile(path):
     raise FileNotFoundError(f"{directory} is not a maskbit_jax checkpoint (no {META_FILE})")
-  size = os.path.getsize(path)
+  size = paths.file_size(path)
   if size > MAX_META_BYTES:
     raise CheckpointMetaError(f"{path}: {size} bytes, not a maskbit_jax description (at most {MAX_META_BYTES})")
   try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
+    meta = json.loads(paths.resolve(path).read_bytes().decode("utf-8"))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise CheckpointMetaError(f"{path} is not valid JSON ({e})") from None
   return check_meta(meta, path)
@@ -143,8 +157,8 @@ def stored_config(*checkpoints: str | os.PathLike | None) -> dict | None:
 
 def params_metadata(directory: str | os.PathLike) -> Any:
   """The tree of the saved params' metadata (``.shape``, ``.dtype`` per leaf), without reading array data."""
-  path = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
-  if not os.path.isdir(path):
+  path = paths.resolve(directory) / PARAMS_DIR
+  if not path.is_dir():
     raise FileNotFoundError(f"{directory} has no {PARAMS_DIR}/ folder")
   try:
     tree = ocp.StandardCheckpointer().metadata(path).item_metadata
@@ -156,8 +170,8 @@ def params_metadata(directory: str | os.PathLike) -> Any:
 def load_params(directory: str | os.PathLike, abstract_params: Any | None = None) -> Any:
   """Restores params; with ``abstract_params`` (ShapeDtypeStructs, optionally
   carrying shardings) shapes are checked and arrays placed accordingly."""
-  path = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
-  if not os.path.isdir(path):
+  path = paths.resolve(directory) / PARAMS_DIR
+  if not path.is_dir():
     raise FileNotFoundError(f"{directory} has no {PARAMS_DIR}/ folder")
   checkpointer = ocp.StandardCheckpointer()
   if abstract_params is None:

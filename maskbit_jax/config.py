@@ -18,6 +18,8 @@ from typing import Any
 import ml_collections
 import yaml
 
+from maskbit_jax import paths
+
 ConfigLike = Any  # ConfigDict | Mapping | str | os.PathLike
 
 
@@ -69,17 +71,16 @@ def load_config(config: ConfigLike, overrides: Iterable[str] = ()) -> ml_collect
   if isinstance(config, (str, os.PathLike)):
     spec = os.fspath(config)
     path, arg = spec, None
-    if not os.path.exists(spec) and ":" in spec:
+    # a URL's own colon is no argument: gs://b/c.py:bits=14 splits at the last colon, gs://b/c.py not at all
+    if not paths.exists(spec) and ":" in spec and not (paths.is_url(spec) and "/" in spec.rsplit(":", 1)[1]):
       path, arg = spec.rsplit(":", 1)
-    if not os.path.exists(path):
+    if not paths.exists(path):
       raise FileNotFoundError(f"config file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".py":
-      cfg = _load_py(path, arg)
-    elif ext in (".yaml", ".yml"):
-      cfg = _load_yaml(path)
-    else:
+    if ext not in (".py", ".yaml", ".yml"):
       raise ValueError(f"config {path}: expected a .py or .yaml file")
+    with paths.local_copy(path) as local:
+      cfg = _load_py(local, arg) if ext == ".py" else _load_yaml(local)
   else:
     cfg = ml_collections.ConfigDict(_plain(config))
   for item in overrides:

@@ -18,8 +18,11 @@ against the bytes present (see ``docs/reliability.md``).
 from __future__ import annotations
 
 import os
+import posixpath
+import shutil
 import struct
 import tempfile
+import weakref
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -27,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 import numpy as np
 
+from maskbit_jax import paths
 from maskbit_jax.convert import torch_pickle
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -220,8 +224,43 @@ def _read_npy(path: str, info: zipfile.ZipInfo, shape, fortran: bool, dtype: np.
   return array.reshape(shape, order="F" if fortran else "C").copy(order="K")
 
 
+_COPY_CHUNK = 1 << 22
+
+
+def _read_remote(url: str) -> StateDict:
+  """A URL's file (``gs://...``), copied to a local temporary file first, as every reader seeks in or maps
+  a local file; the copy is removed with the returned StateDict."""
+  source = paths.resolve(url)
+  if source.is_dir():
+    source = source / "pytorch_model.bin"
+    if not source.exists():
+      raise FileNotFoundError(f"{url} is a directory without pytorch_model.bin")
+  elif not source.exists():
+    raise FileNotFoundError(f"checkpoint not found: {url}")
+  folder = tempfile.mkdtemp(prefix="maskbit_remote_")
+  local = os.path.join(folder, source.name)
+  try:
+    with source.open("rb") as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst, _COPY_CHUNK)
+    state = read_state_dict(local)
+  except ValueError as e:  # the readers name the file: the URL, not its temporary copy
+    shutil.rmtree(folder, ignore_errors=True)
+    raise ValueError(str(e).replace(local, os.fspath(source))) from None
+  except BaseException:
+    shutil.rmtree(folder, ignore_errors=True)
+    raise
+  state.source = os.fspath(source)
+  weakref.finalize(state, shutil.rmtree, folder, True)
+  return state
+
+
 def read_state_dict(path: str | os.PathLike) -> StateDict:
-  """Returns ``{name: array}`` in file order, PyTorch names and layouts, read lazily (:class:`StateDict`)."""
+  """Returns ``{name: array}`` in file order, PyTorch names and layouts, read lazily (:class:`StateDict`).
+
+  ``path`` may be a URL (``gs://...``, any scheme etils.epath serves).
+  """
+  if paths.is_url(path):
+    return _read_remote(os.fspath(path))
   path = _resolve(os.fspath(path))
   lower = path.lower()
   if lower.endswith(".safetensors"):
@@ -238,9 +277,17 @@ def write_state_dict(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -
   """Writes a state dict as ``.bin`` (torch zip format, no torch needed), ``.safetensors`` or ``.npz``.
 
   The file appears atomically: an existing file is replaced only once the new
-  one is complete.
+  one is complete. A URL (``gs://...``) is written locally first, then uploaded: an object appears whole
+  when its upload ends.
   """
   path = os.fspath(path)
+  if paths.is_url(path):
+    with tempfile.TemporaryDirectory(prefix="maskbit_out_") as folder:
+      local = os.path.join(folder, posixpath.basename(path))  # the same name: .bin archives are named after it
+      write_state_dict(local, state)
+      with open(local, "rb") as src, paths.resolve(path).open("wb") as dst:
+        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+    return
   lower = path.lower()
   if lower.endswith((".bin", ".pt", ".pth")):
     torch_pickle.write_torch_file(path, state)

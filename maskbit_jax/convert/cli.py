@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -41,7 +40,7 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax import cli_errors
-from maskbit_jax import checkpointing
+from maskbit_jax import checkpointing, paths
 from maskbit_jax.config import add_config_help, load_config, split_config_args, vq_model_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
 from maskbit_jax.convert.loading import check_params_match
@@ -154,7 +153,7 @@ def import_checkpoint(cfg, checkpoint: str, out: str, kind: str | None = None, o
   verify_round_trip(conv.reproduced(state), conv.reproduced(back), checkpoint)
   return checkpointing.save_params(
       out, params, kind=kind, config=cfg.to_dict(), overwrite=overwrite,
-      meta=dict(source=os.path.abspath(checkpoint), torch_key_order=list(state)))
+      meta=dict(source=paths.as_str(checkpoint), torch_key_order=list(state)))
 
 
 def import_tokenizer(cfg, checkpoint: str, out: str, overwrite: bool = False) -> str:
@@ -207,7 +206,7 @@ def main(argv=None) -> int:
   if checkpointing.is_params_checkpoint(args.checkpoint):
     if not args.out.lower().endswith(EXPORT_SUFFIXES):
       p.error(f"exporting needs --out ending in one of {EXPORT_SUFFIXES}")
-    if os.path.exists(args.out) and not args.overwrite:
+    if paths.exists(args.out) and not args.overwrite:
       p.error(f"{args.out} exists; pass --overwrite to replace it")
     export_checkpoint(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {args.out}")

@@ -33,6 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from maskbit_jax import paths
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "integrity.json"
@@ -94,7 +96,7 @@ def make_manager(directory: str, *, save_every: int = 1000, keep: int = 3, async
     raise ValueError(f"save_every ({save_every}) and keep ({keep}) must be >= 1")
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
                                          enable_async_checkpointing=async_save, create=True)
-  return Manager(epath.Path(directory).absolute(), options=options, item_names=("state", "meta"))
+  return Manager(paths.resolve(directory), options=options, item_names=("state", "meta"))
 
 
 def step_path(manager: ocp.CheckpointManager, step: int) -> epath.Path:
@@ -118,8 +120,17 @@ def abstract_like(state: Any) -> Any:
 
 def _files(step_dir: epath.Path) -> list[str]:
   """Every file below ``step_dir`` but the manifest, as sorted paths relative to it."""
+  if paths.is_url(step_dir):  # epath's walk there yields roots without their scheme
+    return sorted(name for name in _object_names(step_dir, "") if name != MANIFEST)
   return sorted(str((root / name).relative_to(step_dir)) for root, _, names in step_dir.walk() for name in names
                 if not (root == step_dir and name == MANIFEST))
+
+
+def _object_names(folder: epath.Path, prefix: str) -> list[str]:
+  names = []
+  for child in folder.iterdir():
+    names += _object_names(child, f"{prefix}{child.name}/") if child.is_dir() else [prefix + child.name]
+  return names
 
 
 def _sha256(path: epath.Path) -> str:
