@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from maskbit_jax import paths
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 # 8-bit modes PIL's convert("RGB") maps faithfully; alpha is dropped, as the reference's convert("RGB") does.
@@ -101,9 +103,19 @@ def make_grid(images_bhwc: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
   return grid
 
 
+def save_image(image: Image.Image, path: str) -> None:
+  """``image`` to ``path`` (a local file or a URL), its parent folders made; the format from the suffix."""
+  if not paths.is_url(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.save(path)
+    return
+  fmt = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
+  with paths.resolve(path).open("wb") as f:
+    image.save(f, format=fmt)
+
+
 def save_png(path: str, image_hwc: np.ndarray) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(to_uint8(image_hwc)).save(path)
+  save_image(Image.fromarray(to_uint8(image_hwc)), path)
 
 
 def caption(label: str, width_px: int) -> str:
@@ -129,8 +141,7 @@ def save_labelled_grid(path: str, images_bhwc: np.ndarray, labels: Sequence[str]
     x, y = 2 + q * (w + 2), 2 + r * (h + caption_h + 2)
     draw.text((x + 2, y + 1), caption(labels[i], w), fill="black")
     canvas.paste(Image.fromarray(images[i]), (x, y + caption_h))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  canvas.save(path)
+  save_image(canvas, path)
 
 
 def load_image_folder(folder: str, size: int, interpolation: str = "bilinear") -> tuple[np.ndarray, list[str]]:
@@ -138,19 +149,37 @@ def load_image_folder(folder: str, size: int, interpolation: str = "bilinear") -
   (``sample_images.eval_preprocess``: shorter side resized, centre crop)."""
   from maskbit_jax.data.sample_images import eval_preprocess
 
-  if not os.path.isdir(folder):
+  root = paths.resolve(folder)
+  if not root.is_dir():
     raise FileNotFoundError(f"image folder not found: {folder}")
-  names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+  names = sorted(p.name for p in root.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
   if not names:
     raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-  images = [eval_preprocess(read_rgb(os.path.join(folder, n)), size, interpolation) for n in names]
+  images = [eval_preprocess(_read_path(root / n), size, interpolation) for n in names]
   return np.stack(images), names
+
+
+def _read_path(path) -> np.ndarray:
+  """``read_rgb`` of a local file or an object (read whole: PIL seeks, which an object stream may not)."""
+  if not paths.is_url(path):
+    return read_rgb(os.fspath(path))
+  import io
+
+  return read_rgb(io.BytesIO(path.read_bytes()), name=os.fspath(path))
 
 
 def check_output_path(path: str, *, folder: bool) -> str:
   """``path`` (absolute) if a command can write its output folder (``folder``) or file there, made with its
   parents at the end; else a ValueError naming the problem. Run before the work, so a bad path fails in
-  seconds rather than after the sampling or evaluation."""
+  seconds rather than after the sampling or evaluation. A URL (``gs://...``) is only checked not to be
+  the wrong kind: an object store makes folders as it writes, and permissions show on the first write."""
+  if paths.is_url(path):
+    target = paths.resolve(path)
+    if folder and target.exists() and not target.is_dir():
+      raise ValueError(f"{path} exists and is not a folder")
+    if not folder and target.is_dir():
+      raise ValueError(f"{path} is a folder, not a file")
+    return paths.as_str(path)
   path = os.path.abspath(path)
   if folder and os.path.exists(path) and not os.path.isdir(path):
     raise ValueError(f"{path} exists and is not a folder")

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax import sharding
+from maskbit_jax import paths, sharding
 from maskbit_jax.train import checkpoints, observe
 from maskbit_jax.train.preemption import StopAgreement, StopRequest
 from maskbit_jax.train.tasks import make_task, stage_of, validate_common
@@ -98,11 +98,10 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, is_main: bool
   same run-defining values, and ``config.json`` keeps the first start's (changed free values are printed).
   (A start that failed before its first checkpoint, say on a wrong data path, left nothing to protect: the
   next start's config replaces it.)"""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = paths.join(workdir, CONFIG_FILE)
   current = json.loads(json.dumps(cfg.to_dict(), default=str))
-  if os.path.exists(path) and _has_checkpoint(workdir):
-    with open(path) as f:
-      saved = json.load(f)
+  if paths.exists(path) and _has_checkpoint(workdir):
+    saved = json.loads(paths.resolve(path).read_text())
     diffs, free = config_changes(saved, current)
     if diffs:
       raise RunMismatchError(f"{workdir} holds a run of another config ({len(diffs)} difference(s): "
@@ -113,11 +112,8 @@ def check_workdir(workdir: str, cfg: ml_collections.ConfigDict, *, is_main: bool
             + "; ".join(free), flush=True)
     return
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(current, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    paths.makedirs(workdir)
+    paths.write_text_atomic(path, json.dumps(current, indent=1, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------------------- workdir lock
@@ -150,8 +146,7 @@ def lock_record() -> dict:
 
 def _read_lock(path: str) -> dict | None:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.resolve(path).read_text())
   except (OSError, ValueError):
     return None
 
@@ -177,9 +172,11 @@ def acquire_lock(workdir: str, *, break_lock: bool = False) -> dict:
   ``break_lock`` (a run on another host that is known to be dead). Otherwise raises WorkdirLockedError
   naming the holder.
   """
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
+  paths.makedirs(workdir)
+  path = paths.join(workdir, LOCK_FILE)
   mine = lock_record()
+  if paths.is_url(path):
+    return _acquire_object_lock(workdir, path, mine, break_lock=break_lock)
   tmp = f"{path}.{mine['pid']}.tmp"
   with open(tmp, "w") as f:
     json.dump(mine, f)
@@ -213,11 +210,26 @@ def acquire_lock(workdir: str, *, break_lock: bool = False) -> dict:
     os.remove(tmp)
 
 
+def _acquire_object_lock(workdir: str, path: str, mine: dict, *, break_lock: bool) -> dict:
+  """The lock in an object store, which has no ``link``: read, then written. Two starts within the same
+  second can both take it; it guards against the common mistake (a second run on a live workdir)."""
+  other = _read_lock(path)
+  if other is not None:
+    if not (break_lock or _holder_is_gone(other)):
+      raise WorkdirLockedError(
+          f"{workdir} is in use by another training run ({_describe(other)}); wait for it to end, or, if it "
+          "is gone, pass --break_lock")
+    why = "--break_lock" if break_lock else "that process is gone"
+    print(f"note: taking over the lock of {workdir} from {_describe(other)} ({why})", flush=True)
+  paths.write_text_atomic(path, json.dumps(mine))
+  return mine
+
+
 def release_lock(workdir: str, record: dict) -> None:
   """Removes the lock if it is still ``record`` (a run that took over a lock left its record there)."""
-  path = os.path.join(workdir, LOCK_FILE)
+  path = paths.join(workdir, LOCK_FILE)
   if _read_lock(path) == record:
-    os.remove(path)
+    paths.resolve(path).unlink()
 
 
 def _lock_job(workdir: str, *, break_lock: bool) -> dict | None:
@@ -248,8 +260,8 @@ def _close_manager(manager) -> None:
 
 def _has_checkpoint(workdir: str) -> bool:
   """Whether ``workdir/checkpoints`` holds a finished step (Orbax's unfinished saves carry a suffix)."""
-  folder = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+  folder = paths.resolve(workdir) / "checkpoints"
+  return folder.is_dir() and any(child.name.isdigit() for child in folder.iterdir())
 
 
 def make_mesh(cfg: ml_collections.ConfigDict):
@@ -286,11 +298,11 @@ def initial_state(task, abstract, init_checkpoint: str) -> tuple[Any, int]:
     return task.init_state(), 0
   import orbax.checkpoint as ocp
 
-  path = os.path.abspath(init_checkpoint)
-  if not os.path.isdir(os.path.join(path, "state")):
+  path = paths.resolve(init_checkpoint)
+  if not (path / "state").is_dir():
     raise FileNotFoundError(f"experiment.init_checkpoint={init_checkpoint!r} is not a checkpoint step folder "
                             "(<workdir>/checkpoints/<step>, which holds state/)")
-  state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), abstract)
+  state = ocp.StandardCheckpointer().restore(path / "state", abstract)
   return state, int(jax.device_get(state.step))
 
 
@@ -306,7 +318,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
   if num_steps is not None and int(num_steps) < 1:
     raise ValueError(f"num_steps (--steps) = {num_steps}: must be >= 1, or left out to run to "
                      "training.max_train_steps")
-  workdir = os.path.abspath(workdir)
+  workdir = paths.as_str(workdir)  # a bucket URL stays one: each host writes there, not to its own disk
   stage = stage_of(cfg)
   validate_common(cfg)
   mesh = make_mesh(cfg)
@@ -338,7 +350,7 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
   exp = cfg.experiment
   save_every, log_every = int(exp.save_every), int(exp.log_every)
   generate_every, eval_every = int(exp.generate_every), int(exp.get("eval_every", 0))
-  manager = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), save_every=save_every,
+  manager = checkpoints.make_manager(paths.join(workdir, "checkpoints"), save_every=save_every,
                                      keep=int(cfg.runtime.get("keep_checkpoints", 3)))
   say = print if is_main else (lambda *a, **k: None)
 
@@ -364,7 +376,7 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
           data_iter.set_state(meta["data"])
         say(f"[{stage}] resumed {workdir} at step {start}/{total}")
       end = total if num_steps is None else min(total, start + int(num_steps))
-      writer = observe.make_writer(os.path.join(workdir, "tensorboard"), is_main=is_main)  # once the run is ours
+      writer = observe.make_writer(paths.join(workdir, "tensorboard"), is_main=is_main)  # once the run is ours
       meta_now = lambda: {"data": data_iter.get_state(), "stage": stage, "global_batch": task.global_batch}
       progress = observe.Progress(start, total, task.global_batch)
       history: list[dict] = []

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from maskbit_jax import image_io
+from maskbit_jax import image_io, paths
 
 
 class _NullWriter:
@@ -39,6 +39,10 @@ def make_writer(logdir: str, *, is_main: bool):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from clu import metric_writers
 
+  if paths.is_url(logdir):  # TensorFlow's file systems would not reach every scheme epath serves
+    from maskbit_jax.train.event_file import EventFileWriter
+
+    return metric_writers.MultiWriter([metric_writers.LoggingWriter(), EventFileWriter(logdir)])
   return metric_writers.create_default_writer(logdir, asynchronous=True)
 
 
@@ -84,6 +88,6 @@ def format_seconds(seconds: float) -> str:
 
 def save_grid(workdir: str, name: str, step: int, images_bhwc: np.ndarray, labels: list[str], ncols: int) -> str:
   """``workdir/images/{name}_{step:08d}.png``; returns the path."""
-  path = os.path.join(workdir, "images", f"{name}_{step:08d}.png")
+  path = paths.join(workdir, "images", f"{name}_{step:08d}.png")
   image_io.save_labelled_grid(path, np.asarray(images_bhwc, np.float32), labels, ncols)
   return path

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax import checkpointing, sharding
+from maskbit_jax import checkpointing, paths, sharding
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.data import augment, pipeline
 from maskbit_jax.data.sources import eval_interpolation, make_source
@@ -190,7 +190,7 @@ class _Task:
       if not path:
         skipped.append(f"{metrics} (evaluation.{key} is not set)")
         continue
-      if not os.path.exists(path):
+      if not paths.exists(path):
         raise FileNotFoundError(f"evaluation.{key}={path!r}: file not found ({metrics} during training)")
       if key == "inception_checkpoint":
         self._eval_nets[key] = _inception(path, None)
@@ -202,7 +202,7 @@ class _Task:
       path = str(self.evaluation_setting("ref_stats") or "")
       if not path:
         skipped.append("FID (evaluation.ref_stats is not set; IS only)")
-      elif not os.path.exists(path):
+      elif not paths.exists(path):
         raise FileNotFoundError(f"evaluation.ref_stats={path!r}: file not found (FID during training)")
       else:
         from maskbit_jax.evaluation.metrics import load_reference_stats
@@ -271,7 +271,7 @@ class _Task:
     params = host_copy(params)
     if self.process_index != 0:
       return None
-    path = os.path.join(self.workdir, "export", name)
+    path = paths.join(self.workdir, "export", name)
     return checkpointing.save_params(path, params, kind=kind, config=self.cfg.to_dict(), overwrite=True)
 
 
