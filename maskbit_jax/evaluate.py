@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax import distributed, image_io, sharding
+from maskbit_jax import distributed, image_io, paths, sharding
 from maskbit_jax.evaluation import metrics as M
 
 IMAGE_SLACK = 1e-6
@@ -74,7 +74,7 @@ def to_uint8(images_bhwc: jax.Array) -> jax.Array:
 def _require(path: str | None, flag: str, what: str) -> str:
   if not path:
     raise SystemExit(f"{flag} is required for {what} (a weights file; see `python -m maskbit_jax.evaluate -h`)")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"{flag} {path}: file not found ({what})")
   return path
 
@@ -96,11 +96,8 @@ def _mesh_and_batch_sharding():
 
 def _write_result(path: str | None, result: dict) -> None:
   if path and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    paths.makedirs_parent(path)
+    paths.write_text_atomic(path, json.dumps(result, indent=1))
 
 
 # -- tokenizer ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ the processes share the batches and process 0 writes the one folder.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from maskbit_jax import cli_errors
+from maskbit_jax import cli_errors, paths
 
 
 def _parse(argv):
@@ -77,7 +78,7 @@ def _images(spec: str | None, cfg, size: int, num: int) -> tuple[np.ndarray, lis
       return sample_photos(size)
     spec = f"synthetic:{num}:{HELD_OUT_SEED}"  # held out: the run trained on other draws of the same set
     print(f"images: {num} held-out images of the synthetic set the model was trained on ({spec})")
-  if os.path.isdir(spec):
+  if paths.isdir(spec):
     return image_io.load_image_folder(spec, size)
   source = make_source(spec, size, interpolation=eval_interpolation(cfg))
   count = min(num, len(source))
@@ -134,19 +135,20 @@ def main(argv=None) -> int:
   mse = np.mean((np.clip(recons, 0, 1) - images) ** 2, axis=(1, 2, 3))
   psnr = 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
   used = np.unique(tokens).size
-  os.makedirs(args.out, exist_ok=True)
-  image_io.save_labelled_grid(os.path.join(args.out, "reconstructions.png"),
+  paths.makedirs(args.out)
+  image_io.save_labelled_grid(paths.join(args.out, "reconstructions.png"),
                               np.concatenate([images, recons]), names + [f"{n} rec" for n in names], len(images))
-  np.savez(os.path.join(args.out, "tokens.npz"), tokens=tokens, names=np.array(names))
+  buffer = io.BytesIO()  # one upload on an object store (np.savez seeks in what it writes)
+  np.savez(buffer, tokens=tokens, names=np.array(names))
+  paths.write_bytes_atomic(paths.join(args.out, "tokens.npz"), buffer.getvalue())
   summary = dict(images=len(images), size=size, token_grid=list(tokens.shape[1:]), codebook_size=tok.codebook_size,
                  unique_tokens=int(used), mean_psnr_db=float(np.mean(psnr)), seconds=round(seconds, 3),
                  random_init=bool(args.random_init))
-  with open(os.path.join(args.out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  paths.write_text_atomic(paths.join(args.out, "summary.json"), json.dumps(summary, indent=1))
   for n, v in zip(names, psnr):
     print(f"{n:>24s}  PSNR {v:6.2f} dB")
   print(json.dumps(summary))
-  print(f"wrote {os.path.join(args.out, 'reconstructions.png')}")
+  print(f"wrote {paths.join(args.out, 'reconstructions.png')}")
   return 0
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax import cli_errors
+from maskbit_jax import cli_errors, paths
 from maskbit_jax.generator import Generator
 from maskbit_jax.sampling.factorization import combine_tokens
 from maskbit_jax.sampling.maskgit_sampler import SamplerConfig, sample_tokens
@@ -299,19 +300,20 @@ def main(argv=None) -> int:
   if jax.process_index() != 0:  # process 0 writes the one folder
     return 0
 
-  os.makedirs(args.out, exist_ok=True)
+  paths.makedirs(args.out)
   for i, (label, image) in enumerate(zip(labels, images)):
-    image_io.save_png(os.path.join(args.out, f"{i:05d}_class{label}.png"), image)
+    image_io.save_png(paths.join(args.out, f"{i:05d}_class{label}.png"), image)
   ncols = min(len(labels), 8)
-  image_io.save_labelled_grid(os.path.join(args.out, "grid.png"), images, [f"class {c}" for c in labels], ncols)
-  np.savez(os.path.join(args.out, "tokens.npz"), labels=labels, **arrays)
+  image_io.save_labelled_grid(paths.join(args.out, "grid.png"), images, [f"class {c}" for c in labels], ncols)
+  buffer = io.BytesIO()  # one upload on an object store (np.savez seeks in what it writes)
+  np.savez(buffer, labels=labels, **arrays)
+  paths.write_bytes_atomic(paths.join(args.out, "tokens.npz"), buffer.getvalue())
   summary = dict(images=len(labels), seconds=round(seconds, 3), images_per_s=round(len(labels) / seconds, 4),
                  devices=jax.device_count(), processes=jax.process_count(), random_init=bool(args.random_init),
                  settings=resolved)
-  with open(os.path.join(args.out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  paths.write_text_atomic(paths.join(args.out, "summary.json"), json.dumps(summary, indent=1))
   print(json.dumps(summary))
-  print(f"wrote {len(labels)} images and {os.path.join(args.out, 'grid.png')}")
+  print(f"wrote {len(labels)} images and {paths.join(args.out, 'grid.png')}")
   return 0
 
 

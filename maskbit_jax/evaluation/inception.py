@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from maskbit_jax import paths
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.param_mapping import Buffer, ParamMapping, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.models.layers import KERNEL_AXES
@@ -498,7 +499,7 @@ def load_inception_params(path: str | os.PathLike, *, module: InceptionV3 | None
     CheckpointMismatchError if the file is not this network's state dict.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise FileNotFoundError(
         f"Inception weights not found: {path!r}. This port never downloads them: fetch "
         f"{WEIGHTS_FILENAME} from {WEIGHTS_URLS[0]} (or torch-fidelity's copy, {WEIGHTS_URLS[1]}), "

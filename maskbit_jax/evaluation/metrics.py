@@ -36,7 +36,10 @@ for use inside a jitted eval step; see its docstring for its precision.
 from __future__ import annotations
 
 import functools
+import io
 import os
+import shutil
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -49,6 +52,8 @@ import numpy as np
 from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 from scipy import linalg
+
+from maskbit_jax import paths
 
 # Reference constants.
 FID_EPS = 1e-6             # ADM: added to both covariance diagonals when the product is singular.
@@ -895,7 +900,8 @@ def allgather_merge(accumulator: _Accumulator) -> _Accumulator:
 def load_reference_stats(path: str | os.PathLike, *, expected_dim: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
   """``(mu [D], sigma [D, D])`` (float64) from an ADM-style statistics ``.npz`` (keys ``mu``, ``sigma``)."""
-  with np.load(path, allow_pickle=False) as data:
+  source = io.BytesIO(paths.resolve(path).read_bytes()) if paths.is_url(path) else path
+  with np.load(source, allow_pickle=False) as data:
     keys = list(data.files)
     if "mu" not in keys or "sigma" not in keys:
       missing = [k for k in ("mu", "sigma") if k not in keys]
@@ -932,8 +938,13 @@ def save_reference_stats(path: str | os.PathLike, stats, sigma=None) -> None:
     sigma = np.asarray(sigma, np.float64)
   if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
     raise ValueError(f"need mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
-  with open(path, "wb") as f:
-    np.savez(f, mu=mu, sigma=sigma)
+  if not paths.is_url(path):
+    with open(path, "wb") as f:
+      np.savez(f, mu=mu, sigma=sigma)
+    return
+  buffer = io.BytesIO()  # one upload (np.savez seeks in what it writes)
+  np.savez(buffer, mu=mu, sigma=sigma)
+  paths.write_bytes_atomic(path, buffer.getvalue())
 
 
 class AdmSamplesWriter:
@@ -945,13 +956,19 @@ class AdmSamplesWriter:
     with AdmSamplesWriter(path, num_images=50_000, height=256, width=256) as w:
       for batch in batches:
         w.write(batch_u8)
+
+  A URL's file (``gs://...``) is written to a local temporary file and uploaded whole on ``close``.
   """
 
   def __init__(self, path: str | os.PathLike, num_images: int, height: int, width: int, channels: int = 3):
     self.path = os.fspath(path)
     self.shape = (int(num_images), int(height), int(width), int(channels))
     self.written = 0
-    self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+    self._local = self.path
+    if paths.is_url(self.path):
+      fd, self._local = tempfile.mkstemp(prefix="maskbit_samples_", suffix=".npz")
+      os.close(fd)
+    self._zip = zipfile.ZipFile(self._local, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
     self._member = self._zip.open("arr_0.npy", "w", force_zip64=True)
     np.lib.format.write_array_header_1_0(
         self._member, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
@@ -976,8 +993,14 @@ class AdmSamplesWriter:
     self._zip.close()
     self._zip = None
     if self.written != self.shape[0]:
-      os.remove(self.path)
+      os.remove(self._local)
       raise ValueError(f"{self.path}: {self.written} images written, {self.shape[0]} declared; file removed")
+    if self._local != self.path:
+      try:
+        with open(self._local, "rb") as src, paths.resolve(self.path).open("wb") as dst:
+          shutil.copyfileobj(src, dst, 1 << 22)
+      finally:
+        os.remove(self._local)
 
   def __enter__(self) -> AdmSamplesWriter:
     return self
@@ -988,6 +1011,8 @@ class AdmSamplesWriter:
     elif self._zip is not None:
       self._member.close()
       self._zip.close()
+      if self._local != self.path:
+        os.remove(self._local)
       self._zip = None
       os.remove(self.path)
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskbit_jax import paths
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, torch_state_to_flax
 from maskbit_jax.models import resnet50 as resnet50_lib
@@ -158,7 +159,7 @@ def resnet50_perceptual_loss(variables, inputs_bhwc: jax.Array, targets_bhwc: ja
 
 def _require_file(path, what: str) -> str:
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise FileNotFoundError(
         f"{path} not found: put {what} there (any of .pth/.bin/.safetensors/.npz in PyTorch names and "
         f"layouts), or pass the path of your copy. maskbit_jax never downloads weights.")
