@@ -20,14 +20,13 @@ tokenizer (LFQ) or the BAR-FSQ decoder (``experiment.tokenizer_checkpoint``).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 
-from maskbit_jax import bar, sharding
+from maskbit_jax import bar, paths, sharding
 from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.models.layers import jit_init
@@ -126,7 +125,7 @@ class BarTask(_Task):
     if not checkpoint:
       raise ValueError(f"BAR training needs its frozen tokenizer: set experiment.{key} (a released .bin, a "
                        "converted folder, or a stage-I run's export/tokenizer)")
-    if not os.path.exists(checkpoint):
+    if not paths.exists(checkpoint):
       raise FileNotFoundError(f"experiment.{key}={checkpoint!r} does not exist")
     # float32 whatever the compute dtype: the bits must be the tokenizer's own; host params (samples decode
     # on the default device)
