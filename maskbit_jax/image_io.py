@@ -118,29 +118,61 @@ def save_png(path: str, image_hwc: np.ndarray) -> None:
   save_image(Image.fromarray(to_uint8(image_hwc)), path)
 
 
-def caption(label: str, width_px: int) -> str:
-  """``label`` cut to what fits above a ``width_px`` tile (PIL's default font is ~6 px a character); a label
-  that does not fit keeps its last word, so "class 207" on a 32-px tile reads "207", not "class"."""
-  room = max(4, width_px // 6)
-  text = str(label)
-  if len(text) > room:
-    text = text.split()[-1] if text.split() else text
-  return text[:room]
+# PIL's default bitmap font: about 6 px a character, 11 px a line.
+CHAR_PX, LINE_PX = 6, 11
+# Grid cells are upscaled (nearest neighbour, an integer factor) to at least this many pixels, so that a 32-px
+# image is seen, not guessed at, and a caption of 16 characters fits above it.
+MIN_CELL_PX = 96
 
 
-def save_labelled_grid(path: str, images_bhwc: np.ndarray, labels: Sequence[str], ncols: int) -> None:
-  """A grid with a caption strip above every image."""
+def caption_lines(label: str, width_px: int) -> list[str]:
+  """``label`` wrapped at spaces into lines that fit above a ``width_px`` cell; a word longer than a line is
+  split, never dropped."""
+  room = max(1, (width_px - 2) // CHAR_PX)
+  lines: list[str] = []
+  for word in str(label).split():
+    while len(word) > room:
+      lines.append(word[:room])
+      word = word[room:]
+    if lines and len(lines[-1]) + 1 + len(word) <= room:
+      lines[-1] += " " + word
+    else:
+      lines.append(word)
+  return lines
+
+
+def upscale_factor(side_px: int, min_cell_px: int = MIN_CELL_PX) -> int:
+  return max(1, -(-min_cell_px // max(side_px, 1)))
+
+
+def save_labelled_grid(path: str, images_bhwc: np.ndarray, labels: Sequence[str], ncols: int,
+                       row_labels: Sequence[str] = (), min_cell_px: int = MIN_CELL_PX) -> None:
+  """A grid of ``images_bhwc`` (``[B, H, W, 3]`` in [0, 1], row-major, ``ncols`` a row), each under its
+  caption (wrapped, whole), each cell upscaled by an integer factor to at least ``min_cell_px``, and with
+  ``row_labels`` (one per row, e.g. "original" / "reconstruction") in a column on the left."""
   images = to_uint8(images_bhwc)
   b, h, w, _ = images.shape
-  caption_h = 14
+  if len(labels) != b:
+    raise ValueError(f"{b} images but {len(labels)} captions")
   nrows = -(-b // ncols)
-  canvas = Image.new("RGB", (ncols * (w + 2) + 2, nrows * (h + caption_h + 2) + 2), "white")
+  if row_labels and len(row_labels) != nrows:
+    raise ValueError(f"{nrows} grid rows but {len(row_labels)} row labels")
+  factor = upscale_factor(min(h, w), min_cell_px)
+  ch, cw = h * factor, w * factor
+  wrapped = [caption_lines(label, cw) for label in labels]
+  caption_h = LINE_PX * max([len(lines) for lines in wrapped] + [1]) + 3
+  left = (CHAR_PX * max(len(str(r)) for r in row_labels) + 8) if row_labels else 0
+  canvas = Image.new("RGB", (left + ncols * (cw + 2) + 2, nrows * (ch + caption_h + 2) + 2), "white")
   draw = ImageDraw.Draw(canvas)
+  for r, text in enumerate(row_labels):
+    draw.text((4, 2 + r * (ch + caption_h + 2) + caption_h + ch // 2 - LINE_PX // 2), str(text), fill="black")
   for i in range(b):
     r, q = divmod(i, ncols)
-    x, y = 2 + q * (w + 2), 2 + r * (h + caption_h + 2)
-    draw.text((x + 2, y + 1), caption(labels[i], w), fill="black")
-    canvas.paste(Image.fromarray(images[i]), (x, y + caption_h))
+    x, y = left + 2 + q * (cw + 2), 2 + r * (ch + caption_h + 2)
+    for k, line in enumerate(wrapped[i]):
+      draw.text((x + 2, y + 1 + k * LINE_PX), line, fill="black")
+    tile = Image.fromarray(images[i])
+    canvas.paste(tile.resize((cw, ch), Image.NEAREST) if factor > 1 else tile, (x, y + caption_h))
   save_image(canvas, path)
 
 

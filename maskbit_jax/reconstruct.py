@@ -68,7 +68,7 @@ HELD_OUT_SEED = 10_000  # a seed of the synthetic set that no training config us
 def _images(spec: str | None, cfg, size: int, num: int) -> tuple[np.ndarray, list[str]]:
   """``[N, size, size, 3]`` float images in [0, 1] and their names, from ``--images`` or the default."""
   from maskbit_jax import image_io
-  from maskbit_jax.data.sample_images import sample_photos
+  from maskbit_jax.data.sample_images import class_caption, sample_photos
   from maskbit_jax.data.sources import eval_interpolation, make_source
 
   if spec is None:
@@ -84,8 +84,7 @@ def _images(spec: str | None, cfg, size: int, num: int) -> tuple[np.ndarray, lis
   items = [source[i] for i in range(count)]
   images = np.stack([np.asarray(it["image"]) for it in items])
   images = images / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
-  # the grid's cells are small: a name is the image's class, as the sample grids caption theirs
-  names = [f"class {int(it['label'])}" for it in items]
+  names = [class_caption(int(it["label"]), spec) for it in items]  # as the sample grids caption theirs
   return images, names
 
 
@@ -136,7 +135,8 @@ def main(argv=None) -> int:
   used = np.unique(tokens).size
   paths.makedirs(args.out)
   image_io.save_labelled_grid(paths.join(args.out, "reconstructions.png"),
-                              np.concatenate([images, recons]), names + [f"{n} rec" for n in names], len(images))
+                              np.concatenate([images, recons]), names + [""] * len(names), len(images),
+                              row_labels=("original", "reconstruction"))
   buffer = io.BytesIO()  # one upload on an object store (np.savez seeks in what it writes)
   np.savez(buffer, tokens=tokens, names=np.array(names))
   paths.write_bytes_atomic(paths.join(args.out, "tokens.npz"), buffer.getvalue())

@@ -266,6 +266,7 @@ def _bar_models(cfg, args):
 def main(argv=None) -> int:
   config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
   from maskbit_jax import bar, distributed, image_io
+  from maskbit_jax.data.sample_images import class_caption
   from maskbit_jax.config import load_config
 
   # as train and evaluate: nothing on one host; TPU slices, SLURM, Open MPI or the flags join the job
@@ -303,7 +304,9 @@ def main(argv=None) -> int:
   for i, (label, image) in enumerate(zip(labels, images)):
     image_io.save_png(paths.join(args.out, f"{i:05d}_class{label}.png"), image)
   ncols = min(len(labels), 8)
-  image_io.save_labelled_grid(paths.join(args.out, "grid.png"), images, [f"class {c}" for c in labels], ncols)
+  source = (cfg.get("dataset", None) or {}).get("source", "")  # the classes' names, where the data has them
+  image_io.save_labelled_grid(paths.join(args.out, "grid.png"), images,
+                              [class_caption(c, source) for c in labels], ncols)
   buffer = io.BytesIO()  # one upload on an object store (np.savez seeks in what it writes)
   np.savez(buffer, labels=labels, **arrays)
   paths.write_bytes_atomic(paths.join(args.out, "tokens.npz"), buffer.getvalue())

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from maskbit_jax import image_io
 
 
-def test_caption_keeps_the_class_id_on_narrow_tiles():
-  assert image_io.caption("class 207", 256) == "class 207"  # fits: unchanged
-  assert image_io.caption("class 207", 32) == "207"  # a 32-px tile holds 5 characters: the id, not "class"
-  assert image_io.caption("astronaut_photo", 32) == "astro"  # one long word: its start
-  assert image_io.caption("", 32) == ""
+def test_captions_wrap_whole_never_cut():
+  assert image_io.caption_lines("class 207", 256) == ["class 207"]  # fits: one line
+  assert image_io.caption_lines("yellow stripes", 96) == ["yellow stripes"]  # 15 characters fit a 96-px cell
+  assert image_io.caption_lines("astronaut reconstruction", 96) == ["astronaut", "reconstruction"]
+  # a word longer than a line is split over lines, every character kept
+  assert "".join(image_io.caption_lines("immunohistochemistry", 64)) == "immunohistochemistry"
+  assert image_io.caption_lines("", 32) == []
+
+
+def test_small_images_are_upscaled_by_an_integer_factor():
+  assert image_io.upscale_factor(32) == 3  # 32 px -> 96 px cells
+  assert image_io.upscale_factor(96) == 1 and image_io.upscale_factor(256) == 1
 
 
 def test_labelled_grid_layout(tmp_path):
@@ -20,6 +28,22 @@ def test_labelled_grid_layout(tmp_path):
   path = tmp_path / "grid.png"
   image_io.save_labelled_grid(str(path), images, ["class 1", "class 2", "class 3"], ncols=2)
   grid = np.asarray(Image.open(path))
-  assert grid.shape == (2 * (32 + 14 + 2) + 2, 2 * (32 + 2) + 2, 3)  # 2 rows of caption + tile, 2 columns
-  np.testing.assert_array_equal(grid[2 + 14, 2], [0, 0, 0])  # first tile's top-left pixel, under its caption
-  np.testing.assert_array_equal(grid[2 + 14, 2 + 34], [127, 127, 127])  # 0.5 * 255 = 127.5, truncated
+  cell, cap = 96, image_io.LINE_PX + 3  # upscaled 3x; one caption line
+  assert grid.shape == (2 * (cell + cap + 2) + 2, 2 * (cell + 2) + 2, 3)  # 2 rows of caption + tile, 2 columns
+  np.testing.assert_array_equal(grid[2 + cap, 2], [0, 0, 0])  # first tile's top-left pixel, under its caption
+  np.testing.assert_array_equal(grid[2 + cap + cell - 1, 2 + cell - 1], [0, 0, 0])  # ... and its last one
+  np.testing.assert_array_equal(grid[2 + cap, 2 + cell + 2], [127, 127, 127])  # 0.5 * 255 = 127.5, truncated
+
+
+def test_row_labels_take_a_left_column(tmp_path):
+  images = np.zeros((4, 32, 32, 3), np.float32)
+  path = tmp_path / "grid.png"
+  image_io.save_labelled_grid(str(path), images, ["a", "b", "c", "d"], ncols=2, row_labels=["original", "reconstruction"])
+  grid = np.asarray(Image.open(path))
+  left = image_io.CHAR_PX * len("reconstruction") + 8
+  assert grid.shape[1] == left + 2 * (96 + 2) + 2
+  assert (grid[:, :left] < 128).any()  # the row labels are drawn there
+  with pytest.raises(ValueError, match="2 grid rows but 1 row labels"):
+    image_io.save_labelled_grid(str(path), images, ["a", "b", "c", "d"], ncols=2, row_labels=["original"])
+  with pytest.raises(ValueError, match="4 images but 3 captions"):
+    image_io.save_labelled_grid(str(path), images, ["a", "b", "c"], ncols=2)

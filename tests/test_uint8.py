@@ -58,6 +58,7 @@ def test_every_writer_uses_it(tmp_path):
   np.testing.assert_array_equal(M.images_to_uint8(x), want)  # the ADM samples .npz
   image_io.save_png(str(tmp_path / "x.png"), x[0])
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.png")), want[0])
-  image_io.save_labelled_grid(str(tmp_path / "g.png"), x[:1], ["a"], ncols=1)
-  tile = np.asarray(Image.open(tmp_path / "g.png"))[2 + 14:2 + 14 + 1, 2:2 + x.shape[2]]
+  image_io.save_labelled_grid(str(tmp_path / "g.png"), x[:1], ["a"], ncols=1, min_cell_px=1)  # no upscaling
+  cap = image_io.LINE_PX + 3
+  tile = np.asarray(Image.open(tmp_path / "g.png"))[2 + cap:2 + cap + 1, 2:2 + x.shape[2]]
   np.testing.assert_array_equal(tile, want[0])

@@ -56,6 +56,12 @@ def class_name(label: int) -> str:
   return f"{HUE_NAMES[label // NUM_SHAPES]} {SHAPE_NAMES[label % NUM_SHAPES]}"
 
 
+def class_caption(label: int, source: str) -> str:
+  """How a grid names class ``label`` of data source ``source`` (``dataset.source``): the synthetic set's
+  class names ("green triangle"), else "class <label>"."""
+  return class_name(label) if str(source).startswith("synthetic:") else f"class {int(label)}"
+
+
 def synthetic_images(num: int, size: int = 64, seed: int = 0, num_classes: int = NUM_SHAPES * NUM_HUES,
                      first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """A labelled synthetic set: float32 ``[num, size, size, 3]`` in [0, 1] and int32 labels.
