@@ -148,7 +148,7 @@ def test_bar_trains_on_the_pretokenized_bits(fsq_setup, token_set, tmp_path):
       state, metrics = task.step(state, task.to_device(batch if i == 0 else next(data)), i)
       losses.append(float(metrics["mbm_loss"]))
   assert np.all(np.isfinite(losses)) and int(state.step) == 3
-  images, _, _ = task.visualize(state)  # samples decode with the FSQ tokenizer's decoder
+  images = task.visualize(state).images_bhwc  # samples decode with the FSQ tokenizer's decoder
   assert np.all(np.isfinite(images))
 
 

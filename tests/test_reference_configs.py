@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from maskbit_jax.config import load_config
+from maskbit_jax.train import observe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -249,7 +250,8 @@ def test_every_step_reports_every_parameters_grad_norm(tmp_path):
 
   state = jax.eval_shape(lambda k: gs.init_train_state(module, tx, init_generator_params(module, k), k),
                          jax.random.key(0))
-  tokens = jax.ShapeDtypeStruct((2, 4, 4), np.int32)
+  side = module.img_size // module.input_stride  # the config's token grid
+  tokens = jax.ShapeDtypeStruct((2, side, side), np.int32)
   _, metrics = jax.eval_shape(lambda s, b: gs.mlm_train_step(s, b, module=module, tx=tx, settings=settings),
                               state, {"tokens": tokens, "label": jax.ShapeDtypeStruct((2,), np.int32)})
   assert set(metrics[gs.GRAD_NORMS]) == names(state.params) and settings.max_grad_norm == 1.0
@@ -308,7 +310,7 @@ class _CountingTask:
     return {}
 
   def visualize(self, state):
-    return np.zeros((1, 8, 8, 3), np.float32), ["x"], 1
+    return observe.Grid(np.zeros((1, 8, 8, 3), np.float32), ["x"], 1)
 
   def export(self, state):
     return "exported"

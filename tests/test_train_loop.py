@@ -22,6 +22,7 @@ from flax import linen as nn
 import maskbit_jax
 from conftest import REPO, assert_trees_equal, restored_state
 from maskbit_jax import checkpointing, sharding
+from maskbit_jax.data.sample_images import class_name
 from maskbit_jax.data.sources import make_source
 from maskbit_jax.train.loop import RunMismatchError, train
 
@@ -161,11 +162,13 @@ def test_without_ema_the_trained_weights_are_shown_and_exported(tmp_path, random
   shown = []
   real_grid = task.sample_grid
   task.sample_grid = lambda gen, n: shown.append(gen.params) or real_grid(gen, n)
-  images, labels, _ = task.visualize(state)
+  images, labels = task.visualize(state)[:2]
   assert_trees_equal(shown[0], trained)  # (3 steps barely move the samples, so the weights are compared)
-  expected, _, _ = real_grid(Generator(task.cfg, task.module, trained), task.module.nclass)
+  expected = real_grid(Generator(task.cfg, task.module, trained), task.module.nclass).images_bhwc
   np.testing.assert_array_equal(images, expected)
-  assert labels == [f"class {c}" for c in np.arange(len(expected)) % task.module.nclass]
+  # every class of the synthetic set once, captioned by its name
+  assert len(expected) == max(task.grid_samples, task.module.nclass)
+  assert labels == [class_name(c) for c in np.arange(len(expected)) % task.module.nclass]
   exported = maskbit_jax.load_generator(task.cfg, task.export(state))
   assert_trees_equal(exported.params, trained)
 

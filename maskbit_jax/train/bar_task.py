@@ -173,13 +173,14 @@ class BarTask(_Task):
   def use_ema(self) -> bool:
     return self.settings.use_ema
 
-  def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
+  def visualize(self, state):
     gen = bar.BarModel(self.cfg, self.module, host_copy(self.model_params(state)))
     return self.sample_grid(gen, self.module.num_classes)
 
   def evaluate(self, state) -> dict:
     """FID (with ``evaluation.ref_stats``) and IS of class-balanced samples, as ``evaluate generator`` gives."""
-    return self.evaluate_samples(bar.BarModel(self.cfg, self.module, host_copy(self.model_params(state))))
+    gen = bar.BarModel(self.cfg, self.module, host_copy(self.model_params(state)))
+    return {**self.evaluate_samples(gen), **self.synthetic_figures(gen)}
 
   def learning_rate(self, step: int) -> float:
     return float(self.schedule(step))

@@ -9,6 +9,7 @@
   workdir/tensorboard/       metrics (clu writers; also printed)
   workdir/images/*.png       reconstruction (stage I) or sample (stage II) grids
   workdir/export/<stage>/    final weights, loadable by load_tokenizer / load_generator
+  workdir/summary.json       the finished run's final evaluation, grid and export (what it printed last)
 
 A SIGTERM or SIGINT (a preempted TPU VM, ``scancel``, Ctrl-C) to any process
 stops every process after the same step (``preemption``), which saves a
@@ -330,6 +331,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, num_steps: int | None
       release_lock(workdir, lock)
 
 
+SUMMARY_FILE = "summary.json"
+
+
+def write_summary(workdir: str, summary: dict) -> str:
+  """``workdir/summary.json``: what the finished run printed last (its final evaluation, grid, export)."""
+  path = paths.join(workdir, SUMMARY_FILE)
+  text = json.dumps({k: v for k, v in summary.items() if k != "last_metrics"}, indent=1, default=str)
+  paths.write_bytes_atomic(path, (text + "\n").encode())
+  return path
+
+
 def _check_global_batch(meta: dict, global_batch: int, workdir: str) -> None:
   """The topology may change between restarts, the global batch it implies may not."""
   saved = meta.get("global_batch")
@@ -375,6 +387,9 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
         if meta.get("data") is not None:
           data_iter.set_state(meta["data"])
         say(f"[{stage}] resumed {workdir} at step {start}/{total}")
+      note = task.start_note(start)
+      if note:
+        say(f"[{stage}] note: {note}")
       end = total if num_steps is None else min(total, start + int(num_steps))
       writer = observe.make_writer(paths.join(workdir, "tensorboard"), is_main=is_main)  # once the run is ours
       meta_now = lambda: {"data": data_iter.get_state(), "stage": stage, "global_batch": task.global_batch}
@@ -386,9 +401,17 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
         agree, stopping = StopAgreement(mesh), False
         while step < end and not stopping:
           batch = task.to_device(next(data_iter))
+          compiling = step in task.compile_steps(start)
+          if compiling and step == start:
+            say(f"[{stage}] compiling the train step (the progress line's rates and ETA leave this out)", flush=True)
           state, metrics = task.step(state, batch, step)
           grad_norms = metrics.pop(GRAD_NORMS, None)  # per parameter, written on their own cadence
           step += 1
+          if compiling:  # the rates and the ETA count from the first step of a compiled program on
+            jax.block_until_ready(metrics)
+            seconds = progress.restart(step)
+            if step == start + 1:
+              say(f"[{stage}] compiled and ran step {step} in {observe.format_seconds(seconds)}", flush=True)
           history.append(metrics)
           if grad_norms is not None and _is_due(step, int(exp.get("log_grad_norm_every", 0) or 0)):
             writer.write_scalars(step, {k: float(v) for k, v in jax.device_get(grad_norms).items()})
@@ -411,10 +434,10 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
               say(f"[{stage}] eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
               summary["eval"] = evaluation
           if _is_due(step, generate_every) or step == total:
-            images, labels, ncols = task.visualize(state)
+            grid = task.visualize(state)
             if is_main:
               summary["image_grid"] = observe.save_grid(workdir, "recon" if stage == "tokenizer" else "samples",
-                                                        step, images, labels, ncols)
+                                                        step, grid)
           checkpoints.save(manager, step, state, meta_now())
           stopping = agree(bool(stop))  # the same answer on every process, after the same step
         if step > start and (stopping or step == end) and manager.latest_step() != step:
@@ -429,6 +452,7 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
         summary["export"] = task.export(state)  # every process: gathering sharded weights is collective
         if is_main:
           say(f"[{stage}] done: weights in {summary['export']}")
+          write_summary(workdir, summary)
       elif stopping:  # on every process: each one's log names the step it saved
         print(f"[{stage}] stopped at step {step}; checkpoint saved, run again to resume", flush=True)
   finally:

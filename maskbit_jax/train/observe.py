@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,6 +61,13 @@ class Progress:
     self.total, self.batch = total_steps, global_batch
     self._step, self._time = start_step, time.perf_counter()
 
+  def restart(self, step: int) -> float:
+    """Starts the rate window at ``step`` (after a step that compiled); returns the seconds since the
+    window's start (so the compile time)."""
+    now = time.perf_counter()
+    elapsed, self._step, self._time = now - self._time, step, now
+    return elapsed
+
   def rates(self, step: int) -> tuple[float, float, float]:
     """``(steps/s, images/s, eta_seconds)`` since the previous call; resets the window."""
     now = time.perf_counter()
@@ -86,8 +94,19 @@ def format_seconds(seconds: float) -> str:
   return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def save_grid(workdir: str, name: str, step: int, images_bhwc: np.ndarray, labels: list[str], ncols: int) -> str:
+class Grid(NamedTuple):
+  """What a task shows at ``experiment.generate_every``: ``images_bhwc`` in [0, 1] row-major, ``ncols`` a row,
+  one caption per image and optionally one label per row (e.g. "original" / "reconstruction")."""
+
+  images_bhwc: np.ndarray
+  labels: list[str]
+  ncols: int
+  row_labels: tuple[str, ...] = ()
+
+
+def save_grid(workdir: str, name: str, step: int, grid: Grid) -> str:
   """``workdir/images/{name}_{step:08d}.png``; returns the path."""
   path = paths.join(workdir, "images", f"{name}_{step:08d}.png")
-  image_io.save_labelled_grid(path, np.asarray(images_bhwc, np.float32), labels, ncols)
+  image_io.save_labelled_grid(path, np.asarray(grid.images_bhwc, np.float32), grid.labels, grid.ncols,
+                              row_labels=grid.row_labels)
   return path

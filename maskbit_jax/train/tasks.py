@@ -10,6 +10,7 @@ config keys (``model.*``, ``losses.*``, ``optimizer.*``, ``lr_scheduler.*``,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 
 import jax
@@ -25,11 +26,13 @@ from maskbit_jax.data.sources import eval_interpolation, make_source
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.tokenizer import DTYPES, PRECISIONS
+from maskbit_jax.train import observe
 
 STAGES = ("tokenizer", "generator", "bar")
 # The classes of the reference samplers' training grids (MaskBit's sample(), BAR's sample_images): goldfish,
 # chicken, tiger cat, hourglass, ship, dog, race car, airliner, teddy bear, then one random class.
 GRID_CLASSES = (1, 7, 282, 604, 724, 179, 751, 404, 850)
+MAX_GRID_CLASSES = 32  # models with at most this many classes show each of them in the sample grid
 
 
 def stage_of(cfg: ml_collections.ConfigDict) -> str:
@@ -137,6 +140,14 @@ class _Task:
     self.size = int(cfg.dataset.preprocessing.resolution)
     self.seed = int(cfg.training.get("seed", 0))
 
+  def compile_steps(self, start: int) -> set[int]:
+    """Step numbers (0-based, as ``step`` takes them) whose step compiles a program: the first of this start."""
+    return {start}
+
+  def start_note(self, start: int) -> str | None:
+    """One line the loop prints when a run (or a resume) starts, explaining what its log will show."""
+    return None
+
   def to_device(self, local_batch: dict) -> dict:
     return _global_array(local_batch, self.batch_shardings)
 
@@ -240,6 +251,33 @@ class _Task:
                                   inception=inception, ref_stats=self._ref_stats, progress=False)
     return self.eval_scalars(result)
 
+  def trains_on_synthetic(self) -> bool:
+    return str(self.cfg.dataset.get("source", "")).startswith("synthetic:")
+
+  def synthetic_figures(self, gen) -> dict:
+    """The two figures that show a run on the embedded synthetic set working: ``eval_class_accuracy``, the
+    share of ``experiment.eval_images`` class-balanced samples of ``gen`` that the packaged synthetic-set
+    classifier assigns to the class asked for, and ``eval_tokenizer_psnr``, the frozen tokenizer's PSNR on as
+    many held-out images (``dataset.eval_source``). Empty for other data or without eval images."""
+    num = self.eval_images()
+    if num <= 0 or not self.trains_on_synthetic():
+      return {}
+    from maskbit_jax.evaluate import class_balanced_labels, evaluate_tokenizer, generator_num_classes
+    from maskbit_jax.evaluation.synthetic_classifier import class_accuracy
+    from maskbit_jax.sample import sample
+
+    labels = class_balanced_labels(num, generator_num_classes(gen))
+    rows, key = self.eval_batch_size(), jax.random.key(int(self.evaluation_setting("seed", 0)))
+    # the frozen tokenizer's weights as host arrays: placed like the images, not where training put them
+    tok = dataclasses.replace(self.tokenizer, params=host_copy(self.tokenizer.params))
+    with outside_training_mesh():  # every process draws the same (few) samples
+      images = np.concatenate([np.asarray(host_copy(sample(gen, tok, labels[i:i + rows],
+                                                           jax.random.fold_in(key, i))["images"]))
+                               for i in range(0, num, rows)])
+      recon = evaluate_tokenizer(tok, self.source("eval_source"), batch_size=rows, num_images=num, progress=False)
+    return dict(eval_class_accuracy=class_accuracy(np.clip(images, 0.0, 1.0), labels),
+                eval_tokenizer_psnr=float(recon["PSNR"]))
+
   use_ema: bool  # training.use_ema, as each task's step settings hold it (a property there)
 
   def model_params(self, state):
@@ -249,20 +287,28 @@ class _Task:
 
   grid_samples: int | None = None  # None: training.num_generated_images (BAR's sample_images)
 
-  def sample_grid(self, gen, num_classes: int) -> tuple[np.ndarray, list[str], int]:
+  def sample_grid(self, gen, num_classes: int) -> observe.Grid:
     """``grid_samples`` class-conditional samples of ``gen`` (MaskBit or BAR) for the grid: ImageNet models
-    draw ``GRID_CLASSES`` and a random class (seeded) as the reference does, other class sets 0, 1, ..."""
+    draw ``GRID_CLASSES`` and a random class (seeded) as the reference does, other class sets 0, 1, ... (each class
+    at least once when there are at most ``MAX_GRID_CLASSES``)."""
     from maskbit_jax.sample import sample
 
     n = self.grid_samples or max(int(self.cfg.training.get("num_generated_images", 10)), 1)
     if num_classes == 1000:
       classes = GRID_CLASSES + (int(np.random.default_rng(self.seed).integers(0, 999)),)
       labels = np.resize(np.asarray(classes), n)
-    else:
-      labels = np.arange(n) % num_classes
+    else:  # a small class set: every class at least once
+      labels = np.arange(max(n, num_classes if num_classes <= MAX_GRID_CLASSES else 0)) % num_classes
     out = sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
     images = host_copy(out["images"])  # inside the training mesh the batch may span every process's devices
-    return np.clip(images, 0.0, 1.0), [f"class {c}" for c in labels], min(n, 8)
+    return observe.Grid(np.clip(images, 0.0, 1.0), [self.class_caption(c) for c in labels], min(len(labels), 8))
+
+  def class_caption(self, label: int) -> str:
+    """How a grid names class ``label``: the synthetic set's names ("green triangle") when the run trains on
+    it, else "class <label>"."""
+    from maskbit_jax.data.sample_images import class_caption
+
+    return class_caption(label, self.cfg.dataset.get("source", ""))
 
   def export_params(self, params, name: str, kind: str) -> str | None:
     """Writes ``params`` to ``workdir/export/<name>``; called on every process (the gather is collective),
@@ -348,16 +394,34 @@ class TokenizerTask(_Task):
   def step(self, state, batch, step_number: int):
     return self.step_fn(state, batch, self.perceptual_vars, step_number)
 
+  def discriminator_start(self) -> int:
+    return int(self.cfg.losses.get("discriminator_start", 0))
+
+  def compile_steps(self, start: int) -> set[int]:
+    # the phase from losses.discriminator_start on is a second program (tokenizer_step.JittedTokenizerStep)
+    return {start} | ({self.discriminator_start()} if self.discriminator_start() > start else set())
+
+  def start_note(self, start: int) -> str | None:
+    total = int(self.cfg.training.max_train_steps)
+    disc = self.discriminator_start()
+    when = (f"the discriminator trains from step {disc} (discriminator_loss is 0 before)" if disc < total else
+            f"the discriminator never trains (losses.discriminator_start={disc} >= {total} steps; discriminator_loss"
+            " stays 0)")
+    entropy = float(self.cfg.model.vq_model.get("entropy_loss_weight", 0.0) or 0.0)
+    signs = ("quantizer_loss and total_loss can be negative: the quantizer's entropy term rewards using the "
+             "codebook evenly (lower is better); " if entropy > 0 else "")
+    return signs + when
+
   @functools.cached_property
   def _reconstruct(self):
     return jax.jit(lambda p, x: jnp.clip(self.model.apply({"params": p}, x)[0], 0.0, 1.0))
 
-  def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
+  def visualize(self, state) -> observe.Grid:
     n = int(self.cfg.training.get("num_generated_images", 2))
-    images = self._eval_examples(max(n, 1))[0]
+    images, classes = self._eval_examples(max(n, 1))
     recon = host_copy(self._reconstruct(host_copy(self.model_params(state)), images))
-    labels = [f"input {i}" for i in range(len(images))] + [f"recon {i}" for i in range(len(images))]
-    return np.concatenate([images, recon]), labels, len(images)
+    labels = [self.class_caption(c) for c in classes] + [""] * len(images)
+    return observe.Grid(np.concatenate([images, recon]), labels, len(images), ("original", "reconstruction"))
 
   def evaluate(self, state) -> dict:
     """rFID, IS (with ``evaluation.inception_checkpoint``), PSNR, SSIM, MAE, MSE, LPIPS (with
@@ -453,15 +517,13 @@ class GeneratorTask(_Task):
   def use_ema(self) -> bool:
     return self.settings.use_ema
 
-  def visualize(self, state) -> tuple[np.ndarray, list[str], int]:
+  def visualize(self, state) -> observe.Grid:
     from maskbit_jax.generator import Generator
 
     gen = Generator(self.cfg, self.module, host_copy(self.model_params(state)))
     decoded = self.decoded_pairs(gen)
     if decoded is not None and self.process_index == 0:
-      from maskbit_jax.train import observe
-
-      observe.save_grid(self.workdir, "decoded", int(jax.device_get(state.step)), *decoded, 2)
+      observe.save_grid(self.workdir, "decoded", int(jax.device_get(state.step)), observe.Grid(*decoded, 2))
     return self.sample_grid(gen, self.module.nclass)
 
   def decoded_pairs(self, gen) -> tuple[np.ndarray, list[str]] | None:
@@ -486,10 +548,12 @@ class GeneratorTask(_Task):
     return np.clip(pairs, 0.0, 1.0), [f"{kind} {i}" for i in range(len(tokens)) for kind in ("tokens", "predicted")]
 
   def evaluate(self, state) -> dict:
-    """FID and IS of ``experiment.eval_images`` samples of the EMA weights (``evaluate_samples``)."""
+    """FID and IS of ``experiment.eval_images`` samples of the EMA weights (``evaluate_samples``); on the
+    synthetic set also their class accuracy and the frozen tokenizer's held-out PSNR (``synthetic_figures``)."""
     from maskbit_jax.generator import Generator
 
-    return self.evaluate_samples(Generator(self.cfg, self.module, host_copy(self.model_params(state))))
+    gen = Generator(self.cfg, self.module, host_copy(self.model_params(state)))
+    return {**self.evaluate_samples(gen), **self.synthetic_figures(gen)}
 
   def learning_rate(self, step: int) -> float:
     return float(self.schedule(step))
