@@ -56,12 +56,14 @@ def bar_on_maskbit_config(name: str, vq: dict, *, tokenizer_name: str, resolutio
                           depth: int, heads: int, num_classes: int, sampling: dict, head_width: int = 2048,
                           head_layers: int = 3, repeat_class_condition: int = 32, per_gpu_batch_size: int = 128,
                           max_train_steps: int = 250_000, warmup_steps: int = 62_500,
-                          anneal: tuple[int, int] | None = None, source: str = "tfds:imagenet2012:train",
+                          anneal: tuple[int, int] | None = None, patch_size: int = 1,
+                          source: str = "tfds:imagenet2012:train",
                           eval_source: str = "tfds:imagenet2012:validation") -> ml_collections.ConfigDict:
   """A BAR generator config on a MaskBit LFQ tokenizer's bits (not a released model; the BAR recipe otherwise).
 
   ``vq``: the tokenizer's ``model.vq_model`` (``config_defaults.vq_model``); the
-  token grid follows from ``resolution`` and its stride. ``anneal``: the random
+  token grid follows from ``resolution`` and its stride; ``patch_size``: tokens a side per AR step (the
+  step then predicts ``patch_size**2 * token_size`` bits, as BAR-B/2 does). ``anneal``: the random
   to raster order ramp, by default over 50 % .. 75 % of the steps (as BAR-B's
   125k .. 187.5k of 250k). ``sampling``: ``guidance_scale``,
   ``randomize_temperature``, ``tokens_allocation``. Data: images of
@@ -79,7 +81,7 @@ def bar_on_maskbit_config(name: str, vq: dict, *, tokenizer_name: str, resolutio
   anneal = anneal or (max_train_steps // 2, max_train_steps * 3 // 4)
   cfg = bar_generator_config(
       name, hidden_size=hidden_size, depth=depth, heads=heads, image_seq_len=side * side,
-      token_size=int(vq["token_size"]), anneal=anneal, yaml_sampling=sampling,
+      token_size=int(vq["token_size"]), patch_size=patch_size, anneal=anneal, yaml_sampling=sampling,
       sampling=dict(sampling, tokenizer=tokenizer_name), resolution=resolution, per_gpu_batch_size=per_gpu_batch_size,
       max_train_steps=max_train_steps, warmup_steps=warmup_steps, head_width=head_width, head_layers=head_layers,
       num_classes=num_classes, repeat_class_condition=repeat_class_condition)

@@ -20,6 +20,7 @@ from PIL import Image
 import maskbit_jax
 from conftest import REPO, golden_bar_path, restored_state
 from maskbit_jax import bar, checkpointing, sharding
+from maskbit_jax.models.tokenizer import latent_stride_of
 from maskbit_jax.sample import main as sample_main
 from maskbit_jax.train.bar_step import indices_to_bit_rows
 from maskbit_jax.train.bar_task import BarTask, bit_train_dataset, record_bits
@@ -93,8 +94,10 @@ def test_export_and_sample_end_to_end(trained, random_tokenizer, tmp_path):
                       "--classes", ",".join(map(str, classes)), "--samples_per_class", "2", "--out", str(out)]) == 0
   data = np.load(out / "tokens.npz")
   bits, tokens = data["bits"], data["tokens"]
-  assert bits.shape == (6, 4 * 4 * 12) and set(np.unique(bits)) <= {0, 1}
-  assert tokens.shape == (6, 4, 4) and tokens.min() >= 0 and tokens.max() < 2**12
+  cfg = maskbit_jax.load_config(BAR_TINY)
+  side = cfg.dataset.preprocessing.resolution // latent_stride_of(cfg.model.vq_model)
+  assert bits.shape == (6, side * side * 12) and set(np.unique(bits)) <= {0, 1}
+  assert tokens.shape == (6, side, side) and tokens.min() >= 0 and tokens.max() < 2**12
   # tokens are the bits packed as LFQ indices (bit j = channel j)
   np.testing.assert_array_equal(np.asarray(indices_to_bit_rows(tokens, 12)), bits)
   assert list(data["labels"]) == [0, 0, 5, 5, 15, 15]

@@ -586,7 +586,11 @@ def test_two_process_training_cli_writes_grids_and_exports_both_stages(two_proce
   import jax
 
   out = maskbit_jax.sample(gen, tok, [0, 1], jax.random.key(0), num_steps=2)
-  assert out["tokens"].shape == (2, 4, 4)
+  from maskbit_jax.models.tokenizer import latent_stride_of
+
+  cfg = maskbit_jax.load_config(str(REPO / "configs/tokenizer_tiny.py"))
+  side = cfg.dataset.preprocessing.resolution // latent_stride_of(cfg.model.vq_model)
+  assert out["tokens"].shape == (2, side, side)
 
 
 @pytest.mark.slow

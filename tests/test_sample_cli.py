@@ -10,6 +10,7 @@ from PIL import Image
 
 import maskbit_jax
 from conftest import REPO
+from maskbit_jax.models.tokenizer import latent_stride_of
 from maskbit_jax.sample import main as sample_main
 
 TINY = str(REPO / "configs/generator_tiny.py")
@@ -26,7 +27,8 @@ def test_sample_cli_random_init(tmp_path, capsys):
   assert np.asarray(Image.open(out / pngs[0])).shape == (size, size, 3)
   assert (out / "grid.png").is_file()
   data = np.load(out / "tokens.npz")
-  assert data["tokens"].shape == (6, 4, 4) and list(data["labels"]) == [1, 1, 7, 7, 15, 15]
+  side = size // latent_stride_of(maskbit_jax.load_config(TINY).model.vq_model)
+  assert data["tokens"].shape == (6, side, side) and list(data["labels"]) == [1, 1, 7, 7, 15, 15]
   summary = json.loads((out / "summary.json").read_text())
   assert summary["settings"]["num_steps"] == 3 and summary["settings"]["guidance_scale"] == 3.0
 
@@ -57,7 +59,8 @@ def test_released_defaults_pass_back_into_sample():
   defaults = dict(gen.sampling_defaults, num_steps=2)
   assert "mask_schedule_strategy" in defaults
   out = maskbit_jax.sample(gen, tok, [0], jax.random.key(0), **defaults)
-  assert out["tokens"].shape == (1, 4, 4)
+  side = gen.module.img_size // gen.module.input_stride
+  assert out["tokens"].shape == (1, side, side)
 
 
 def test_sample_is_callable_from_the_package():

@@ -1,0 +1,94 @@
+"""The README's main command (its first ```bash block), run as written minus the install.
+
+The default suite shortens both runs through the override the README documents for a quicker look
+(``--config.training.max_train_steps=N``) and checks what the command prints and writes; the ``slow``
+test runs it whole and checks the two figures the README promises (held-out PSNR of the tokenizer,
+class accuracy of the generator's samples).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import proc_wait
+from conftest import REPO, drop_simulated_devices
+
+INSTALL = ("python3 -m venv .venv", ".venv/bin/pip install -e .")
+QUICK_STEPS = 24
+
+
+def readme_main_command() -> list[list[str]]:
+  """The train commands of the README's first bash block (after its install steps), as argv lists."""
+  text = (REPO / "README.md").read_text()
+  block = re.search(r"^```bash[ \t]*\n(.*?)^```", text, flags=re.M | re.S).group(1)
+  parts = [p.strip() for p in block.replace("\\\n", " ").strip().split("&&")]
+  assert tuple(parts[:2]) == INSTALL, f"the README's main command no longer starts with the install: {parts[:2]}"
+  commands = [shlex.split(p) for p in parts[2:]]
+  assert all(c[:3] == [".venv/bin/python", "-m", "maskbit_jax.train"] for c in commands), commands
+  return commands
+
+
+def quick_override() -> str:
+  """The README must document the override the quick variant uses."""
+  override = "--config.training.max_train_steps="
+  assert override in (REPO / "README.md").read_text(), "the README does not document the step-count override"
+  return override
+
+
+def run_main_command(tmp_path, extra: list[str]) -> list[str]:
+  (tmp_path / "configs").symlink_to(REPO / "configs")
+  env = drop_simulated_devices(dict(__import__("os").environ))
+  env["PYTHONPATH"] = str(REPO)
+  outputs = []
+  for argv in readme_main_command():
+    try:
+      proc = proc_wait.run([sys.executable] + argv[1:] + extra, cwd=tmp_path, env=env)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"{shlex.join(argv)} made no progress for {proc_wait.STALL_S:.0f} s")
+    assert proc.returncode == 0, f"{shlex.join(argv)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    outputs.append(proc.stdout)
+  return outputs
+
+
+def check_outputs(tmp_path, outputs: list[str], steps_tok: int, steps_gen: int) -> tuple[dict, dict]:
+  tok, gen = (json.loads((tmp_path / "runs" / name / "summary.json").read_text()) for name in ("tok", "gen"))
+  assert (tmp_path / "runs/tok/export/tokenizer").is_dir() and (tmp_path / "runs/gen/export/generator").is_dir()
+  assert (tmp_path / f"runs/tok/images/recon_{steps_tok:08d}.png").is_file()
+  assert (tmp_path / f"runs/gen/images/samples_{steps_gen:08d}.png").is_file()
+  assert tok["end_step"] == steps_tok and gen["end_step"] == steps_gen
+  assert "eval_psnr" in tok["eval"]
+  assert {"eval_class_accuracy", "eval_tokenizer_psnr"} <= set(gen["eval"])
+  # stage I says why its losses go negative and when the discriminator trains; both runs say when they compile
+  note = [line for line in outputs[0].splitlines() if "] note: " in line]
+  assert note and "can be negative" in note[0] and "discriminator" in note[0], outputs[0][-2000:]
+  for out in outputs:
+    assert "compiling the train step" in out and "compiled and ran step 1 in " in out
+  # both figures printed, at the end of the run
+  last_eval = [line for line in outputs[1].splitlines() if " eval at step " in line][-1]
+  assert "eval_class_accuracy" in last_eval and "eval_tokenizer_psnr" in last_eval
+  return tok["eval"], gen["eval"]
+
+
+def test_readme_main_command_quick(tmp_path):
+  override = quick_override()
+  outputs = run_main_command(tmp_path, [f"{override}{QUICK_STEPS}"])
+  _, gen = check_outputs(tmp_path, outputs, QUICK_STEPS, QUICK_STEPS)
+  assert 0.0 <= gen["eval_class_accuracy"] <= 1.0 and gen["eval_tokenizer_psnr"] > 5.0
+
+
+@pytest.mark.slow
+def test_readme_main_command_whole(tmp_path):
+  from maskbit_jax.config import load_config
+
+  outputs = run_main_command(tmp_path, [])
+  steps = [int(load_config(str(REPO / "configs" / f"{n}_tiny.py")).training.max_train_steps)
+           for n in ("tokenizer", "generator")]
+  tok, gen = check_outputs(tmp_path, outputs, *steps)
+  assert tok["eval_psnr"] >= 24.0 and gen["eval_tokenizer_psnr"] >= 24.0
+  assert gen["eval_class_accuracy"] >= 0.9
