@@ -48,3 +48,11 @@ def test_misspelt_keys_suggest_the_field(override, hint):
   with pytest.raises(ConfigKeyError) as err:
     load_config(str(REPO / "configs" / "tokenizer_tiny.py"), [f"--config.{override}"])
   assert hint in str(err.value) and not str(err.value).startswith("'")
+
+
+def test_a_checkout_that_shadows_the_package_says_so(tmp_path):
+  """Python started in the folder above a checkout named maskbit_jax imports the checkout, not the package."""
+  (tmp_path / "maskbit_jax").symlink_to(REPO)
+  env = dict(__import__("os").environ, PYTHONPATH="")
+  proc = proc_wait.run([sys.executable, "-c", "import maskbit_jax"], cwd=tmp_path, env=env)
+  assert proc.returncode == 1 and "found the source checkout" in proc.stderr.splitlines()[-1], proc.stderr[-1000:]
