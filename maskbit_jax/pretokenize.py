@@ -141,8 +141,6 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
   ``meta.json`` listing every shard once all exist. ``stop_after_shards``: end after this many new shards of
   this process, returning None (an interrupted run, for tests).
   """
-  from array_record.python.array_record_module import ArrayRecordWriter
-
   from maskbit_jax import distributed, sharding
 
   n_dev = jax.local_device_count()
@@ -158,7 +156,7 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
               crop=crop, **extra_meta, config=tok.config.to_dict(), shard_size=int(shard_size))
   if crops > 1:  # how the crops were drawn (RandomResizedCropsSource)
     meta["crop_options"] = dict(getattr(source, "options", {}), seed=getattr(source, "seed", None))
-  full_plan = dict(plan or {}, **{k: v for k, v in meta.items() if k != "shard_size"}, shard_size=int(shard_size))
+  full_plan = dict(plan or {}, **meta)
 
   # every process checks before anything is written, so all refuse alike; then process 0 lays the plan down
   resuming = False if overwrite else shard_plan.check_plan(out_dir, full_plan)
@@ -203,22 +201,7 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     if stop_after_shards is not None and count >= stop_after_shards:
       return None
     staged = shard_plan.local_staging(names[s])
-    writer = ArrayRecordWriter(staged, "group_size:1")
-    written = 0
-    try:
-      for _ in range(-(-(stop - start) // batch_size)):
-        batch, tokens, flipped = next(stream)
-        for j in np.flatnonzero(batch["mask"]):
-          image, c = divmod(int(batch["record"][j]), crops)
-          writer.write(encode_record(tokens[j], flipped[j], int(batch["label"][j]), image, field=field,
-                                     crop=c if crops > 1 else None))
-          written += 1
-        progress.update(int(batch["mask"].sum()))
-      writer.close()
-    except BaseException:
-      writer.close()
-      shard_plan.discard(staged)
-      raise
+    written = _write_shard(staged, stream, -(-(stop - start) // batch_size), field, crops, progress)
     if written != stop - start:
       raise AssertionError(f"wrote {written} records for the {stop - start} of shard {s}")
     shard_plan.publish(staged, names[s], written)  # a half-written shard never carries the final name
@@ -235,6 +218,30 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
     paths.write_text_atomic(paths.join(out_dir, META_FILE), json.dumps(meta, indent=1))
   _barrier("pretokenize_meta_written")
   return dict(meta, images_per_s=rate, new_shards=len(todo))
+
+
+def _write_shard(staged: str, stream, num_batches: int, field: str, crops: int, progress: _Progress) -> int:
+  """Writes the real rows of the next ``num_batches`` of ``stream`` into the ArrayRecord file ``staged``;
+  returns how many. A failure removes the file (nothing partial stays behind under any name)."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  writer = ArrayRecordWriter(staged, "group_size:1")
+  written = 0
+  try:
+    for _ in range(num_batches):
+      batch, tokens, flipped = next(stream)
+      for j in np.flatnonzero(batch["mask"]):
+        image, c = divmod(int(batch["record"][j]), crops)
+        writer.write(encode_record(tokens[j], flipped[j], int(batch["label"][j]), image, field=field,
+                                   crop=c if crops > 1 else None))
+        written += 1
+      progress.update(int(batch["mask"].sum()))
+    writer.close()
+  except BaseException:
+    writer.close()
+    shard_plan.discard(staged)
+    raise
+  return written
 
 
 def _encoder(tok):
@@ -400,7 +407,8 @@ def main(argv=None) -> int:
   if crop == "adm":
     source = sources.AdmCropSource(source, size)
   # what decides the records, beyond the config and sizes pretokenize adds; the batch and threads do not
-  identity = {"--data": args.data, "--size": size, "--checkpoint": args.checkpoint,
+  identity = {"--data": args.data, "--size": size,
+              "--checkpoint": None if args.checkpoint is None else paths.as_str(args.checkpoint),
               "--random_init": bool(args.random_init)}
   meta = pretokenize(tok, source, paths.as_str(args.out), batch_size=args.batch_size, num_images=args.num_images,
                      overwrite=args.overwrite, crop=crop, shard_size=args.shard_size, plan=identity,

