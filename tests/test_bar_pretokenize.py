@@ -49,6 +49,7 @@ def fsq_setup(golden_bar, tmp_path_factory):
   cfg["dataset"]["preprocessing"].update(crop_size=size, resolution=size)
   gen = cfg["model"]["generator"]
   gen["image_seq_len"] = grid * grid
+  gen["patch_size"] = 1  # one FSQ token an AR step (bar_tiny's 2x2 patches are of its own 8x8 grid)
   allocation = [bits // 4 + (i >= 4 - bits % 4) for i in range(4)]  # four inner steps summing to the bits
   gen["mbm_head"]["tokens_allocation"] = cfg["sampling"]["tokens_allocation"] = allocation
   cfg["experiment"]["tokenizer_checkpoint"] = str(golden_bar / f"{name}.bin")

@@ -306,6 +306,12 @@ class _CountingTask:
   def learning_rate(self, step):
     return 0.1
 
+  def compile_steps(self, start):
+    return {start}
+
+  def start_note(self, start):
+    return None
+
   def evaluate(self, state):
     return {}
 

@@ -103,7 +103,7 @@ def _run(stage: str, tmp_path, weights) -> dict:
 
 def test_tokenizer_logs_the_cli_metrics(tmp_path, weights):
   result = _run("tokenizer", tmp_path, weights)
-  assert "note:" not in result["stdout"]  # every weights file configured: nothing skipped
+  assert "evaluation skips" not in result["stdout"]  # every weights file configured: nothing skipped
   logged, cli = result["logged"], result["cli"]
   assert logged["eval_images"] == cli["num_images"] == 10
   for ours, theirs in (("eval_rfid", "rFID"), ("eval_inception_score", "InceptionScore"), ("eval_psnr", "PSNR"),
@@ -119,7 +119,7 @@ def test_tokenizer_logs_the_cli_metrics(tmp_path, weights):
 def test_generator_logs_the_cli_fid(tmp_path, weights):
   """Stage II on a random tokenizer: FID (vs reference statistics) and IS of 10 samples, as the CLI's."""
   result = _run("generator", tmp_path, weights)
-  assert "note:" not in result["stdout"]
+  assert "evaluation skips" not in result["stdout"]
   logged, cli = result["logged"], result["cli"]
   assert logged["eval_images"] == cli["num_images"] == 10
   for ours, theirs in (("eval_fid", "FID"), ("eval_inception_score", "InceptionScore")):
