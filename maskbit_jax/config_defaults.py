@@ -78,8 +78,9 @@ def training_run(*, save_every: int, log_every: int = 50, generate_every: int, e
   return dict(
       # eval_images: images of the in-training evaluation (stage I: held-out reconstructions, stage II:
       # class-balanced samples; 0 = none), every eval_every steps and at the end; see ``evaluation`` below.
+      # profile: a jax.profiler trace of num_steps steps after start_step into workdir/profile (0 steps: off).
       cadence=dict(save_every=save_every, log_every=log_every, generate_every=generate_every, eval_every=eval_every,
-                   eval_images=0),
+                   eval_images=0, profile=dict(start_step=10, num_steps=0)),
       # ``dataset.source``: ``synthetic:N``, ``photos``, ``tfds:NAME:SPLIT[:DATA_DIR]`` or a folder with one
       # sub-folder per class. ``corrupt_images``: "error" stops at an unreadable image, "skip" counts and warns.
       data=dict(source=source, eval_source=eval_source, corrupt_images="error", num_threads=8,

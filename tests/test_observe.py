@@ -28,3 +28,21 @@ def test_grid_rows_are_labelled(tmp_path):
   path = observe.save_grid(str(tmp_path), "recon", 7, grid)
   assert path.endswith("images/recon_00000007.png")
   assert Image.open(path).size[0] > 2 * 96  # upscaled cells and a column of row labels
+
+
+def test_profile_switch_writes_a_trace_of_the_chosen_steps(tmp_path):
+  import jax
+  import jax.numpy as jnp
+
+  with __import__("pytest").raises(ValueError, match="num_steps >= 0"):
+    observe.StepProfiler(str(tmp_path), num_steps=-1)
+  profiler = observe.StepProfiler(str(tmp_path / "profile"), start_step=1, num_steps=2)
+  f = jax.jit(lambda x: x * 2 + 1)
+  x, traced = jnp.ones(4), []
+  for step in range(1, 5):
+    profiler.before_step(step)
+    x = f(x)
+    traced.append(profiler.after_step(step, x))
+  assert traced == [None, None, str(tmp_path / "profile" / "process_0"), None]  # steps 2..3, then stopped
+  assert list((tmp_path / "profile" / "process_0").rglob("*.xplane.pb"))
+  assert observe.StepProfiler(str(tmp_path / "off")).stop() is None and not (tmp_path / "off").exists()

@@ -114,6 +114,9 @@ class PhotoSource:
 class TfdsSource:
   def __init__(self, name: str, split: str, size: int, data_dir: str | None = None,
                interpolation: str = "bilinear"):
+    from maskbit_jax.tensorflow_guard import tensorflow_on_cpu_only
+
+    tensorflow_on_cpu_only()  # tensorflow-datasets imports TensorFlow
     import tensorflow_datasets as tfds
 
     self.size, self.interpolation = size, interpolation

@@ -50,7 +50,7 @@ LOCK_FILE = "train.lock"
 # checkpoint's meta). Inverted so that a key someone adds is protected until shown harmless:
 # test_train_integrity checks that changing every key here leaves the jitted step and init unchanged.
 FREE_TO_CHANGE = ("experiment.save_every", "experiment.log_every", "experiment.generate_every",
-                  "experiment.eval_every", "experiment.eval_images", "experiment.log_grad_norm_every",
+                  "experiment.eval_every", "experiment.eval_images", "experiment.log_grad_norm_every", "experiment.profile",
                   "experiment.name", "experiment.project", "experiment.logging_dir", "experiment.output_dir",
                   "experiment.resume", "dataset.eval_source", "dataset.num_threads", "dataset.prefetch_buffer_size",
                   "dataset.corrupt_images", "dataset.params.eval_shards_path_or_url",
@@ -399,8 +399,11 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
       summary: dict = {"stage": stage, "workdir": workdir, "start_step": start}
       with StopRequest() as stop:
         agree, stopping = StopAgreement(mesh), False
+        profiler = observe.StepProfiler(paths.join(workdir, "profile"), **dict(exp.get("profile", None) or {}),
+                                        process_index=task.process_index)
         while step < end and not stopping:
           batch = task.to_device(next(data_iter))
+          profiler.before_step(step + 1)
           compiling = step in task.compile_steps(start)
           if compiling and step == start:
             say(f"[{stage}] compiling the train step (the progress line's rates and ETA leave this out)", flush=True)
@@ -412,6 +415,9 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
             seconds = progress.restart(step)
             if step == start + 1:
               say(f"[{stage}] compiled and ran step {step} in {observe.format_seconds(seconds)}", flush=True)
+          traced = profiler.after_step(step, metrics)
+          if traced:
+            say(f"[{stage}] profile of steps {profiler.first}..{step} in {traced}", flush=True)
           history.append(metrics)
           if grad_norms is not None and _is_due(step, int(exp.get("log_grad_norm_every", 0) or 0)):
             writer.write_scalars(step, {k: float(v) for k, v in jax.device_get(grad_norms).items()})
@@ -440,6 +446,7 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
                                                         step, grid)
           checkpoints.save(manager, step, state, meta_now())
           stopping = agree(bool(stop))  # the same answer on every process, after the same step
+        profiler.stop()  # a trace the run ended inside
         if step > start and (stopping or step == end) and manager.latest_step() != step:
           checkpoints.save(manager, step, state, meta_now(), force=True)
         manager.wait_until_finished()

@@ -6,7 +6,6 @@ Only process 0 writes; other processes get a no-op writer (clu's
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -37,7 +36,9 @@ def make_writer(logdir: str, *, is_main: bool):
   """clu's default writer (TensorBoard event files under ``logdir`` + console log lines) on process 0."""
   if not is_main:
     return _NullWriter()
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from maskbit_jax.tensorflow_guard import tensorflow_on_cpu_only
+
+  tensorflow_on_cpu_only()  # clu's writer imports TensorFlow
   from clu import metric_writers
 
   if paths.is_url(logdir):  # TensorFlow's file systems would not reach every scheme epath serves
@@ -45,6 +46,44 @@ def make_writer(logdir: str, *, is_main: bool):
 
     return metric_writers.MultiWriter([metric_writers.LoggingWriter(), EventFileWriter(logdir)])
   return metric_writers.create_default_writer(logdir, asynchronous=True)
+
+
+class StepProfiler:
+  """``experiment.profile``: a ``jax.profiler`` trace of steps ``start_step + 1 .. start_step + num_steps``
+  (counted as the log counts them; the default start leaves the compile out) into ``logdir``, one folder per
+  process, for TensorBoard's profile plugin or Perfetto. ``num_steps`` 0: off."""
+
+  def __init__(self, logdir: str, *, start_step: int = 10, num_steps: int = 0, process_index: int = 0):
+    if int(num_steps) < 0 or int(start_step) < 0:
+      raise ValueError(f"experiment.profile needs start_step >= 0 and num_steps >= 0, got {start_step}, {num_steps}")
+    self.logdir = paths.join(logdir, f"process_{process_index}")
+    self.first, self.last = int(start_step) + 1, int(start_step) + int(num_steps)
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    """``step``: the number the step about to run will have once done (1-based)."""
+    if self.last >= self.first and step == self.first:
+      import jax
+
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+
+  def after_step(self, step: int, outputs) -> str | None:
+    """Stops the trace after its last step (its outputs ready); returns the trace folder then."""
+    if self.active and step >= self.last:
+      return self.stop(outputs)
+    return None
+
+  def stop(self, outputs=None) -> str | None:
+    if not self.active:
+      return None
+    import jax
+
+    if outputs is not None:
+      jax.block_until_ready(outputs)
+    jax.profiler.stop_trace()
+    self.active = False
+    return self.logdir
 
 
 def mean_metrics(history: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
