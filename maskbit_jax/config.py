@@ -1,4 +1,8 @@
-"""Loading configs: ml_collections ``.py`` files, reference ``.yaml`` files, or objects.
+"""Loading configs: packaged names, ml_collections ``.py`` files, reference ``.yaml`` files, or objects.
+
+The repository's ``configs/*.py`` ship in the package as ``maskbit_jax.configs``
+(a link to that folder), so ``load_config("generator_tiny")`` works from an
+installed wheel as ``load_config("configs/generator_tiny.py")`` does in a checkout.
 
 Configs keep the reference's key names and nesting (``model.vq_model.*``,
 ``model.mlm_model.*``, ``training.*`` ...), so a user's existing YAML files
@@ -10,6 +14,7 @@ key is an error (a typo never silently creates a new field).
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import importlib.util
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,20 +67,57 @@ def _load_yaml(path: str) -> ml_collections.ConfigDict:
   return _to_config_dict(container)
 
 
-def load_config(config: ConfigLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """Returns a fresh ConfigDict from a ConfigDict/mapping, a ``.py`` path or a ``.yaml`` path.
+def packaged_config_names() -> list[str]:
+  """The names ``load_config`` takes without a path: the ``.py`` files of ``maskbit_jax.configs``."""
+  root = importlib.resources.files("maskbit_jax.configs")
+  return sorted(f.name[:-3] for f in root.iterdir() if f.name.endswith(".py") and not f.name.startswith("_"))
 
-  A ``.py`` path may carry an argument after a colon, passed to its
-  ``get_config``: ``configs/maskbit_tokenizer.py:bits=14``.
+
+def _packaged_config_path(name: str) -> str | None:
+  """The file of packaged config ``name`` (``generator_tiny`` or ``generator_tiny.py``), or None."""
+  if "/" in name or os.sep in name:
+    return None
+  stem = name[:-3] if name.endswith(".py") else name
+  if stem not in packaged_config_names():
+    return None
+  # installed packages are plain folders (setuptools wheels are not zip-safe here), so the file has a path
+  return os.fspath(importlib.resources.files("maskbit_jax.configs") / f"{stem}.py")
+
+
+def _config_not_found(path: str) -> FileNotFoundError:
+  """A one-line error for a config that is neither a file nor a packaged name, with the closest names."""
+  stem = os.path.splitext(os.path.basename(path))[0]
+  names = packaged_config_names()
+  close = difflib.get_close_matches(stem, names, n=3, cutoff=0.6)
+  hint = ("; did you mean " + " or ".join(repr(c) for c in close) + "?") if close \
+      else f"; packaged configs: {', '.join(names)}"
+  what = "config file not found" if ("/" in path or os.sep in path) else "no config file or packaged config named"
+  return FileNotFoundError(f"{what}: {path}{hint}")
+
+
+def _split_arg(spec: str) -> tuple[str, str | None]:
+  """``FILE_OR_NAME:ARG`` into its parts; a file whose own name has a colon, and a URL's colon, are no argument."""
+  # gs://b/c.py:bits=14 splits at the last colon, gs://b/c.py not at all
+  if not paths.exists(spec) and ":" in spec and not (paths.is_url(spec) and "/" in spec.rsplit(":", 1)[1]):
+    path, arg = spec.rsplit(":", 1)
+    return path, arg
+  return spec, None
+
+
+def load_config(config: ConfigLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Returns a fresh ConfigDict from a ConfigDict/mapping, a packaged name, a ``.py`` path or a ``.yaml`` path.
+
+  A name or a ``.py`` path may carry an argument after a colon, passed to its
+  ``get_config``: ``tokenizer_tiny:bits=10``, ``configs/maskbit_tokenizer.py:bits=14``.
+  A path that exists wins over a packaged config of the same name.
   """
   if isinstance(config, (str, os.PathLike)):
-    spec = os.fspath(config)
-    path, arg = spec, None
-    # a URL's own colon is no argument: gs://b/c.py:bits=14 splits at the last colon, gs://b/c.py not at all
-    if not paths.exists(spec) and ":" in spec and not (paths.is_url(spec) and "/" in spec.rsplit(":", 1)[1]):
-      path, arg = spec.rsplit(":", 1)
+    path, arg = _split_arg(os.fspath(config))
     if not paths.exists(path):
-      raise FileNotFoundError(f"config file not found: {path}")
+      packaged = _packaged_config_path(path)
+      if packaged is None:
+        raise _config_not_found(path)
+      path = packaged
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".py", ".yaml", ".yml"):
       raise ValueError(f"config {path}: expected a .py or .yaml file")
@@ -88,32 +130,56 @@ def load_config(config: ConfigLike, overrides: Iterable[str] = ()) -> ml_collect
   return cfg
 
 
-def _parse_like(text: str, current: Any, key: str) -> Any:
-  if isinstance(current, bool):
+_TYPE_WORDS = {bool: "a boolean", int: "an integer", float: "a number"}
+
+
+def _parse_scalar(text: str, kind: type, key: str) -> Any:
+  """``text`` as a value of ``kind`` (bool, int, float or str), or a one-line error naming the key and type."""
+  if kind is bool:
     low = text.strip().lower()
     if low in ("true", "1", "yes"):
       return True
     if low in ("false", "0", "no"):
       return False
-    raise ValueError(f"--config.{key}: expected a boolean, got {text!r}")
-  if isinstance(current, int):
-    try:
-      return int(text)
-    except ValueError:
-      raise ValueError(f"--config.{key}: expected an integer, got {text!r}") from None
-  if isinstance(current, float):
-    try:
-      return float(text)
-    except ValueError:
-      raise ValueError(f"--config.{key}: expected a number, got {text!r}") from None
-  if isinstance(current, str):
+  elif kind is str:
     return text
-  value = yaml.safe_load(text)
+  else:
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  raise ValueError(f"--config.{key}: expected {_TYPE_WORDS[kind]}, got {text!r}")
+
+
+def _parse_sequence(text: str, current: list | tuple, key: str) -> list | tuple:
+  """``1,1,2``, ``(1,2,2,4)`` or ``[1,2]`` as ``current``'s type, each item of its items' type."""
+  body = text.strip()
+  if body[:1] + body[-1:] in ("()", "[]"):
+    body = body[1:-1]
+  items = [t.strip() for t in body.split(",")] if body.strip() else []
+  if items and items[-1] == "":  # (4,) is a one-tuple
+    items.pop()
+  kinds = {type(v) for v in current}
+  seq_type = type(current).__name__
+  if len(kinds) == 1 and kinds <= {bool, int, float, str}:
+    kind = kinds.pop()
+    try:
+      return type(current)(_parse_scalar(t, kind, key) for t in items)
+    except ValueError:
+      raise ValueError(f"--config.{key}: expected a {seq_type} of {kind.__name__}, "
+                       f"got {text!r}") from None
+  # empty or mixed: each item as YAML reads it
+  return type(current)(yaml.safe_load(t) for t in items)
+
+
+def _parse_like(text: str, current: Any, key: str) -> Any:
+  """``text`` parsed as the type of the field's current value (None-valued fields take YAML's reading)."""
+  for kind in (bool, int, float, str):  # bool first: True is an int too
+    if isinstance(current, kind):
+      return _parse_scalar(text, kind, key)
   if isinstance(current, (tuple, list)):
-    if not isinstance(value, (list, tuple)):
-      value = [value]
-    return type(current)(value)
-  return value
+    return _parse_sequence(text, current, key)
+  return yaml.safe_load(text)
 
 
 class ConfigKeyError(KeyError):
@@ -168,7 +234,8 @@ def add_config_help(parser, required: str = "required") -> None:
   """Lists ``--config`` in a CLI's usage and help. (``split_config_args`` takes it and its
   ``--config.x.y=`` overrides out of argv before argparse runs, so argparse never parses it.)
   ``required`` says when the command needs it."""
-  parser.add_argument("--config", metavar="CONFIG", help="configs/*.py (optionally FILE.py:ARG) or a reference "
+  parser.add_argument("--config", metavar="CONFIG", help="a packaged config name (e.g. generator_tiny, "
+                      "NAME:ARG for a variant), a configs/*.py path (FILE.py:ARG) or a reference "
                       f".yaml; {required}. --config.KEY.SUBKEY=VALUE overrides any of its values")
 
 

@@ -1,0 +1,49 @@
+"""The ``maskbit-*`` commands of ``[project.scripts]``: each is its ``python -m maskbit_jax.<command>`` twin.
+
+Each goes through ``cli_errors.run`` as the ``-m`` form does, so a user's mistake is one ``error:`` line and exit
+code 2 either way. The command's module is imported only when its command runs (JAX and TF start-up is slow).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from maskbit_jax import cli_errors
+
+# console script -> the module whose main(argv=None) returns its exit code
+COMMANDS = {
+    "maskbit-train": "maskbit_jax.train.__main__",
+    "maskbit-sample": "maskbit_jax.sample",
+    "maskbit-evaluate": "maskbit_jax.evaluate",
+    "maskbit-convert": "maskbit_jax.convert.cli",
+    "maskbit-pretokenize": "maskbit_jax.pretokenize",
+    "maskbit-reconstruct": "maskbit_jax.reconstruct",
+}
+
+
+def _run(command: str) -> int:
+  return cli_errors.run(importlib.import_module(COMMANDS[command]).main)
+
+
+def train() -> int:
+  return _run("maskbit-train")
+
+
+def sample() -> int:
+  return _run("maskbit-sample")
+
+
+def evaluate() -> int:
+  return _run("maskbit-evaluate")
+
+
+def convert() -> int:
+  return _run("maskbit-convert")
+
+
+def pretokenize() -> int:
+  return _run("maskbit-pretokenize")
+
+
+def reconstruct() -> int:
+  return _run("maskbit-reconstruct")
