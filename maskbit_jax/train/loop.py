@@ -400,7 +400,7 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
       with StopRequest() as stop:
         agree, stopping = StopAgreement(mesh), False
         profiler = observe.StepProfiler(paths.join(workdir, "profile"), **dict(exp.get("profile", None) or {}),
-                                        process_index=task.process_index)
+                                        process_index=jax.process_index())
         while step < end and not stopping:
           batch = task.to_device(next(data_iter))
           profiler.before_step(step + 1)
