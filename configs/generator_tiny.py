@@ -6,7 +6,7 @@
 
 The released stage-II recipe (AdamW, warm-up + cosine with floor, arccos
 masking, label smoothing, label dropout, EMA) scaled down to two minutes on 2
-CPU cores: the embedded synthetic set (16 classes), batch 32, 600 steps, a
+CPU cores: the embedded synthetic set (16 classes), batch 32, 1000 steps, a
 higher learning rate; the targets come from the frozen tiny tokenizer inside
 the step. At the end it reports the class accuracy of 64 class-balanced
 samples (the packaged synthetic-set classifier) and the tokenizer's held-out PSNR.
@@ -14,7 +14,7 @@ samples (the packaged synthetic-set classifier) and the tokenizer's held-out PSN
 
 from maskbit_jax import config_defaults as d
 
-STEPS = 600
+STEPS = 1000
 
 
 def get_config(arg: str = ""):
