@@ -191,12 +191,7 @@ def acquire_lock(workdir: str, *, break_lock: bool = False) -> dict:
       other = _read_lock(path)
       if other is None:  # vanished meanwhile (its run ended): try again
         continue
-      if not (break_lock or _holder_is_gone(other)):
-        raise WorkdirLockedError(
-            f"{workdir} is in use by another training run ({_describe(other)}); wait for it to end, or, if it "
-            "is gone, pass --break_lock")
-      why = "--break_lock" if break_lock else "that process is gone"
-      print(f"note: taking over the lock of {workdir} from {_describe(other)} ({why})", flush=True)
+      _take_over_or_refuse(workdir, other, break_lock=break_lock)
       stale = f"{path}.stale.{mine['pid']}"
       try:
         os.rename(path, stale)
@@ -211,17 +206,22 @@ def acquire_lock(workdir: str, *, break_lock: bool = False) -> dict:
     os.remove(tmp)
 
 
+def _take_over_or_refuse(workdir: str, other: dict, *, break_lock: bool) -> None:
+  """Another run's lock record ``other``: refused while that run lives (unless ``break_lock``), else taken over."""
+  if not (break_lock or _holder_is_gone(other)):
+    raise WorkdirLockedError(
+        f"{workdir} is in use by another training run ({_describe(other)}); wait for it to end, or, if it "
+        "is gone, pass --break_lock")
+  why = "--break_lock" if break_lock else "that process is gone"
+  print(f"note: taking over the lock of {workdir} from {_describe(other)} ({why})", flush=True)
+
+
 def _acquire_object_lock(workdir: str, path: str, mine: dict, *, break_lock: bool) -> dict:
   """The lock in an object store, which has no ``link``: read, then written. Two starts within the same
   second can both take it; it guards against the common mistake (a second run on a live workdir)."""
   other = _read_lock(path)
   if other is not None:
-    if not (break_lock or _holder_is_gone(other)):
-      raise WorkdirLockedError(
-          f"{workdir} is in use by another training run ({_describe(other)}); wait for it to end, or, if it "
-          "is gone, pass --break_lock")
-    why = "--break_lock" if break_lock else "that process is gone"
-    print(f"note: taking over the lock of {workdir} from {_describe(other)} ({why})", flush=True)
+    _take_over_or_refuse(workdir, other, break_lock=break_lock)
   paths.write_text_atomic(path, json.dumps(mine))
   return mine
 
