@@ -197,7 +197,8 @@ def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = No
   """Builds a tokenizer from a config and loads its weights.
 
   Args:
-    config: a ConfigDict/dict, a ``configs/*.py`` path or a reference ``.yaml`` path.
+    config: a ConfigDict/dict, a packaged config name (``"tokenizer_tiny"``), a ``configs/*.py`` path or a
+      reference ``.yaml`` path.
     checkpoint: a PyTorch file (``.bin``, ``.ckpt``, ``.safetensors``,
       ``_state.npz``) or a directory written by ``python -m maskbit_jax.convert``.
       If omitted, ``experiment.vqgan_checkpoint`` of the config is used.

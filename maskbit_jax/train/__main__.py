@@ -47,7 +47,8 @@ def _parse(argv):
     distributed.add_distributed_args(p)
   args = p.parse_args(rest)
   if config is None:
-    p.error("--config is required (a configs/*.py file or a reference .yaml)")
+    p.error("--config is required (a packaged config name such as tokenizer_tiny, a configs/*.py file or a "
+            "reference .yaml)")
   return config, overrides, args, distributed
 
 
