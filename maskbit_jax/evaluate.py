@@ -21,7 +21,8 @@ samples are also written as one ADM ``.npz``, whatever the process count)::
       --inception pretrained/pt_inception-2015-12-05-6726825d.pth --samples_npz out/bar_b.npz --out results/bar_b.json
 
 The networks' weights are the files published for them (read without torch,
-never downloaded here). Batches are split over every local device; statistics
+never downloaded here). The tokenizer's images are decoded and resized in grain threads (``--num_threads``)
+while the devices reconstruct the batch before. Batches are split over every local device; statistics
 are accumulated in float64 on the host (running sums, not images) and merged
 over processes. The result JSON says ``"complete": false`` for a run that was
 interrupted, and such numbers are never printed as final.
@@ -102,21 +103,9 @@ def _write_result(path: str | None, result: dict) -> None:
 
 # -- tokenizer ---------------------------------------------------------------------------
 
-def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, inception=None, lpips=None,
-                       progress: bool = True) -> dict:
-  """Reconstruction metrics of ``tok`` over ``source`` (a grain-style random-access source).
-
-  ``inception``: ``(module, variables)`` for rFID and IS; ``lpips``:
-  ``(module, variables)``. Either may be None to skip those metrics.
-  Returns a dict of metrics with ``num_images`` and ``complete``.
-  """
-  from maskbit_jax.data.sources import eval_batches
-
-  check_batch_size(batch_size)
-  _, batch_sh = _mesh_and_batch_sharding()
-  total = len(source) if num_images is None else min(num_images, len(source))
-  if total < 2 and inception is not None:
-    raise ValueError(f"rFID needs at least 2 images, the data has {total}")
+def tokenizer_eval_step(tok, inception=None, lpips=None):
+  """Jitted ``step(tok_params, inception_vars, lpips_vars, images01 [B, H, W, 3]) -> dict`` of one batch: the
+  token indices, per-image reconstruction metrics and, with ``inception`` / ``lpips``, their outputs."""
 
   def step(tok_params, inc_vars, lpips_vars, images):
     z_q, result = tok.module.apply({"params": tok_params}, images, method="encode")
@@ -130,7 +119,41 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
       out["lpips"] = lpips[0].apply(lpips_vars, images, recon)
     return out
 
-  step = jax.jit(step)
+  return jax.jit(step)
+
+
+def one_batch_behind(batches, dispatch):
+  """``(batch, host result)`` of ``dispatch(batch)`` for each batch, the device work of batch i+1 dispatched
+  before batch i's result is fetched, so the host never waits on an idle device."""
+  pending = None
+  for batch in batches:
+    out = dispatch(batch)
+    if pending is not None:
+      yield pending[0], jax.device_get(pending[1])
+    pending = (batch, out)
+  if pending is not None:
+    yield pending[0], jax.device_get(pending[1])
+
+
+def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, inception=None, lpips=None,
+                       progress: bool = True, num_threads: int = 4, prefetch: int | None = None) -> dict:
+  """Reconstruction metrics of ``tok`` over ``source`` (a grain-style random-access source).
+
+  ``inception``: ``(module, variables)`` for rFID and IS; ``lpips``:
+  ``(module, variables)``. Either may be None to skip those metrics.
+  ``num_threads`` grain threads decode and resize ``prefetch`` images (default two batches) ahead of
+  the devices (:func:`~maskbit_jax.data.sources.eval_dataset`).
+  Returns a dict of metrics with ``num_images`` and ``complete``.
+  """
+  from maskbit_jax.data.sources import eval_dataset
+
+  check_batch_size(batch_size)
+  _, batch_sh = _mesh_and_batch_sharding()
+  total = len(source) if num_images is None else min(num_images, len(source))
+  if total < 2 and inception is not None:
+    raise ValueError(f"rFID needs at least 2 images, the data has {total}")
+
+  step = tokenizer_eval_step(tok, inception, lpips)
   real_stats, fake_stats = M.FeatureStats(), M.FeatureStats()
   inception_score = M.InceptionScore()
   names = M.RECONSTRUCTION_METRICS + (("LPIPS",) if lpips is not None else ())
@@ -138,11 +161,15 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
   codebook = M.CodebookStats(tok.codebook_size)
   start, done, complete = time.perf_counter(), 0, False
   progress = Progress(total) if progress else None
+
+  def dispatch(batch):
+    images = jax.device_put(batch["image"].astype(np.float32), batch_sh(4))
+    return step(tok.params, inception and inception[1], lpips and lpips[1], images)
+
+  batches = eval_dataset(source, batch_size, num=total, process_index=jax.process_index(),
+                         process_count=jax.process_count(), num_threads=num_threads, prefetch=prefetch)
   try:
-    for batch in eval_batches(source, batch_size, num=total, process_index=jax.process_index(),
-                              process_count=jax.process_count()):
-      images = jax.device_put(batch["image"].astype(np.float32), batch_sh(4))
-      out = jax.device_get(step(tok.params, inception and inception[1], lpips and lpips[1], images))
+    for batch, out in one_batch_behind(batches, dispatch):
       mask = batch["mask"]
       extra = {"LPIPS": out["lpips"]} if lpips is not None else None
       recon.update_per_image(dict(out["per_image"], **(extra or {})), mask=mask)
@@ -365,6 +392,7 @@ def main(argv=None) -> int:
   t.add_argument("--lpips", help="LPIPS heads (the reference's pretrained/vgg_lpips.pth)")
   t.add_argument("--vgg16", help="torchvision VGG16 weights (vgg16-397923af.pth), if --lpips holds heads only")
   t.add_argument("--skip", default="", help="comma list of metric groups to skip: fid (rFID and IS), lpips")
+  t.add_argument("--num_threads", type=int, default=4, help="grain threads decoding and resizing images")
   g = sub.add_parser("generator", help="FID / IS of class-conditional samples")
   g.add_argument("--tokenizer", help="tokenizer checkpoint (default: the config's experiment.vqgan_checkpoint; "
                  "BAR-FSQ: experiment.tokenizer_checkpoint)")
@@ -392,6 +420,8 @@ def main(argv=None) -> int:
   # checked later, by evaluate_*, once the devices are up)
   if args.batch_size < 1:
     p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+  if getattr(args, "num_threads", 1) < 1:
+    p.error(f"--num_threads must be >= 1, got {args.num_threads}")
   try:
     if args.out:
       check_output_path(args.out, folder=False)
@@ -426,7 +456,7 @@ def main(argv=None) -> int:
     lpips = None if "lpips" in skip else _lpips(
         _require(args.lpips, "--lpips", "LPIPS (or --skip lpips)"), args.vgg16)
     result = evaluate_tokenizer(tok, source, batch_size=args.batch_size, num_images=args.num_images_max,
-                                inception=inception, lpips=lpips)
+                                inception=inception, lpips=lpips, num_threads=args.num_threads)
   else:
     gen, tok, settings, family = load_generator_pair(cfg, args)
     inception = _inception(_require(args.inception, "--inception", "FID and IS"), args.precision)

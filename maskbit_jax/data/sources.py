@@ -30,8 +30,8 @@ from maskbit_jax.data.sample_images import eval_preprocess, photo_arrays, synthe
 from maskbit_jax.image_io import IMAGE_SUFFIXES, CorruptImageError, array_to_rgb_uint8, read_rgb, to_uint8
 
 __all__ = ["AdmCropSource", "CorruptImageError", "ImageFolderSource", "PhotoSource", "SyntheticSource",
-           "RandomResizedCropsSource", "TfdsSource", "eval_batches", "eval_interpolation", "make_source",
-           "num_eval_batches", "shard_indices"]
+           "RandomResizedCropsSource", "TfdsSource", "eval_batches", "eval_dataset", "eval_interpolation",
+           "eval_rows", "make_source", "num_eval_batches", "shard_indices"]
 
 
 def eval_interpolation(cfg) -> str:
@@ -215,6 +215,44 @@ def eval_batches(source, batch_size: int, *, num: int | None = None, process_ind
     batch = {k: np.stack([e[k] for e in examples + filler]) for k in examples[0]}
     batch["mask"] = np.arange(batch_size) < valid
     yield batch
+
+
+def eval_rows(num: int, batch_size: int, *, process_index: int = 0, process_count: int = 1,
+              num_batches: int | None = None) -> list[tuple[int, bool]]:
+  """``(source index, real)`` of every row of this process's :func:`eval_batches`, in order: a padding row
+  repeats its batch's last index (image 0 in a batch with none), with ``real`` False."""
+  mine = shard_indices(num, process_index, process_count)
+  if num_batches is None:
+    num_batches = num_eval_batches(num, batch_size, process_count)
+  rows = []
+  for b in range(num_batches):
+    idx = [int(i) for i in mine[b * batch_size:(b + 1) * batch_size]]
+    filler = idx[-1] if idx else 0
+    rows += [(i, True) for i in idx] + [(filler, False)] * (batch_size - len(idx))
+  return rows
+
+
+def eval_dataset(source, batch_size: int, *, num: int | None = None, process_index: int = 0,
+                 process_count: int = 1, num_batches: int | None = None, num_threads: int = 4,
+                 prefetch: int | None = None):
+  """:func:`eval_batches` (the same batches, values and ``mask``) read by a grain pipeline: ``num_threads``
+  threads decode and resize ``prefetch`` examples (default two batches) ahead of the consumer."""
+  import grain
+
+  num = len(source) if num is None else min(num, len(source))
+  rows = eval_rows(num, batch_size, process_index=process_index, process_count=process_count,
+                   num_batches=num_batches)
+  if not rows:
+    return iter(())
+
+  def load(row):
+    index, real = row
+    return dict(source[index], mask=np.bool_(real))
+
+  options = grain.ReadOptions(num_threads=max(1, num_threads),
+                              prefetch_buffer_size=max(1, 2 * batch_size if prefetch is None else prefetch))
+  ds = grain.MapDataset.source(rows).map(load).to_iter_dataset(options)
+  return ds.batch(batch_size, drop_remainder=True)
 
 
 class AdmCropSource:
