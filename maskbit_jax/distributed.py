@@ -488,3 +488,18 @@ def host_copy(tree: Any) -> Any:
     return np.asarray(jax.device_get(x))
 
   return jax.tree.map(one, tree)
+
+
+def one_batch_behind(batches, dispatch):
+  """``(batch, host result)`` of ``dispatch(batch)`` for each batch, the device work of batch i+1 dispatched
+  before batch i's result is fetched, so the host never waits on an idle device."""
+  import jax
+
+  pending = None
+  for batch in batches:
+    out = dispatch(batch)
+    if pending is not None:
+      yield pending[0], jax.device_get(pending[1])
+    pending = (batch, out)
+  if pending is not None:
+    yield pending[0], jax.device_get(pending[1])

@@ -122,19 +122,6 @@ def tokenizer_eval_step(tok, inception=None, lpips=None):
   return jax.jit(step)
 
 
-def one_batch_behind(batches, dispatch):
-  """``(batch, host result)`` of ``dispatch(batch)`` for each batch, the device work of batch i+1 dispatched
-  before batch i's result is fetched, so the host never waits on an idle device."""
-  pending = None
-  for batch in batches:
-    out = dispatch(batch)
-    if pending is not None:
-      yield pending[0], jax.device_get(pending[1])
-    pending = (batch, out)
-  if pending is not None:
-    yield pending[0], jax.device_get(pending[1])
-
-
 def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, inception=None, lpips=None,
                        progress: bool = True, num_threads: int = 4, prefetch: int | None = None) -> dict:
   """Reconstruction metrics of ``tok`` over ``source`` (a grain-style random-access source).
@@ -169,7 +156,7 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
   batches = eval_dataset(source, batch_size, num=total, process_index=jax.process_index(),
                          process_count=jax.process_count(), num_threads=num_threads, prefetch=prefetch)
   try:
-    for batch, out in one_batch_behind(batches, dispatch):
+    for batch, out in distributed.one_batch_behind(batches, dispatch):
       mask = batch["mask"]
       extra = {"LPIPS": out["lpips"]} if lpips is not None else None
       recon.update_per_image(dict(out["per_image"], **(extra or {})), mask=mask)

@@ -185,14 +185,8 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
 
   def encoded(batches):
     """(host batch, tokens, flipped tokens), one batch behind: batch i+1 is dispatched before i is fetched."""
-    pending = None
-    for batch in batches:
-      out = encode_both(params, jax.device_put(batch.pop("image"), batch_sh))
-      if pending is not None:
-        yield (pending[0], *jax.device_get(pending[1]))
-      pending = (batch, out)
-    if pending is not None:
-      yield (pending[0], *jax.device_get(pending[1]))
+    dispatch = lambda batch: encode_both(params, jax.device_put(batch.pop("image"), batch_sh))
+    return ((batch, *out) for batch, out in distributed.one_batch_behind(batches, dispatch))
 
   todo_ranges = [ranges[s] for s in todo]
   progress = _Progress(sum(b - a for a, b in todo_ranges), progress_s, show=pid == 0)
