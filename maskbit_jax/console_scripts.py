@@ -6,6 +6,7 @@ code 2 either way. The command's module is imported only when its command runs (
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from maskbit_jax import cli_errors
@@ -25,25 +26,10 @@ def _run(command: str) -> int:
   return cli_errors.run(importlib.import_module(COMMANDS[command]).main)
 
 
-def train() -> int:
-  return _run("maskbit-train")
-
-
-def sample() -> int:
-  return _run("maskbit-sample")
-
-
-def evaluate() -> int:
-  return _run("maskbit-evaluate")
-
-
-def convert() -> int:
-  return _run("maskbit-convert")
-
-
-def pretokenize() -> int:
-  return _run("maskbit-pretokenize")
-
-
-def reconstruct() -> int:
-  return _run("maskbit-reconstruct")
+# the entry points [project.scripts] names (each a callable taking no argument)
+train = functools.partial(_run, "maskbit-train")
+sample = functools.partial(_run, "maskbit-sample")
+evaluate = functools.partial(_run, "maskbit-evaluate")
+convert = functools.partial(_run, "maskbit-convert")
+pretokenize = functools.partial(_run, "maskbit-pretokenize")
+reconstruct = functools.partial(_run, "maskbit-reconstruct")
