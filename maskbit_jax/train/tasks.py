@@ -251,6 +251,8 @@ class _Task:
                                   inception=inception, ref_stats=self._ref_stats, progress=False)
     return self.eval_scalars(result)
 
+  _tokenizer_psnr: float | None = None  # synthetic_figures' held-out PSNR of the frozen tokenizer
+
   def trains_on_synthetic(self) -> bool:
     return str(self.cfg.dataset.get("source", "")).startswith("synthetic:")
 
@@ -274,9 +276,12 @@ class _Task:
       images = np.concatenate([np.asarray(host_copy(sample(gen, tok, labels[i:i + rows],
                                                            jax.random.fold_in(key, i))["images"]))
                                for i in range(0, num, rows)])
-      recon = evaluate_tokenizer(tok, self.source("eval_source"), batch_size=rows, num_images=num, progress=False)
+      if self._tokenizer_psnr is None:  # the tokenizer is frozen: its figure is measured once a run
+        recon = evaluate_tokenizer(tok, self.source("eval_source"), batch_size=rows, num_images=num,
+                                   progress=False)
+        self._tokenizer_psnr = float(recon["PSNR"])
     return dict(eval_class_accuracy=class_accuracy(np.clip(images, 0.0, 1.0), labels),
-                eval_tokenizer_psnr=float(recon["PSNR"]))
+                eval_tokenizer_psnr=self._tokenizer_psnr)
 
   use_ema: bool  # training.use_ema, as each task's step settings hold it (a property there)
 
