@@ -27,15 +27,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from benchmarks.common import append_result, machine  # noqa: E402
 
-INSTALL_STEPS = 2  # python3 -m venv .venv && .venv/bin/pip install -e .
+INSTALL = ("python3 -m venv .venv", ".venv/bin/pip install -e .")
 MARKS = (("compiling the train step", "start-up"), ("compiled and ran step", "compile"), (" eval at step ", "train"))
 
 
 def main_commands() -> list[list[str]]:
+  """The train commands of the README's first bash block after its install steps, as argv lists."""
   with open(os.path.join(REPO, "README.md")) as f:
     block = re.search(r"^```bash[ \t]*\n(.*?)^```", f.read(), flags=re.M | re.S).group(1)
-  parts = [p.strip() for p in block.replace("\\\n", " ").strip().split("&&")][INSTALL_STEPS:]
-  return [shlex.split(p) for p in parts]
+  parts = [p.strip() for p in block.replace("\\\n", " ").strip().split("&&")]
+  if tuple(parts[:len(INSTALL)]) != INSTALL:
+    raise ValueError(f"the README's main command no longer starts with the install {INSTALL}: {parts[:2]}")
+  commands = [shlex.split(p) for p in parts[len(INSTALL):]]
+  if not all(c[:3] == [".venv/bin/python", "-m", "maskbit_jax.train"] for c in commands):
+    raise ValueError(f"the README's main command is not a chain of train commands: {commands}")
+  return commands
 
 
 def timed_run(argv: list[str], cwd: str, env: dict) -> tuple[dict, list[str]]:

@@ -9,7 +9,6 @@ class accuracy of the generator's samples).
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -17,21 +16,10 @@ import sys
 import pytest
 
 import proc_wait
+from benchmarks.first_run import main_commands
 from conftest import REPO, drop_simulated_devices
 
-INSTALL = ("python3 -m venv .venv", ".venv/bin/pip install -e .")
 QUICK_STEPS = 24
-
-
-def readme_main_command() -> list[list[str]]:
-  """The train commands of the README's first bash block (after its install steps), as argv lists."""
-  text = (REPO / "README.md").read_text()
-  block = re.search(r"^```bash[ \t]*\n(.*?)^```", text, flags=re.M | re.S).group(1)
-  parts = [p.strip() for p in block.replace("\\\n", " ").strip().split("&&")]
-  assert tuple(parts[:2]) == INSTALL, f"the README's main command no longer starts with the install: {parts[:2]}"
-  commands = [shlex.split(p) for p in parts[2:]]
-  assert all(c[:3] == [".venv/bin/python", "-m", "maskbit_jax.train"] for c in commands), commands
-  return commands
 
 
 def quick_override() -> str:
@@ -46,7 +34,7 @@ def run_main_command(tmp_path, extra: list[str]) -> list[str]:
   env = drop_simulated_devices(dict(__import__("os").environ))
   env["PYTHONPATH"] = str(REPO)
   outputs = []
-  for argv in readme_main_command():
+  for argv in main_commands():
     try:
       proc = proc_wait.run([sys.executable] + argv[1:] + extra, cwd=tmp_path, env=env)
     except subprocess.TimeoutExpired:
