@@ -135,15 +135,19 @@ class BarModel:
 
 def load_bar_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *, random_init: bool = False,
                        seed: int = 0, dtype: str | None = None, precision: str | None = None,
-                       overrides=()) -> BarModel:
+                       overrides=(), registry=None) -> BarModel:
   """Builds the BAR generator of a config and loads its weights.
 
+  ``config``: as ``load_tokenizer`` takes it, or a released name (``"bar_b"``: config and weights).
   ``checkpoint``: a released ``.bin`` or one of our exported folders (a train
   run's ``export/bar_generator``); default ``experiment.generator_checkpoint``.
   ``random_init`` gives untrained weights (smoke tests); never implicit.
   """
+  from maskbit_jax import hub
   from maskbit_jax.convert.bar_mapping import load_bar_params
 
+  config, checkpoint = hub.resolve_model(config, checkpoint, "bar_generator", random_init=random_init,
+                                         registry_override=registry)
   cfg = load_config(config, overrides)
   if not is_bar_config(cfg):
     raise ValueError("not a BAR generator config (no model.generator section)")
@@ -187,13 +191,19 @@ class BarFsqTokenizer:
 
 def load_bar_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *,
                        random_init: bool = False, seed: int = 0, dtype: str | None = None,
-                       precision: str | None = None, with_encoder: bool = False, overrides=()):
+                       precision: str | None = None, with_encoder: bool = False, overrides=(), registry=None):
   """The tokenizer a BAR config's bits decode with: a MaskBit ``Tokenizer`` (LFQ) or a ``BarFsqTokenizer``.
 
+  ``config``/``checkpoint`` may be released names: ``load_bar_tokenizer("bar_fsq_16bits_ft")``, or a BAR
+  generator's name (``"bar_b"``) for the tokenizer it was released with.
   ``checkpoint`` default: ``experiment.vqgan_checkpoint`` (LFQ) or
   ``experiment.tokenizer_checkpoint`` (BAR-FSQ). A BAR-FSQ tokenizer is built
   decode-only (decoder + ``out_proj``) unless ``with_encoder``.
   """
+  from maskbit_jax import hub
+
+  config, checkpoint = hub.resolve_model(config, checkpoint, "bar_tokenizer", random_init=random_init,
+                                         registry_override=registry)
   cfg = load_config(config, overrides)
   if tokenizer_kind(cfg) == LFQ:
     from maskbit_jax.tokenizer import load_tokenizer

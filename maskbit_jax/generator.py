@@ -48,7 +48,8 @@ def generator_fields(cfg: ml_collections.ConfigDict) -> dict:
   return dict(img_size=int(resolution), input_stride=latent_stride_of(vq), hidden_dim=int(mlm.hidden_dim),
               depth=int(mlm.depth), heads=int(mlm.heads), mlp_dim=int(mlm.mlp_dim), token_size=int(vq.token_size),
               codebook_splits=int(mlm.get("codebook_splits", 1)), use_prenorm=bool(mlm.get("use_prenorm", False)),
-              dropout=float(mlm.get("dropout", 0.0)), nclass=int(cfg.model.get("nclass", DEFAULT_NCLASS)))
+              dropout=float(mlm.get("dropout", 0.0)), nclass=int(cfg.model.get("nclass", DEFAULT_NCLASS)),
+              remat_policy=str(mlm.get("remat_policy", "none")))
 
 
 def sampling_defaults(cfg: ml_collections.ConfigDict) -> dict:
@@ -175,13 +176,19 @@ def load_generator_params(module: MaskBitTransformer, checkpoint: str | os.PathL
 
 
 def load_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *, random_init: bool = False,
-                   seed: int = 0, dtype: str | None = None, precision: str | None = None, overrides=()) -> Generator:
+                   seed: int = 0, dtype: str | None = None, precision: str | None = None, overrides=(),
+                   registry=None) -> Generator:
   """Builds the MaskBit generator of a config and loads its weights.
 
-  Args as for ``load_tokenizer``; ``checkpoint`` defaults to
+  Args as for ``load_tokenizer`` (``load_generator("maskbit_generator_12bit")``: config and released weights
+  by name); ``checkpoint`` defaults to
   ``experiment.generator_checkpoint``. Released files (``token_emb.*``) and
   files that already use ``input_proj.*`` both load.
   """
+  from maskbit_jax import hub
+
+  config, checkpoint = hub.resolve_model(config, checkpoint, "generator", random_init=random_init,
+                                         registry_override=registry)
   cfg = load_config(config, overrides)
   compute_dtype, prec = _runtime(cfg, dtype, precision)
   module = build_generator_module(generator_fields(cfg), dtype=compute_dtype, precision=prec)

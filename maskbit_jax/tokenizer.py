@@ -193,20 +193,27 @@ def load_tokenizer_params(cfg: ml_collections.ConfigDict, module: nn.Module, che
 
 def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *,
                    random_init: bool = False, seed: int = 0, dtype: str | None = None,
-                   precision: str | None = None, overrides=()) -> Tokenizer:
+                   precision: str | None = None, overrides=(), registry=None) -> Tokenizer:
   """Builds a tokenizer from a config and loads its weights.
 
   Args:
     config: a ConfigDict/dict, a packaged config name (``"tokenizer_tiny"``), a ``configs/*.py`` path or a
-      reference ``.yaml`` path.
+      reference ``.yaml`` path; or a released model's name (``"maskbit_tokenizer_12bit"``, or a generator's,
+      for the tokenizer it pairs with): its config, and its weights unless ``checkpoint`` is given
+      (downloaded once, ``maskbit_jax.hub``).
     checkpoint: a PyTorch file (``.bin``, ``.ckpt``, ``.safetensors``,
-      ``_state.npz``) or a directory written by ``python -m maskbit_jax.convert``.
+      ``_state.npz``), a directory written by ``python -m maskbit_jax.convert``, or a released name.
       If omitted, ``experiment.vqgan_checkpoint`` of the config is used.
+    registry: another weights registry (``hub.registry``'s ``override``): a mapping or a JSON file.
     random_init: use freshly initialised weights instead (for smoke tests);
       never happens implicitly.
     dtype, precision: compute dtype ("float32", "bfloat16") and matmul/conv
       precision ("default", "highest"); default from ``runtime.*`` of the config.
   """
+  from maskbit_jax import hub
+
+  config, checkpoint = hub.resolve_model(config, checkpoint, "tokenizer", random_init=random_init,
+                                         registry_override=registry)
   cfg = load_config(config, overrides)
   vq_cfg = vq_model_config(cfg)
   compute_dtype, prec = _runtime(cfg, dtype, precision)
