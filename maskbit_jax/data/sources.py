@@ -111,6 +111,10 @@ class PhotoSource:
     return {"image": self.photos[index], "label": np.int32(0)}  # the stored photo, as for the other sources
 
 
+# tfds reads a prepared ArrayRecord split with numpy alone; preparing one (and some feature types) needs TensorFlow
+TENSORFLOW_FOR_TFDS = "this needs TensorFlow: pip install 'maskbit_jax[tensorboard]' (or tensorflow)"
+
+
 class TfdsSource:
   def __init__(self, name: str, split: str, size: int, data_dir: str | None = None,
                interpolation: str = "bilinear"):
@@ -124,11 +128,13 @@ class TfdsSource:
       self.source = tfds.data_source(name, split=split, data_dir=data_dir)
     except ImportError as e:  # tfds imports its dataset code lazily: a missing module is no missing dataset
       raise ImportError(f"tensorflow-datasets could not open {name!r}: a module it imports is missing ({e}); "
-                        "reinstall this package's dependencies (pip install -e .)") from e
+                        + (TENSORFLOW_FOR_TFDS if (e.name or "").split(".")[0] == "tensorflow" else
+                           "reinstall this package's dependencies (pip install -e .)")) from e
     except Exception as e:  # tfds raises several types for a dataset that is not prepared
       raise FileNotFoundError(
           f"tensorflow-datasets {name!r} split {split!r} is not available under "
-          f"{data_dir or '~/tensorflow_datasets'} ({e}); prepare it once with tfds (ArrayRecord format)") from e
+          f"{data_dir or '~/tensorflow_datasets'} ({e}); prepare it once with tfds (ArrayRecord format; "
+          f"preparing needs TensorFlow, reading does not)") from e
 
   def __len__(self) -> int:
     return len(self.source)

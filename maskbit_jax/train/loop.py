@@ -6,7 +6,8 @@
   workdir/train.lock         host, pid and start time of the run using the workdir (a second run is refused)
   workdir/checkpoints/<step> Orbax checkpoints: train state + data iterator position + integrity.json
   workdir/checkpoints_rejected/<step>  steps that failed verification or restore on resume, moved aside
-  workdir/tensorboard/       metrics (clu writers; also printed)
+  workdir/tensorboard/       metrics (clu writers; also printed), with the [tensorboard] extra installed
+  workdir/metrics.jsonl      metrics without it, one JSON line per write (also printed)
   workdir/images/*.png       reconstruction (stage I) or sample (stage II) grids
   workdir/export/<stage>/    final weights, loadable by load_tokenizer / load_generator
   workdir/summary.json       the finished run's final evaluation, grid and export (what it printed last)
@@ -391,7 +392,7 @@ def _train_locked(cfg: ml_collections.ConfigDict, workdir: str, stage: str, mesh
       if note:
         say(f"[{stage}] note: {note}")
       end = total if num_steps is None else min(total, start + int(num_steps))
-      writer = observe.make_writer(paths.join(workdir, "tensorboard"), is_main=is_main)  # once the run is ours
+      writer = observe.make_writer(workdir, is_main=is_main)  # once the run is ours
       meta_now = lambda: {"data": data_iter.get_state(), "stage": stage, "global_batch": task.global_batch}
       progress = observe.Progress(start, total, task.global_batch)
       history: list[dict] = []

@@ -1,4 +1,4 @@
-"""What a training run shows: metric writers (TensorBoard + console via clu), a progress line, image grids.
+"""What a training run shows: metric writers (TensorBoard via clu, or JSON lines), a progress line, image grids.
 
 Only process 0 writes; other processes get a no-op writer (clu's
 ``just_logging`` on non-main processes would still print, so they get none).
@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from maskbit_jax import image_io, paths
+from maskbit_jax.train.metrics_file import JsonLinesWriter
 
 
 class _NullWriter:
@@ -32,15 +33,27 @@ class _NullWriter:
     pass
 
 
-def make_writer(logdir: str, *, is_main: bool):
-  """clu's default writer (TensorBoard event files under ``logdir`` + console log lines) on process 0."""
+TENSORBOARD_EXTRA = "pip install 'maskbit_jax[tensorboard]'"
+
+
+def make_writer(workdir: str, *, is_main: bool):
+  """Process 0's metric writer, and one line saying where the metrics go: clu's default writer (TensorBoard
+  event files under ``workdir/tensorboard`` + log lines) where TensorFlow is installed (the ``[tensorboard]``
+  extra), else JSON lines in ``workdir/metrics.jsonl``."""
   if not is_main:
     return _NullWriter()
   from maskbit_jax.tensorflow_guard import tensorflow_on_cpu_only
 
   tensorflow_on_cpu_only()  # clu's writer imports TensorFlow
-  from clu import metric_writers
-
+  try:
+    from clu import metric_writers  # its package imports TensorFlow and TensorBoard
+  except ImportError as e:
+    path = paths.join(workdir, "metrics.jsonl")
+    print(f"[metrics] go to {path} (JSON lines); no TensorBoard files, as TensorFlow is not installed "
+          f"({e}): {TENSORBOARD_EXTRA} for them", flush=True)
+    return JsonLinesWriter(path)  # the progress line prints them; clu's log lines are off (train/__main__)
+  logdir = paths.join(workdir, "tensorboard")
+  print(f"[metrics] go to {logdir} (TensorBoard event files)", flush=True)
   if paths.is_url(logdir):  # TensorFlow's file systems would not reach every scheme epath serves
     from maskbit_jax.train.event_file import EventFileWriter
 
