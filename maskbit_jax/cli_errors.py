@@ -12,9 +12,12 @@ import os
 import sys
 from collections.abc import Callable
 
-# What the library raises at its boundaries for bad input: the message names the problem.
+from maskbit_jax.hub import WeightsError
+
+# What the library raises at its boundaries for bad input: the message names the problem (WeightsError: a
+# released file that cannot be had, e.g. offline and not in the cache).
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+               PermissionError, WeightsError)
 EXIT_USER_ERROR = 2  # argparse's code for a usage error
 
 

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax import distributed, image_io, paths, sharding
+from maskbit_jax import distributed, hub, image_io, paths, sharding
 from maskbit_jax.evaluation import metrics as M
 
 IMAGE_SLACK = 1e-6
@@ -373,11 +373,13 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="what", required=True)
   t = sub.add_parser("tokenizer", help="reconstruction metrics of a tokenizer")
-  t.add_argument("--checkpoint")
+  t.add_argument("--checkpoint", help="a PyTorch file, converted checkpoint dir or released name")
   t.add_argument("--data", default="photos", help="photos | synthetic:N | tfds:NAME:SPLIT[:DIR] | image folder")
   t.add_argument("--size", type=int, default=None, help="image side (default dataset.preprocessing.resolution)")
-  t.add_argument("--lpips", help="LPIPS heads (the reference's pretrained/vgg_lpips.pth)")
-  t.add_argument("--vgg16", help="torchvision VGG16 weights (vgg16-397923af.pth), if --lpips holds heads only")
+  t.add_argument("--lpips", help="LPIPS heads (the reference's pretrained/vgg_lpips.pth), 'auto' or a released "
+                 "name: downloaded once (--vgg16 then defaults to auto)")
+  t.add_argument("--vgg16", help="torchvision VGG16 weights (vgg16-397923af.pth), if --lpips holds heads only; "
+                 "'auto': downloaded once")
   t.add_argument("--skip", default="", help="comma list of metric groups to skip: fid (rFID and IS), lpips")
   t.add_argument("--num_threads", type=int, default=4, help="grain threads decoding and resizing images")
   g = sub.add_parser("generator", help="FID / IS of class-conditional samples")
@@ -385,14 +387,17 @@ def main(argv=None) -> int:
                  "BAR-FSQ: experiment.tokenizer_checkpoint)")
   g.add_argument("--generator", help="MaskBit or BAR generator checkpoint (default: experiment.generator_checkpoint)")
   g.add_argument("--num_images", type=int, default=50_000)
-  g.add_argument("--ref_stats", help="ADM reference statistics .npz (mu, sigma)")
+  g.add_argument("--ref_stats", help="ADM reference statistics .npz (mu, sigma); 'auto': ADM's batch for the "
+                 "config's resolution (256 or 512), downloaded once")
   g.add_argument("--samples_npz", help="also write the samples as an ADM .npz")
   g.add_argument("--seed", type=int, default=0)
   g.add_argument("--num_steps", type=int, help="MaskBit only (default: the config's evaluation settings)")
   g.add_argument("--guidance_scale", type=float, help="default: the config's evaluation settings")
   for q in (t, g):
     q.add_argument("--random_init", action="store_true", help="untrained model weights (smoke test)")
-    q.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
+    q.add_argument("--inception", help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth); 'auto' or "
+                   "a released name (fid_inception): downloaded once")
+    hub.add_download_flag(q)
     q.add_argument("--batch_size", type=int, default=32)
     q.add_argument("--num_images_max", type=int, default=None, help=argparse.SUPPRESS)
     q.add_argument("--precision", choices=("default", "highest"), default=None)
@@ -401,6 +406,15 @@ def main(argv=None) -> int:
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required")
+  if args.random_init and args.download:
+    p.error("--random_init excludes --download")
+  if args.what == "tokenizer":
+    args.checkpoint = hub.cli_checkpoint(args.checkpoint, config, "tokenizer", args.download)
+    if args.lpips == "auto" and args.vgg16 is None:  # the released heads need the torchvision trunk
+      args.vgg16 = "auto"
+  else:
+    args.tokenizer = hub.cli_checkpoint(args.tokenizer, config, "tokenizer", args.download)
+    args.generator = hub.cli_checkpoint(args.generator, config, "generator", args.download)
   from maskbit_jax.image_io import check_output_path
 
   # before loading anything: a bad flag fails in seconds, not after the evaluation (the device count is
@@ -414,7 +428,9 @@ def main(argv=None) -> int:
       check_output_path(args.out, folder=False)
   except ValueError as e:
     p.error(f"--out: {e}")
-  cfg = load_config(config, overrides)
+  cfg = load_config(hub.config_of(config) or config, overrides)
+  pre = (cfg.get("dataset", None) or {}).get("preprocessing", {})
+  resolution = int(pre.get("resolution", pre.get("crop_size", 256)))  # BAR's configs call it crop_size
   # one process per host under a launcher (launch/local_multiprocess.sh, SLURM, Cloud TPU); nothing on one host
   plan = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                                 timeout_s=args.distributed_timeout_s)
@@ -439,15 +455,19 @@ def main(argv=None) -> int:
     # the reference's eval_transform: Resize(size, the config's interpolation) of the shorter side, CenterCrop
     source = make_source(args.data, size, interpolation=eval_interpolation(cfg))
     inception = None if "fid" in skip else _inception(
-        _require(args.inception, "--inception", "rFID and IS (or --skip fid)"), args.precision)
+        _require(hub.resolve_file(args.inception, "inception"), "--inception", "rFID and IS (or --skip fid)"),
+        args.precision)
     lpips = None if "lpips" in skip else _lpips(
-        _require(args.lpips, "--lpips", "LPIPS (or --skip lpips)"), args.vgg16)
+        _require(hub.resolve_file(args.lpips, "lpips"), "--lpips", "LPIPS (or --skip lpips)"),
+        hub.resolve_file(args.vgg16, "vgg16"))
     result = evaluate_tokenizer(tok, source, batch_size=args.batch_size, num_images=args.num_images_max,
                                 inception=inception, lpips=lpips, num_threads=args.num_threads)
   else:
     gen, tok, settings, family = load_generator_pair(cfg, args)
-    inception = _inception(_require(args.inception, "--inception", "FID and IS"), args.precision)
-    ref = M.load_reference_stats(args.ref_stats, expected_dim=2048) if args.ref_stats else None
+    inception = _inception(_require(hub.resolve_file(args.inception, "inception"), "--inception", "FID and IS"),
+                           args.precision)
+    ref_stats = hub.resolve_file(args.ref_stats, "ref_stats", resolution=resolution)
+    ref = M.load_reference_stats(ref_stats, expected_dim=2048) if ref_stats else None
     result = evaluate_generator(gen, tok, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
                                 inception=inception, ref_stats=ref, samples_npz=args.samples_npz,
                                 settings=settings)

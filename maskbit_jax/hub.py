@@ -35,7 +35,7 @@ CHUNK = 1 << 20
 RETRIES = 5  # attempts of one URL download that each made progress
 
 
-class WeightsError(RuntimeError):
+class WeightsError(RuntimeError):  # a user error for the commands (cli_errors.USER_ERRORS)
   """A released file that cannot be had: unknown name, offline without it, failed or corrupt download."""
 
 
@@ -344,9 +344,7 @@ def resolve_model(config, checkpoint, role: str, *, random_init: bool = False,
   asked for a tokenizer: its tokenizer's) and, when no checkpoint is given (and not ``random_init``), their
   file. Paths and ConfigDicts pass unchanged."""
   reg = registry(registry_override)
-  ckpt_entry = lookup(checkpoint, reg) if isinstance(checkpoint, str) else None
-  if ckpt_entry is not None:
-    checkpoint = fetch(weights_for(ckpt_entry.name, role, reg), reg)
+  checkpoint = resolve_checkpoint(checkpoint, role, reg)
   entry = lookup(os.fspath(config), reg) if isinstance(config, (str, os.PathLike)) else None
   if entry is not None:
     w = weights_for(entry.name, role, reg)  # a generator's name for a tokenizer: that tokenizer's own entry
@@ -379,18 +377,34 @@ def resolve_file(value: str | None, kind: str, *, resolution: int | None = None,
   return fetch(w, reg)
 
 
-def cli_checkpoint(given: str | None, config_spec: str | None, role: str, download: bool,
-                   flag: str = "--download") -> str | None:
-  """A command's checkpoint argument: the one given, else with ``--download`` the registry name of
-  ``--config``'s released weights (resolved to a file by the loader), else None."""
+def resolve_checkpoint(checkpoint, role: str, registry_override=None):
+  """``checkpoint`` itself, or the local file of the weights a registry name gives a model of ``role``."""
+  reg = registry(registry_override)
+  entry = lookup(checkpoint, reg) if isinstance(checkpoint, str) else None
+  return checkpoint if entry is None else fetch(weights_for(entry.name, role, reg), reg)
+
+
+def add_download_flag(parser) -> None:
+  parser.add_argument("--download", action="store_true",
+                      help="take the weights not given on the command line from the release --config names "
+                           "(a released name such as maskbit_generator_12bit), downloaded once into the hub cache")
+
+
+def cli_checkpoint(given: str | None, config_spec: str | None, role: str, download: bool) -> str | None:
+  """A command's checkpoint argument: the one given, else with ``--download`` the registry name of the
+  weights of ``role`` (``tokenizer`` or ``generator``, either family) released for ``--config``, else None."""
   if given or not download:
     return given
   reg = registry()
   entry = lookup(config_spec, reg) if isinstance(config_spec, str) else None
-  if entry is None:
-    raise WeightsError(f"{flag}: --config {config_spec!r} is not a released model's name; released: "
+  if entry is None or entry.kind not in MODEL_KINDS:
+    raise WeightsError(f"--download: --config {config_spec!r} is not a released model's name; released: "
                        f"{', '.join(names(MODEL_KINDS, reg))}")
-  return weights_for(entry.name, role, reg).name
+  if role == "generator":
+    if entry.kind not in ("generator", "bar_generator"):
+      raise WeightsError(f"--download: {entry.name!r} is a tokenizer; give a generator's name as --config")
+    return entry.name
+  return weights_for(entry.name, "tokenizer", reg).name
 
 
 def config_of(name: str | None) -> str | None:
@@ -399,6 +413,7 @@ def config_of(name: str | None) -> str | None:
   return entry.config if entry is not None else None
 
 
-__all__ = ["REGISTRY_ENV", "Weights", "WeightsError", "check_file", "cli_checkpoint", "config_of", "fetch",
+__all__ = ["REGISTRY_ENV", "Weights", "WeightsError", "add_download_flag", "check_file", "cli_checkpoint", "config_of",
+           "fetch", "resolve_checkpoint",
            "hf_home", "hub_cache", "lookup", "names", "offline", "registry", "resolve_file", "resolve_model",
            "url_cache", "weights_for"]

@@ -325,7 +325,7 @@ class TokenDataset:
 
 
 def main(argv=None) -> int:
-  from maskbit_jax import bar, distributed
+  from maskbit_jax import bar, distributed, hub
   from maskbit_jax.config import add_config_help, load_config, split_config_args
   from maskbit_jax.data import sources
   from maskbit_jax.tokenizer import load_tokenizer
@@ -333,8 +333,9 @@ def main(argv=None) -> int:
   config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
   p = cli_errors.parser("python -m maskbit_jax.pretokenize", __doc__)
   add_config_help(p)
-  p.add_argument("--checkpoint")
+  p.add_argument("--checkpoint", help="the tokenizer: a PyTorch file, converted checkpoint dir or released name")
   p.add_argument("--random_init", action="store_true")
+  hub.add_download_flag(p)
   p.add_argument("--data", required=True, help="photos | synthetic:N | tfds:NAME:SPLIT[:DIR] | image folder")
   p.add_argument("--size", type=int, default=None)
   p.add_argument("--batch_size", type=int, default=64)
@@ -360,6 +361,9 @@ def main(argv=None) -> int:
   args = p.parse_args(rest)
   if config is None:
     p.error("--config is required")
+  if args.random_init and args.download:
+    p.error("--random_init excludes --download")
+  args.checkpoint = hub.cli_checkpoint(args.checkpoint, config, "tokenizer", args.download)
   if args.crops < 1:
     p.error(f"--crops must be >= 1, got {args.crops}")
   if args.crops > 1 and args.crop is not None:
@@ -374,7 +378,9 @@ def main(argv=None) -> int:
                                 timeout_s=args.distributed_timeout_s)
   if plan.is_distributed:
     distributed.setup_logging()
-  cfg = load_config(config, overrides)
+  cfg = load_config(hub.config_of(config) or config, overrides)
+  # a released name as the file it stands for, so the set records (and resumes on) that file
+  args.checkpoint = hub.resolve_checkpoint(args.checkpoint, "bar_tokenizer" if bar.is_bar_config(cfg) else "tokenizer")
   pre = cfg.get("dataset", {}).get("preprocessing", {})
   if args.crops > 1 and "min_scale" not in pre:
     p.error(f"--crops {args.crops}: this config's dataset.preprocessing has no RandomResizedCrop recipe "

@@ -26,13 +26,16 @@ from maskbit_jax import cli_errors, paths
 
 
 def _parse(argv):
+  from maskbit_jax import hub
   from maskbit_jax.config import add_config_help, split_config_args
 
   config, overrides, rest = split_config_args(argv)
   p = cli_errors.parser("python -m maskbit_jax.reconstruct", __doc__)
   add_config_help(p, required="default: the config stored with --checkpoint when that is one of our exports")
-  p.add_argument("--checkpoint", help="PyTorch file (.bin/.ckpt/.safetensors/_state.npz) or converted checkpoint dir")
+  p.add_argument("--checkpoint", help="PyTorch file (.bin/.ckpt/.safetensors/_state.npz), converted checkpoint dir "
+                 "or released name (e.g. maskbit_tokenizer_12bit)")
   p.add_argument("--random_init", action="store_true", help="untrained weights (smoke test); never implicit")
+  hub.add_download_flag(p)
   p.add_argument("--images", help="a folder of images, photos, synthetic:N[:SEED] or tfds:NAME:SPLIT (default: "
                  "held-out synthetic images for a config trained on synthetic:N, else photos)")
   p.add_argument("--num_images", type=int, default=8, help="images taken from a data source (default: 8)")
@@ -47,9 +50,13 @@ def _parse(argv):
   if config is None:
     from maskbit_jax import checkpointing
 
-    config = checkpointing.stored_config(args.checkpoint)
+    config = checkpointing.stored_config(args.checkpoint) or hub.config_of(args.checkpoint)
     if config is None:
-      p.error("--config is required, unless --checkpoint is one of our exports (its stored config is used)")
+      p.error("--config is required, unless --checkpoint is one of our exports (its stored config is used) "
+              "or a released name")
+  if args.random_init and args.download:
+    p.error("--random_init excludes --download")
+  args.checkpoint = hub.cli_checkpoint(args.checkpoint, config, "tokenizer", args.download)
   for flag in ("batch_size", "num_images"):
     if getattr(args, flag) < 1:
       p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
@@ -92,7 +99,7 @@ def main(argv=None) -> int:
   config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
   import jax
 
-  from maskbit_jax import distributed, image_io
+  from maskbit_jax import distributed, hub, image_io
   from maskbit_jax.config import load_config, vq_model_config
   from maskbit_jax.models.tokenizer import latent_stride_of
   from maskbit_jax.tokenizer import check_image_side, load_tokenizer
@@ -104,7 +111,7 @@ def main(argv=None) -> int:
                                 timeout_s=args.distributed_timeout_s)
   if plan.is_distributed:  # [pI/N] log lines; one process leaves the caller's logging alone
     distributed.setup_logging()
-  cfg = load_config(config, overrides)
+  cfg = load_config(hub.config_of(config) or config, overrides)
   size = args.size if args.size is not None else int(
       cfg.get("dataset", {}).get("preprocessing", {}).get("resolution", 256))
   # the size and the images before the weights: a bad size or file fails before a large checkpoint loads

@@ -164,15 +164,18 @@ def sample_sharded(gen, tok, labels, key: jax.Array, **settings) -> dict:
 
 
 def _parse(argv):
+  from maskbit_jax import hub
   from maskbit_jax.config import add_config_help, split_config_args
 
   config, overrides, rest = split_config_args(argv)
   p = cli_errors.parser("python -m maskbit_jax.sample", __doc__)
   add_config_help(p, required="default: the config stored with --generator when that is one of our exports")
-  p.add_argument("--tokenizer", help="tokenizer checkpoint (default: experiment.vqgan_checkpoint; "
+  p.add_argument("--tokenizer", help="tokenizer checkpoint or released name (default: experiment.vqgan_checkpoint; "
                  "BAR-FSQ: experiment.tokenizer_checkpoint)")
-  p.add_argument("--generator", help="generator checkpoint (default: experiment.generator_checkpoint)")
+  p.add_argument("--generator", help="generator checkpoint or released name, e.g. maskbit_generator_12bit "
+                 "(default: experiment.generator_checkpoint)")
   p.add_argument("--random_init", action="store_true", help="untrained weights for both (smoke test)")
+  hub.add_download_flag(p)
   p.add_argument("--classes", required=True, help="comma-separated class ids, e.g. 1,207,360")
   p.add_argument("--samples_per_class", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)
@@ -192,11 +195,14 @@ def _parse(argv):
   if config is None:
     from maskbit_jax import checkpointing
 
-    config = checkpointing.stored_config(args.generator)
+    config = checkpointing.stored_config(args.generator) or hub.config_of(args.generator)
     if config is None:
-      p.error("--config is required, unless --generator is one of our exports (its stored config is used)")
-  if args.random_init and (args.tokenizer or args.generator):
-    p.error("--random_init excludes --tokenizer/--generator")
+      p.error("--config is required, unless --generator is one of our exports (its stored config is used) "
+              "or a released name")
+  if args.random_init and (args.tokenizer or args.generator or args.download):
+    p.error("--random_init excludes --tokenizer/--generator/--download")
+  args.tokenizer = hub.cli_checkpoint(args.tokenizer, config, "tokenizer", args.download)
+  args.generator = hub.cli_checkpoint(args.generator, config, "generator", args.download)
   try:
     args.class_ids = [int(c) for c in args.classes.split(",") if c.strip()]
   except ValueError:
@@ -265,7 +271,7 @@ def _bar_models(cfg, args):
 
 def main(argv=None) -> int:
   config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
-  from maskbit_jax import bar, distributed, image_io
+  from maskbit_jax import bar, distributed, hub, image_io
   from maskbit_jax.data.sample_images import class_caption
   from maskbit_jax.config import load_config
 
@@ -275,7 +281,7 @@ def main(argv=None) -> int:
   if plan.is_distributed:  # [pI/N] log lines; one process leaves the caller's logging alone
     distributed.setup_logging()
 
-  cfg = load_config(config, overrides)
+  cfg = load_config(hub.config_of(config) or config, overrides)
   gen, tok, settings, resolved = (_bar_models if bar.is_bar_config(cfg) else _maskbit_models)(cfg, args)
   gen, tok = _replicated(gen), _replicated(tok)
   if args.random_init:

@@ -104,14 +104,10 @@ def server():
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, server):
-  monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-  monkeypatch.setenv("HF_ENDPOINT", server.url)
-  monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-  monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-  monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+  for key, value in hub_env(tmp_path, server).items():
+    monkeypatch.setenv(key, value)
+  for key in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    monkeypatch.delenv(key, raising=False)
   return tmp_path
 
 
@@ -120,32 +116,57 @@ def _config_file(path, cfg: dict) -> str:
   return str(path)
 
 
-@pytest.fixture
-def released(env, server, golden, fixture_configs, monkeypatch):
-  """A test registry (MASKBIT_WEIGHTS_REGISTRY) of the golden tiny checkpoints under released-style names."""
-  tok_bin = (golden / "tokenizer_vq_tiny.bin").read_bytes()
-  gen_bin = (golden / "generator_tiny.bin").read_bytes()
-  tok_cfg = _config_file(env / "tok_cfg.py", {"model": {"vq_model": dict(fixture_configs["configs"]["tokenizer_vq_tiny"])}})
-  gen_cfg = _config_file(env / "gen_cfg.py", generator_config(fixture_configs, "generator_tiny"))
+def tiny_release(server: StandIn, golden, fixture_configs, folder) -> dict:
+  """Serves the golden tiny tokenizer (12-bit LFQ) and the generator on its bits under released-style names
+  and returns the registry of them (entries as ``weights_registry``'s), with their configs written to
+  ``folder``: ``maskbit_tokenizer_tiny``, ``maskbit_generator_tiny`` (paired), ``fid_inception`` (a plain
+  URL; any file serves: the path is what is tested)."""
+  tok_bin = (golden / "tokenizer_tiny.bin").read_bytes()
+  vq = dict(fixture_configs["configs"]["tokenizer_tiny"])
+  tok_cfg = _config_file(folder / "tok_cfg.py", {"model": {"vq_model": vq},
+                                                 "dataset": {"preprocessing": {"resolution": 64}}})
+  pair = generator_config(fixture_configs, "generator_tiny")  # the tiny generator on the tiny tokenizer's bits
+  assert pair["model"]["vq_model"]["token_size"] == vq["token_size"]
+  pair["model"]["vq_model"] = vq
+  pair["model"]["mlm_model"].update(num_steps=8, guidance_scale=2.0)  # its "released" sampling settings
+  gen_cfg = _config_file(folder / "gen_cfg.py", pair)
   server.hub_file("markweber/maskbit_tokenizer_tiny", "maskbit_tokenizer_tiny.bin", tok_bin)
-  server.hub_file("markweber/maskbit_generator_tiny", "maskbit_generator_tiny.bin", gen_bin)
-  server.files["/fid_weights/pt_inception-tiny.pth"] = tok_bin  # any file: the URL path is what is tested
-  reg = {
+  server.hub_file("markweber/maskbit_generator_tiny", "maskbit_generator_tiny.bin",
+                  (golden / "generator_tiny.bin").read_bytes())
+  server.files["/fid_weights/pt_inception-tiny.pth"] = tok_bin
+  return {
       "maskbit_tokenizer_tiny": dict(kind="tokenizer", repo_id="markweber/maskbit_tokenizer_tiny",
                                      filename="maskbit_tokenizer_tiny.bin", config=tok_cfg),
       "maskbit_generator_tiny": dict(kind="generator", repo_id="markweber/maskbit_generator_tiny",
                                      filename="maskbit_generator_tiny.bin", config=gen_cfg,
                                      tokenizer="maskbit_tokenizer_tiny"),
-      "tokenizer_wrong_sha": dict(kind="tokenizer", repo_id="markweber/maskbit_tokenizer_tiny",
-                                  filename="maskbit_tokenizer_tiny.bin", config=tok_cfg, sha256="0" * 64),
+      "fid_inception": dict(kind="inception", url=f"{server.url}/fid_weights/pt_inception-tiny.pth"),
+  }
+
+
+def hub_env(folder, server: StandIn) -> dict:
+  """The environment that sends the hub client to ``server`` and its cache to ``folder``, and nowhere else."""
+  return dict(HF_HOME=str(folder / "hf_home"), HF_ENDPOINT=server.url, HF_HUB_DISABLE_TELEMETRY="1",
+              HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+
+
+@pytest.fixture
+def released(env, server, golden, fixture_configs, monkeypatch):
+  """The tiny release plus entries with wrong checksums, as the test registry (MASKBIT_WEIGHTS_REGISTRY)."""
+  reg = tiny_release(server, golden, fixture_configs, env)
+  tok_bin = server.files["/fid_weights/pt_inception-tiny.pth"]
+  reg.update({
+      "tokenizer_wrong_sha": dict(reg["maskbit_tokenizer_tiny"], sha256="0" * 64),
       "inception_tiny": dict(kind="inception", url=f"{server.url}/fid_weights/pt_inception-tiny.pth",
                              size=len(tok_bin), sha256=hashlib.sha256(tok_bin).hexdigest()),
       "inception_wrong_sha": dict(kind="inception", url=f"{server.url}/fid_weights/pt_inception-tiny.pth",
                                   sha256="f" * 64),
-  }
+  })
   (env / "registry.json").write_text(json.dumps(reg))
   monkeypatch.setenv(hub.REGISTRY_ENV, str(env / "registry.json"))
-  return dict(tok_cfg=tok_cfg, gen_cfg=gen_cfg, tok_bin=tok_bin, gen_bin=gen_bin)
+  return dict(tok_cfg=reg["maskbit_tokenizer_tiny"]["config"], gen_cfg=reg["maskbit_generator_tiny"]["config"],
+              tok_bin=tok_bin, gen_bin=server.files["/markweber/maskbit_generator_tiny/resolve/main/"
+                                                    "maskbit_generator_tiny.bin"])
 
 
 def _files_under(folder) -> list:
@@ -170,14 +191,14 @@ def test_released_registry_is_well_formed():
 
 def test_load_by_name_equals_load_by_path_and_downloads_once(released, server, golden, env):
   by_name = maskbit_jax.load_tokenizer("maskbit_tokenizer_tiny")
-  by_path = maskbit_jax.load_tokenizer(released["tok_cfg"], golden / "tokenizer_vq_tiny.bin")
+  by_path = maskbit_jax.load_tokenizer(released["tok_cfg"], golden / "tokenizer_tiny.bin")
   _assert_same_params(by_name, by_path)
   gen = maskbit_jax.load_generator("maskbit_generator_tiny")
   _assert_same_params(gen, maskbit_jax.load_generator(released["gen_cfg"], golden / "generator_tiny.bin"))
   assert len(server.gets()) == 2
   before = len(server.requests)
-  maskbit_jax.load_tokenizer("maskbit_tokenizer_tiny")
-  maskbit_jax.load_tokenizer("maskbit_generator_tiny")  # a generator's name: the tokenizer it pairs with
+  paired = maskbit_jax.load_tokenizer("maskbit_generator_tiny")  # a generator's name: the tokenizer it pairs with
+  _assert_same_params(paired, by_name)
   maskbit_jax.load_generator(released["gen_cfg"], "maskbit_generator_tiny")  # a name as the checkpoint
   assert len(server.requests) == before, server.requests[before:]  # the cache answered, no request
   assert any("models--markweber--maskbit_tokenizer_tiny" in f for f in _files_under(env / "hf_home" / "hub"))
@@ -200,15 +221,14 @@ def test_checksum_mismatch_is_refused_and_leaves_nothing(released, env):
   assert [f for f in _files_under(env / "hf_home") if not f.endswith(("CACHEDIR.TAG", ".lock"))] == []
 
 
-def test_interrupted_downloads_resume(released, server, golden):
+def test_interrupted_downloads_resume(released, server):
   # huggingface_hub keeps what it received in whole 10 MiB chunks: a cut past the first one resumes there
-  big = (golden / "tokenizer_tiny.bin").read_bytes()
+  big = released["tok_bin"]
   assert len(big) > 11 << 20, "the resume test needs a fixture file over 11 MiB"
-  server.hub_file("markweber/big", "big.bin", big)
-  hub_path, url_path = "/markweber/big/resolve/main/big.bin", "/fid_weights/pt_inception-tiny.pth"
+  hub_path = "/markweber/maskbit_tokenizer_tiny/resolve/main/maskbit_tokenizer_tiny.bin"
+  url_path = "/fid_weights/pt_inception-tiny.pth"
   server.break_once.update({hub_path: 11 << 20, url_path: 100_000})
-  reg = hub.registry({"big": dict(kind="tokenizer", repo_id="markweber/big", filename="big.bin", config="x")})
-  assert open(hub.fetch("big", reg), "rb").read() == big
+  assert open(hub.fetch("maskbit_tokenizer_tiny"), "rb").read() == big
   assert open(hub.fetch("inception_tiny"), "rb").read() == released["tok_bin"]
   for p, resumed_at in ((hub_path, 10 << 20), (url_path, 100_000)):
     # the first GET broke off; the second asked only for the rest
@@ -233,7 +253,7 @@ def test_offline(released, server, monkeypatch, env):
   assert len(server.requests) == before
 
 
-def test_names_are_checked(released):
+def test_names_are_checked(released, server):
   with pytest.raises(hub.WeightsError, match="no released weights named 'maskbit_tokenizer_tin'; did you mean"):
     hub.fetch("maskbit_tokenizer_tin")
   with pytest.raises(hub.WeightsError, match="'maskbit_tokenizer_tiny' names tokenizer weights; load_generator"):
@@ -242,4 +262,28 @@ def test_names_are_checked(released):
     hub.resolve_file("maskbit_tokenizer_tiny", "inception")
   # a path is never a name; random weights by name download nothing
   assert hub.resolve_file("some/file.pth", "inception") == "some/file.pth"
-  maskbit_jax.load_tokenizer("maskbit_tokenizer_tiny", random_init=True)
+  assert hub.resolve_model("maskbit_tokenizer_tiny", None, "tokenizer", random_init=True) == (released["tok_cfg"], None)
+  assert server.requests == []
+
+
+def test_commands_take_names(released, server, tmp_path):
+  from maskbit_jax.convert.cli import main as convert_main
+  from maskbit_jax.sample import _parse
+
+  # --download: the release --config names, its generator and the tokenizer it pairs with
+  _, _, args = _parse(["--config", "maskbit_generator_tiny", "--download", "--classes", "1",
+                              "--out", str(tmp_path / "s")])
+  assert (args.generator, args.tokenizer) == ("maskbit_generator_tiny", "maskbit_tokenizer_tiny")
+  config, _, args = _parse(["--generator", "maskbit_generator_tiny", "--classes", "1",
+                                   "--out", str(tmp_path / "s")])
+  assert config == released["gen_cfg"]  # a released name's own config when --config is left out
+  with pytest.raises(hub.WeightsError, match="--download: --config 'generator_tiny' is not a released model"):
+    _parse(["--config", "generator_tiny", "--download", "--classes", "1", "--out", str(tmp_path / "s")])
+  assert server.requests == []  # naming is not downloading
+  # convert a released file by name: its config and kind come with it
+  assert convert_main(["--checkpoint", "maskbit_tokenizer_tiny", "--out", str(tmp_path / "orbax")]) == 0
+  _assert_same_params(maskbit_jax.load_tokenizer(released["tok_cfg"], tmp_path / "orbax"),
+                      maskbit_jax.load_tokenizer("maskbit_tokenizer_tiny"))
+  # the evaluation networks: --inception auto is the registry's fid_inception entry (here the stand-in's)
+  assert hub.resolve_file("auto", "inception") == hub.fetch("fid_inception")
+  assert len(server.gets("pt_inception-tiny.pth")) == 1

@@ -40,7 +40,7 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax import cli_errors
-from maskbit_jax import checkpointing, paths
+from maskbit_jax import checkpointing, hub, paths
 from maskbit_jax.config import add_config_help, load_config, split_config_args, vq_model_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
 from maskbit_jax.convert.loading import check_params_match
@@ -196,13 +196,21 @@ def main(argv=None) -> int:
   config, overrides, rest = split_config_args(argv)
   p = cli_errors.parser("python -m maskbit_jax.convert", __doc__)
   add_config_help(p, required="to import a PyTorch file; an export takes the config stored in the folder")
-  p.add_argument("--checkpoint", required=True, help="source: PyTorch file, or our checkpoint dir to export")
+  p.add_argument("--checkpoint", required=True, help="source: PyTorch file, a released name (e.g. "
+                 "maskbit_tokenizer_12bit: downloaded once, --config and --kind default to its own), or our "
+                 "checkpoint dir to export")
   p.add_argument("--out", required=True, help="Orbax directory (import) or .bin/.safetensors/.npz (export)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   p.add_argument("--kind", choices=KINDS, help="which model of the config the file holds (default: generator "
                  "for model.mlm_model, bar_generator for model.generator, bar_tokenizer for model.siglip2, "
                  "else tokenizer)")
   args = p.parse_args(rest)
+  released = hub.lookup(args.checkpoint)
+  if released is not None:  # the release's file, and unless given its config and kind
+    if released.kind not in hub.MODEL_KINDS:
+      p.error(f"--checkpoint {args.checkpoint}: {released.kind} weights, not a model this command converts")
+    config, args.kind = config or released.config, args.kind or released.kind
+    args.checkpoint = hub.fetch(released)
   if checkpointing.is_params_checkpoint(args.checkpoint):
     if not args.out.lower().endswith(EXPORT_SUFFIXES):
       p.error(f"exporting needs --out ending in one of {EXPORT_SUFFIXES}")
@@ -213,7 +221,7 @@ def main(argv=None) -> int:
     return 0
   if config is None:
     p.error("--config is required to import a PyTorch checkpoint")
-  cfg = load_config(config, overrides)
+  cfg = load_config(hub.config_of(config) or config, overrides)
   out = import_checkpoint(cfg, args.checkpoint, args.out, args.kind, overwrite=args.overwrite)
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(checkpointing.load_params(out)))
   print(f"converted {args.checkpoint} -> {out} ({n:,} parameters, round trip verified)")
