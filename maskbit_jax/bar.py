@@ -155,6 +155,7 @@ def load_bar_generator(config: ConfigLike, checkpoint: str | os.PathLike | None 
   module = build_bar_module(bar_fields(cfg), dtype=compute_dtype, precision=prec)
   if checkpoint is None and not random_init:
     checkpoint = (cfg.get("experiment", None) or {}).get("generator_checkpoint") or None
+    checkpoint = hub.resolve_checkpoint(checkpoint, "bar_generator", registry)  # the config may name a release
   if checkpoint is None and not random_init:
     raise ValueError("no BAR generator checkpoint given (argument or experiment.generator_checkpoint); "
                      "pass random_init=True (on the command line: --random_init) for untrained weights")
@@ -217,6 +218,7 @@ def load_bar_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None 
   module = bar_tokenizer_from_config(cfg, with_encoder=with_encoder, dtype=compute_dtype, precision=prec)
   if checkpoint is None and not random_init:
     checkpoint = (cfg.get("experiment", None) or {}).get("tokenizer_checkpoint") or None
+    checkpoint = hub.resolve_checkpoint(checkpoint, "bar_tokenizer", registry)  # the config may name a release
   if checkpoint is None and not random_init:
     raise ValueError("no BAR tokenizer checkpoint given (argument or experiment.tokenizer_checkpoint); "
                      "pass random_init=True (on the command line: --random_init) for untrained weights")

@@ -194,6 +194,7 @@ def load_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = No
   module = build_generator_module(generator_fields(cfg), dtype=compute_dtype, precision=prec)
   if checkpoint is None and not random_init:
     checkpoint = (cfg.get("experiment", None) or {}).get("generator_checkpoint") or None
+    checkpoint = hub.resolve_checkpoint(checkpoint, "generator", registry)  # the config may name a release
   if checkpoint is None and not random_init:
     raise ValueError("no generator checkpoint given (argument or experiment.generator_checkpoint); "
                      "pass random_init=True (on the command line: --random_init) for untrained weights")

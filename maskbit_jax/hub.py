@@ -283,17 +283,21 @@ def _fetch_url(w: Weights) -> str:
     return target
   if offline():
     raise _offline_error(w, folder)
+  from huggingface_hub.utils import WeakFileLock
+
   os.makedirs(folder, exist_ok=True)
   part = target + ".part"
-  _download_part(w, part)
-  try:
-    check_file(part, w)
-  except WeightsError:
-    os.remove(part)
-    if not os.listdir(folder):
-      os.rmdir(folder)
-    raise
-  os.replace(part, target)
+  # one writer of the .part at a time: the processes of one host share the cache (multi-process evaluate)
+  with WeakFileLock(target + ".lock"):
+    if os.path.isfile(target):  # another process finished it while this one waited
+      return target
+    _download_part(w, part)
+    try:
+      check_file(part, w)
+    except WeightsError:
+      os.remove(part)
+      raise
+    os.replace(part, target)
   return target
 
 

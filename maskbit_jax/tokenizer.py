@@ -220,6 +220,7 @@ def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = No
   module = build_tokenizer_module(vq_cfg, dtype=compute_dtype, precision=prec)
   if checkpoint is None and not random_init:
     checkpoint = (cfg.get("experiment", None) or {}).get("vqgan_checkpoint") or None
+    checkpoint = hub.resolve_checkpoint(checkpoint, "tokenizer", registry)  # the config may name a release
   if checkpoint is None and not random_init:
     raise ValueError("no tokenizer checkpoint given (argument or experiment.vqgan_checkpoint); "
                      "pass random_init=True (on the command line: --random_init) for untrained weights")

@@ -200,6 +200,9 @@ def test_load_by_name_equals_load_by_path_and_downloads_once(released, server, g
   paired = maskbit_jax.load_tokenizer("maskbit_generator_tiny")  # a generator's name: the tokenizer it pairs with
   _assert_same_params(paired, by_name)
   maskbit_jax.load_generator(released["gen_cfg"], "maskbit_generator_tiny")  # a name as the checkpoint
+  named_in_config = dict(maskbit_jax.load_config(released["tok_cfg"]).to_dict(),
+                         experiment=dict(vqgan_checkpoint="maskbit_tokenizer_tiny"))
+  _assert_same_params(maskbit_jax.load_tokenizer(named_in_config), by_name)  # a config's default may be a name
   assert len(server.requests) == before, server.requests[before:]  # the cache answered, no request
   assert any("models--markweber--maskbit_tokenizer_tiny" in f for f in _files_under(env / "hf_home" / "hub"))
 
