@@ -44,6 +44,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("bits", None),          # bit features of a token
     ("classes", None),       # class-embedding rows
     ("fourier", None),       # fixed Fourier features of a scalar (BAR mask-ratio embedding)
+    ("layers", None),        # the leading axis of scanned blocks (models.stack): every device holds every layer
     # codebooks [codes, dim]
     ("codebook", None),
     ("code_dim", None),

@@ -17,7 +17,7 @@ from conftest import golden_path, load_npz
 from maskbit_jax.convert.generator_mapping import generator_param_mapping
 from maskbit_jax.convert.param_mapping import torch_state_to_flax
 from maskbit_jax.models.maskbit_transformer import (abstract_generator_params, build_generator_module,
-                                                    token_bits_features)
+                                                    per_layer_intermediates, token_bits_features)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -92,7 +92,7 @@ def test_every_intermediate(case):
   module, params, io = case
   _, state = module.apply({"params": params}, jnp.asarray(io["masked_tokens"]), jnp.asarray(io["labels"]),
                           jnp.asarray(io["drop_label_mask"]), mutable=["intermediates"])
-  acts = {k: v[0] for k, v in state["intermediates"].items()}
+  acts = {k: v[0] for k, v in per_layer_intermediates(state["intermediates"]).items()}
   keys = [k for k in io if k.startswith("inter_")]
   assert keys
   for key in keys:

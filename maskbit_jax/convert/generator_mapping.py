@@ -3,15 +3,19 @@
 The released files name the bit projection ``token_emb.*``; the model calls it
 ``input_proj.*`` (the reference renames it on load). ``mha.in_proj_weight``
 packs the q, k and v rows; it maps onto one flax Dense kernel of width 3*D.
+The scanned blocks (``transformer_layers/{attn,ffn}``, leading layer axis) are
+the per-layer ``transformer.layers.<i>.{0,1}`` modules of the files.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from maskbit_jax.convert.param_mapping import GENERATOR_KEY_RULES, GENERATOR_RULES, Buffer, ParamMapping
+from maskbit_jax.convert.param_mapping import GENERATOR_KEY_RULES, GENERATOR_RULES, Buffer, LayerStack, ParamMapping
 
 RELEASED_RENAMES = {"token_emb": "input_proj"}
+GENERATOR_LAYERS = LayerStack("transformer_layers", {"attn": "transformer_layers_{}_0",
+                                                     "ffn": "transformer_layers_{}_1"})
 
 
 def generator_param_mapping(bits_per_split: int) -> ParamMapping:
@@ -19,4 +23,4 @@ def generator_param_mapping(bits_per_split: int) -> ParamMapping:
     return (2 ** np.arange(bits_per_split, dtype=np.int64)).astype(np.int32)
 
   return ParamMapping(GENERATOR_RULES, buffers={"bits_to_indices": Buffer(bits_to_indices)},
-                      renames=RELEASED_RENAMES, key_rules=GENERATOR_KEY_RULES)
+                      renames=RELEASED_RENAMES, key_rules=GENERATOR_KEY_RULES, layer_stacks=(GENERATOR_LAYERS,))

@@ -7,6 +7,13 @@ converted by one rule per leaf kind (conv kernels ``[O, I, kh, kw] <-> [kh, kw, 
 dense kernels ``[O, I] <-> [I, O]``, norm scales, embeddings and biases as they
 are). Loading is strict: every key must be used, every parameter found, every
 shape equal, and every problem is reported by name.
+
+Deep stacks run under ``nn.scan``: their parameters are one sub-tree whose
+leaves carry a leading layer axis. A ``LayerStack`` names that sub-tree and
+the per-layer module names it replaces (``transformer_layers_{}_0``, the
+layout of the PyTorch files and of checkpoints written before the scan); the
+name map itself only ever sees per-layer trees, unstacked on the way out and
+stacked again on the way in, both exact.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import jax
 import ml_dtypes
 import numpy as np
 from flax import traverse_util
@@ -56,6 +64,97 @@ class Buffer:
 
 
 @dataclass(frozen=True)
+class LayerStack:
+  """Params scanned over depth: every leaf under the top-level ``scope`` has a leading layer axis.
+
+  Layer i of the child ``c`` of ``scope`` is the per-layer module ``names[c].format(i)``;
+  the child ``""`` stands for the whole scope (``{"": "blocks_{}"}``).
+  """
+
+  scope: str
+  names: Mapping[str, str]
+
+  def split(self, path: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
+    """``(child, rest)`` of a stacked path, None for a path outside the stack."""
+    if not path or path[0] != self.scope:
+      return None
+    if len(path) > 2 and path[1] in self.names:
+      return path[1], path[2:]
+    if "" in self.names:
+      return "", path[1:]
+    raise CheckpointMismatchError(f"{'/'.join(path)} is under the stack {self.scope!r} but in none of its "
+                                  f"children {sorted(self.names)}")
+
+  def join(self, per_layer_path: tuple[str, ...]) -> tuple[str, int, tuple[str, ...]] | None:
+    """``(child, layer, rest)`` of a per-layer path (``transformer_layers_3_0/...``), None if not one."""
+    for child, template in self.names.items():
+      head, _, tail = template.partition("{}")
+      name = per_layer_path[0] if per_layer_path else ""
+      digits = name[len(head):len(name) - len(tail)] if tail else name[len(head):]
+      if name.startswith(head) and name.endswith(tail) and digits.isdigit() and len(name) > len(head) + len(tail):
+        return child, int(digits), per_layer_path[1:]
+    return None
+
+
+def _layers_of(leaf) -> list:
+  """The per-layer slices of one stacked leaf: host arrays (views), or shapes for an abstract leaf."""
+  if not hasattr(leaf, "__array__"):  # ShapeDtypeStruct, checkpoint metadata
+    return [jax.ShapeDtypeStruct(tuple(leaf.shape[1:]), leaf.dtype)] * int(leaf.shape[0])
+  host = np.asarray(leaf)
+  return [host[i] for i in range(host.shape[0])]
+
+
+def unstack_layers(params, stacks: Sequence[LayerStack]) -> dict:
+  """A stacked param tree (arrays or ShapeDtypeStructs) -> the per-layer tree, in per-layer module order."""
+  flat = traverse_util.flatten_dict(dict(params))
+  out, pending = {}, {}
+  for path, leaf in flat.items():
+    stack = next((s for s in stacks if s.split(path) is not None), None)
+    if stack is None:
+      out[path] = leaf
+      continue
+    if stack.scope not in pending:
+      pending[stack.scope] = []
+      out[("__stack__", stack.scope)] = None  # the stack's place in the order
+    pending[stack.scope].append((path, leaf))
+  ordered = {}
+  for path, leaf in out.items():
+    if path[0] != "__stack__":
+      ordered[path] = leaf
+      continue
+    stack = next(s for s in stacks if s.scope == path[1])
+    items = [(stack.split(p), _layers_of(leaf)) for p, leaf in pending[path[1]]]
+    for i in range(len(items[0][1])):
+      for child in stack.names:
+        for (c, rest), slices in items:
+          if c == child:
+            ordered[(stack.names[child].format(i),) + rest] = slices[i]
+  return traverse_util.unflatten_dict(ordered)
+
+
+def stack_layers(params, stacks: Sequence[LayerStack]) -> dict:
+  """Inverse of ``unstack_layers``: per-layer modules -> one stacked sub-tree per stack (numpy arrays)."""
+  flat = traverse_util.flatten_dict(dict(params))
+  out, layers = {}, {}
+  for path, leaf in flat.items():
+    hit = next(((s, j) for s in stacks if (j := s.join(path)) is not None), None)
+    if hit is None:
+      out[path] = leaf
+      continue
+    stack, (child, i, rest) = hit
+    stacked_path = (stack.scope,) + ((child,) if child else ()) + rest
+    if stacked_path not in layers:
+      out[stacked_path] = None
+      layers[stacked_path] = {}
+    layers[stacked_path][i] = leaf
+  for path, by_layer in layers.items():
+    if sorted(by_layer) != list(range(len(by_layer))):
+      raise CheckpointMismatchError(f"{'/'.join(path)}: layers {sorted(by_layer)} are not 0..{len(by_layer) - 1}")
+    out[path] = np.stack([np.asarray(by_layer[i]) for i in range(len(by_layer))])
+  return traverse_util.unflatten_dict(out)
+
+
+@dataclass(frozen=True)
 class ParamMapping:
   """How one model family's flax params correspond to its PyTorch state dict."""
 
@@ -65,6 +164,20 @@ class ParamMapping:
   key_rules: Rules = ()
   # released-file key prefix -> model key prefix (e.g. generator 'token_emb' -> 'input_proj')
   renames: Mapping[str, str] = field(default_factory=dict)
+  # sub-trees scanned over depth (leading layer axis) and the per-layer names the rules above see
+  layer_stacks: Sequence[LayerStack] = ()
+
+  def is_stacked(self, flax_path: tuple[str, ...]) -> bool:
+    """True for a leaf with a leading layer axis (under one of ``layer_stacks``)."""
+    return any(s.split(flax_path) is not None for s in self.layer_stacks)
+
+  def per_layer(self, params) -> dict:
+    """The tree with every stack split into per-layer modules (what ``torch_key`` names)."""
+    return unstack_layers(params, self.layer_stacks) if self.layer_stacks else params
+
+  def stacked(self, per_layer_params) -> dict:
+    """Inverse of ``per_layer``."""
+    return stack_layers(per_layer_params, self.layer_stacks) if self.layer_stacks else per_layer_params
 
   def torch_key(self, flax_path: tuple[str, ...]) -> str:
     module = ".".join(flax_path[:-1])
@@ -101,7 +214,7 @@ def _torch_shape_of(flax_path: tuple[str, ...], shape: tuple[int, ...]) -> tuple
 def expected_torch_shapes(mapping: ParamMapping, abstract_params) -> "OrderedDict[str, tuple[int, ...]]":
   """PyTorch key -> shape for every parameter of the flax model (buffers included)."""
   out = OrderedDict()
-  for path, leaf in traverse_util.flatten_dict(abstract_params).items():
+  for path, leaf in traverse_util.flatten_dict(mapping.per_layer(abstract_params)).items():
     out[mapping.torch_key(path)] = _torch_shape_of(path, tuple(leaf.shape))
   for key, buf in mapping.buffers.items():
     out[key] = tuple(buf.make().shape)
@@ -144,7 +257,7 @@ def torch_state_to_flax(state: Mapping[str, np.ndarray], abstract_params, mappin
     config implies.
   """
   renamed = _renamed_keys(state, mapping.renames)  # model key -> key in the state
-  flat = traverse_util.flatten_dict(abstract_params)
+  flat = traverse_util.flatten_dict(mapping.per_layer(abstract_params))
   by_key = {mapping.torch_key(path): path for path in flat}
   missing = [k for k in list(by_key) + list(mapping.buffers) if k not in renamed]
   unexpected = [k for k in renamed if k not in by_key and k not in mapping.buffers]
@@ -183,7 +296,7 @@ def torch_state_to_flax(state: Mapping[str, np.ndarray], abstract_params, mappin
   for key, path in by_key.items():
     value = np.asarray(state[renamed[key]])
     converted[path] = torch_to_flax_array(path, value, value.ndim).astype(flat[path].dtype)
-  return traverse_util.unflatten_dict(converted)
+  return mapping.stacked(traverse_util.unflatten_dict(converted))
 
 
 def flax_to_torch_state(params, mapping: ParamMapping, key_order: Sequence[str] | None = None,
@@ -196,7 +309,7 @@ def flax_to_torch_state(params, mapping: ParamMapping, key_order: Sequence[str] 
   result has the names of the released files.
   """
   out = OrderedDict()
-  for path, value in traverse_util.flatten_dict(params).items():
+  for path, value in traverse_util.flatten_dict(mapping.per_layer(params)).items():
     out[mapping.torch_key(path)] = np.array(flax_to_torch_array(path, np.asarray(value)), order="C", copy=None)
   for key, buf in mapping.buffers.items():
     out[key] = buf.make()

@@ -6,6 +6,10 @@ of a masked group set to 0 (no embedding table). A linear projection, a class
 token appended AFTER the image tokens, learned position embeddings, post-norm
 (or pre-norm) transformer blocks with exact GELU and LayerNorm eps 1e-12, and
 a head that predicts, per position and split, logits over the 2^b values.
+
+The blocks run as one ``nn.scan`` (``models.stack``): their parameters are
+``transformer_layers/{attn,ffn}/...`` with a leading layer axis, which the
+converter maps to the reference's ``transformer.layers.<i>.{0,1}.*``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from maskbit_jax.models import initializers, layers
+from maskbit_jax.models import initializers, layers, stack
 
 LAYER_NORM_EPS = 1e-12
 # The reference's _init_weights: trunc_normal_(0.02) on every Linear and Embedding (and pos_emb), zero biases.
@@ -147,6 +151,42 @@ class FeedForwardBlock(nn.Module):
     return norm(x + net(x))
 
 
+class TransformerLayer(nn.Module):
+  """One attention block and one feed-forward block: the body of the scan over depth, ``(x, None) -> (x, None)``."""
+
+  dim: int
+  heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  use_prenorm: bool = False
+  train: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  attention_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, _) -> tuple[jax.Array, None]:
+    kw = dict(dropout=self.dropout, use_prenorm=self.use_prenorm, dtype=self.dtype, param_dtype=self.param_dtype,
+              precision=self.precision)
+    x = AttentionBlock(self.dim, self.heads, attention_impl=self.attention_impl, name="attn", **kw)(x, self.train)
+    self.sow("intermediates", "layer_attn", x)
+    x = FeedForwardBlock(self.dim, self.mlp_dim, name="ffn", **kw)(x, self.train)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    self.sow("intermediates", "layer_ffn", x)
+    return x, None
+
+
+def per_layer_intermediates(intermediates: Mapping[str, Any]) -> dict:
+  """The sown values with the scanned ones split per layer: ``layer_attn [L, ...]`` -> ``layer<i>_attn``."""
+  out = {k: v for k, v in intermediates.items() if k != "transformer_layers"}
+  for name, values in intermediates.get("transformer_layers", {}).items():
+    stacked = values[-1]
+    for i in range(stacked.shape[0]):
+      out[name.replace("layer", f"layer{i}", 1)] = (stacked[i],)
+  return out
+
+
 class MaskBitTransformer(nn.Module):
   """``(tokens [B, N, M], labels [B], drop_label_mask [B] | None) -> logits [B, N, M, 2^b]``.
 
@@ -173,6 +213,7 @@ class MaskBitTransformer(nn.Module):
   param_dtype: Any = jnp.float32
   precision: Any = None
   attention_impl: str = "auto"
+  remat_policy: str = "none"
 
   @property
   def seq_len(self) -> int:
@@ -217,14 +258,9 @@ class MaskBitTransformer(nn.Module):
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     self.sow("intermediates", "first_layer", x)
 
-    block_kw = dict(dropout=self.dropout, use_prenorm=self.use_prenorm, **kw)
-    for layer in range(self.depth):
-      x = AttentionBlock(self.hidden_dim, self.heads, name=f"transformer_layers_{layer}_0",
-                         attention_impl=self.attention_impl, **block_kw)(x, train)
-      self.sow("intermediates", f"layer{layer}_attn", x)
-      x = FeedForwardBlock(self.hidden_dim, self.mlp_dim, name=f"transformer_layers_{layer}_1", **block_kw)(x, train)
-      x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-      self.sow("intermediates", f"layer{layer}_ffn", x)
+    layers_cls = stack.scanned(TransformerLayer, self.depth, in_axes=(nn.broadcast,), remat_policy=self.remat_policy)
+    x, _ = layers_cls(self.hidden_dim, self.heads, self.mlp_dim, self.dropout, self.use_prenorm, train,
+                      attention_impl=self.attention_impl, name="transformer_layers", **kw)(x, None)
     if self.use_prenorm:
       x = _layer_norm("final_norm", self.dtype, self.param_dtype)(x)
       self.sow("intermediates", "norm_after_transformer", x)
@@ -264,6 +300,7 @@ def build_generator_module(fields: Mapping[str, Any], *, dtype: Any = jnp.float3
   validate_generator_fields(fields)
   kwargs = {k: fields[k] for k in GENERATOR_FIELDS}
   kwargs = {k: (bool(v) if k == "use_prenorm" else float(v) if k == "dropout" else int(v)) for k, v in kwargs.items()}
+  kwargs["remat_policy"] = stack.check_remat_policy(str(fields.get("remat_policy", "none")))
   return MaskBitTransformer(**kwargs, dtype=dtype, param_dtype=param_dtype, precision=precision)
 
 
