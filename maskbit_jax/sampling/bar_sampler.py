@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax.models.bar_generator import BarGenerator, scatter_steps
+from maskbit_jax.models.bar_generator import BarGenerator, gather_steps, scatter_steps
 from maskbit_jax.sampling import schedules
 
 # (bits [N, k] int32 with 2 = masked, z [N, W], mask_ratio [N] float32) -> logits [N, k, 2]
@@ -95,15 +95,25 @@ def gumbel_from_uniform(u: jax.Array) -> jax.Array:
   return -jnp.log(jnp.maximum(-jnp.log(jnp.maximum(u, GUMBEL_EPS)), GUMBEL_EPS))
 
 
+def _round_half_even_ratio(num: jax.Array, den: int) -> jax.Array:
+  """``round_half_even(num / den)`` of non-negative int32 ``num`` in integers (no float rounding)."""
+  q, r = num // den, num % den
+  return q + ((2 * r > den) | ((2 * r == den) & (q % 2 == 1))).astype(jnp.int32)
+
+
 def sample_step_bits(head_fn: HeadFn, z_nw: jax.Array, cfg_scale: jax.Array, u_sample: jax.Array,
                      u_conf: jax.Array, *, cfg: BarSamplingConfig, bits: int, mask_id: int = 2,
-                     return_trace: bool = False):
+                     return_trace: bool = False, known=None):
   """The head's inner loop for one AR step: ``z [nB, W]`` -> bits ``[B, k]`` int32 (and a trace).
 
   ``u_sample [S, B, k, 2]``, ``u_conf [S-1, B, k]``: the uniforms of every inner
   step. With guidance ``nB = 2B`` (conditional rows first, then null-class ones).
   The S inner steps are one ``lax.scan`` (the head is compiled once); the last
   step's re-masking is computed on a dummy draw and discarded.
+
+  ``known``: ``(values [B, k] int32, mask [B, k] bool)`` or None: the masked bits are revealed from the start,
+  never masked again, and each row's re-mask count is the schedule's share of its own free bits
+  (``round_half_even(free * (1 - c_{j+1} / k))``, in integers; equal to the plain count with nothing known).
   """
   sched = inner_schedule(cfg, bits)
   s = cfg.num_inner_steps
@@ -112,7 +122,10 @@ def sample_step_bits(head_fn: HeadFn, z_nw: jax.Array, cfg_scale: jax.Array, u_s
   u_conf = jnp.concatenate([u_conf, jnp.full((1, batch, bits), 0.5, jnp.float32)])
   xs = dict(ratio=jnp.asarray(sched["ratio"]), tau=jnp.asarray(sched["temperature"], jnp.float32),
             target=jnp.asarray(sched["remask_target"] + [1], jnp.int32), last=jnp.arange(s) == s - 1,
-            u_sample=u_sample, u_conf=u_conf)
+            left=jnp.asarray(bits - np.cumsum(cfg.tokens_allocation), jnp.int32), u_sample=u_sample, u_conf=u_conf)
+  if known is not None:
+    known_mask = known[1].astype(bool)
+    free_b = jnp.sum(~known_mask, axis=-1, dtype=jnp.int32)
 
   def inner(ids, x):
     model_ids = jnp.concatenate([ids, ids]) if cfg.guided else ids
@@ -129,12 +142,18 @@ def sample_step_bits(head_fn: HeadFn, z_nw: jax.Array, cfg_scale: jax.Array, u_s
     is_mask = ids == mask_id
     new_ids = jnp.where(is_mask, sampled, ids)
     conf_base = jnp.where(is_mask, chosen, jnp.inf)
-    # Row 0's masked count bounds n for every row (reference quirk).
-    n = jnp.maximum(1, jnp.minimum(jnp.sum(is_mask[0], dtype=jnp.int32) - 1, x["target"]))
     g_conf = gumbel_from_uniform(x["u_conf"])
     confidence = conf_base + x["tau"] * g_conf
-    cutoff = jnp.take(jnp.sort(confidence, axis=-1), n - 1, axis=-1)
-    remask = (confidence <= cutoff[:, None]) & ~x["last"]
+    if known is None:
+      # Row 0's masked count bounds n for every row (reference quirk).
+      n = jnp.maximum(1, jnp.minimum(jnp.sum(is_mask[0], dtype=jnp.int32) - 1, x["target"]))
+      cutoff = jnp.take(jnp.sort(confidence, axis=-1), n - 1, axis=-1)
+      remask = (confidence <= cutoff[:, None]) & ~x["last"]
+    else:  # rows keep different bits: each row its own count; kept bits stay
+      target_b = _round_half_even_ratio(free_b * x["left"], bits)
+      n_b = jnp.maximum(1, jnp.minimum(jnp.sum(is_mask, axis=-1, dtype=jnp.int32) - 1, target_b))
+      cutoff = jnp.take_along_axis(jnp.sort(confidence, axis=-1), n_b[:, None] - 1, axis=-1)[:, 0]
+      remask = (confidence <= cutoff[:, None]) & ~x["last"] & ~known_mask
     out_ids = jnp.where(remask, jnp.int32(mask_id), new_ids)
     tr = None
     if return_trace:
@@ -143,7 +162,10 @@ def sample_step_bits(head_fn: HeadFn, z_nw: jax.Array, cfg_scale: jax.Array, u_s
                 confidence=confidence, is_mask_before=is_mask, remask=remask)
     return out_ids, tr
 
-  ids, tr = jax.lax.scan(inner, jnp.full((batch, bits), mask_id, jnp.int32), xs)
+  init = jnp.full((batch, bits), mask_id, jnp.int32)
+  if known is not None:
+    init = jnp.where(known_mask, known[0].astype(jnp.int32), init)
+  ids, tr = jax.lax.scan(inner, init, xs)
   if not return_trace:
     return ids, None
   for key in ("conf_base", "gumbel_conf", "confidence", "is_mask_before", "remask"):
@@ -168,7 +190,7 @@ def _check_noise(noise, num_steps, cfg, batch, bits):
 
 def generate(module: BarGenerator, params: Any, labels, key: jax.Array | None = None, *, guidance_scale: float,
              randomize_temperature: float, tokens_allocation, orders=None, noise: dict | None = None,
-             return_trace: bool = False):
+             return_trace: bool = False, known_bits=None, known_mask=None):
   """Samples bits ``[B, cells*K]`` (int32, 0/1, cells row-major) for class ``labels [B]``.
 
   Args:
@@ -182,6 +204,10 @@ def generate(module: BarGenerator, params: Any, labels, key: jax.Array | None = 
     noise: ``{"u_sample", "u_conf"}`` uniforms to replay instead of drawing.
     return_trace: also return the per-step arrays (names as the fixture's
       ``trace<t>_*``: ``head_conditions``, ``head_ids_in``, ``guided_logits``, ...).
+    known_bits, known_mask: ``[B, cells*K]`` (0/1 and bool), both or neither
+      (editing): the masked bits are teacher-forced to ``known_bits`` at their
+      AR step (``sample_step_bits``' ``known``); the steps after them see them.
+      Which sets make sense depends on ``orders`` (``maskbit_jax.edit``).
   Returns:
     bits, or ``(bits, trace)``.
   """
@@ -201,14 +227,26 @@ def generate(module: BarGenerator, params: Any, labels, key: jax.Array | None = 
     raise ValueError("generate needs a key unless noise is given")
   if orders is None:
     orders = jnp.broadcast_to(jnp.arange(module.num_steps, dtype=jnp.int32), (batch, module.num_steps))
-  bits, trace = _generate_jit(params, labels, key, u_sample, u_conf, jnp.asarray(orders, jnp.int32),
+  known = _check_known(known_bits, known_mask, (batch, module.image_seq_len * module.token_bits))
+  bits, trace = _generate_jit(params, labels, key, u_sample, u_conf, jnp.asarray(orders, jnp.int32), known,
                               module=module, cfg=cfg, return_trace=bool(return_trace))
   return (bits, trace) if return_trace else bits
 
 
+def _check_known(known_bits, known_mask, shape: tuple[int, int]):
+  if (known_bits is None) != (known_mask is None):
+    raise ValueError("known_bits and known_mask go together: give both or neither")
+  if known_bits is None:
+    return None
+  for name, x in (("known_bits", known_bits), ("known_mask", known_mask)):
+    if tuple(np.shape(x)) != shape:
+      raise ValueError(f"{name} must have shape {shape} ([B, cells*K]), got {tuple(np.shape(x))}")
+  return jnp.asarray(known_bits, jnp.int32), jnp.asarray(known_mask, bool)
+
+
 @functools.partial(jax.jit, static_argnames=("module", "cfg", "return_trace"))
-def _generate_jit(params, labels, key, u_sample, u_conf, orders, *, module: BarGenerator, cfg: BarSamplingConfig,
-                  return_trace: bool):
+def _generate_jit(params, labels, key, u_sample, u_conf, orders, known, *, module: BarGenerator,
+                  cfg: BarSamplingConfig, return_trace: bool):
   batch, steps, bits = labels.shape[0], module.num_steps, module.step_bits
   variables = {"params": params}
   cond_ids = module.condition_ids(labels)
@@ -231,10 +269,15 @@ def _generate_jit(params, labels, key, u_sample, u_conf, orders, *, module: BarG
     return (jax.random.uniform(k_sample, (s, batch, bits, 2), jnp.float32),
             jax.random.uniform(k_conf, (s - 1, batch, bits), jnp.float32))
 
+  # the known bits of every AR step, [L, B, k] in generation order (or None)
+  known_steps = None if known is None else tuple(
+      jnp.moveaxis(gather_steps(module.steps_from_bits(x), orders), 1, 0) for x in known)
+
   def head_step(a, z, us, uc):
     us, uc = draws(a, us, uc)
+    step_known = None if known_steps is None else tuple(x[a] for x in known_steps)
     step_bits, tr = sample_step_bits(head_fn, z, scales[a], us, uc, cfg=cfg, bits=bits, mask_id=module.mask_id,
-                                     return_trace=return_trace)
+                                     return_trace=return_trace, known=step_known)
     if return_trace:
       tr = dict(tr, head_conditions=z, u_sample=us, u_conf=uc)
     return step_bits, tr

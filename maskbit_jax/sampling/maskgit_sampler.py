@@ -106,6 +106,8 @@ def sample_tokens(
     conf_gumbel_noise=None,
     return_trace: bool = False,
     nclass: int | None = None,
+    known_tokens=None,
+    known_bits=None,
 ):
   """Samples split tokens ``[B, N, M]`` (int32, each in ``[0, mask_token)``) for ``labels [B]``.
 
@@ -134,6 +136,14 @@ def sample_tokens(
     nclass: when given and ``labels`` is concrete, labels must lie in
       ``[0, nclass)``. Labels traced under an outer ``jit`` are not checked;
       the caller validates them there.
+    known_tokens, known_bits: ``[B, N, M]`` int32, both or neither (editing):
+      ``known_bits`` is the bit mask of the bits of each entry that are fixed to
+      those of ``known_tokens``. An entry with every bit fixed (``C - 1``) is
+      known from step 0: never masked, never re-masked, and the schedule's
+      counts are those of the other entries of its image (per image). The other
+      entries are sampled as usual with the values that disagree with their
+      fixed bits excluded (logit ``-inf`` after guidance). With no bit fixed the
+      draws are those of the plain sampler for the same key.
 
   Returns:
     tokens ``[B, N, M]`` int32, or ``(tokens, trace)`` with ``return_trace``.
@@ -157,7 +167,8 @@ def sample_tokens(
   conf_gumbel_noise = _check_noise(conf_gumbel_noise, (s, batch, n, m), "conf_gumbel_noise")
   if key is None and (cat_gumbel_noise is None or conf_gumbel_noise is None):
     raise ValueError("sample_tokens needs a key unless both noise arrays are given")
-  tokens, trace = _sample_jit(logits_fn, labels, key, cat_gumbel_noise, conf_gumbel_noise,
+  known = _check_known(known_tokens, known_bits, (batch, n, m), c)
+  tokens, trace = _sample_jit(logits_fn, labels, key, cat_gumbel_noise, conf_gumbel_noise, known,
                               cfg=cfg, return_trace=bool(return_trace))
   return (tokens, trace) if return_trace else tokens
 
@@ -185,8 +196,43 @@ def _check_noise(noise, shape: tuple[int, ...], name: str):
   return noise
 
 
+def _check_known(known_tokens, known_bits, shape: tuple[int, ...], c: int):
+  """``(tokens, bit mask)`` as int32 ``[B, N, M]``, or None; a ValueError naming a wrong shape or range."""
+  if (known_tokens is None) != (known_bits is None):
+    raise ValueError("known_tokens and known_bits go together: give both or neither")
+  if known_tokens is None:
+    return None
+  out = []
+  for name, x in (("known_tokens", known_tokens), ("known_bits", known_bits)):
+    if tuple(np.shape(x)) != shape:
+      raise ValueError(f"{name} must have shape {shape} ([B, N, M]), got {tuple(np.shape(x))}")
+    if not isinstance(x, jax.core.Tracer):
+      values = np.asarray(x)
+      if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {values.dtype}")
+      if values.size and (values.min() < 0 or values.max() >= c):
+        raise ValueError(f"{name} must lie in [0, {c}), got [{values.min()}, {values.max()}]")
+    out.append(jnp.asarray(x, jnp.int32))
+  return tuple(out)
+
+
+def _remask_counts(ratio, masked_bnm, known_full):
+  """Per image, how many entries stay masked (``k [B]``) when ``known_full [B, N, M]`` entries are fixed:
+  the plain rule with the image's own counts (``floor(ratio * free)``, clamped to ``[1, masked - 1]``)."""
+  free_b = jnp.sum(~known_full, axis=(1, 2), dtype=jnp.int32).astype(jnp.float32)
+  masked_b = jnp.sum(masked_bnm, axis=(1, 2), dtype=jnp.int32)
+  return jnp.minimum(jnp.maximum(jnp.floor(ratio * free_b), 1.0), (masked_b - 1).astype(jnp.float32)).astype(jnp.int32)
+
+
+def _allowed_values(known, c: int) -> jax.Array:
+  """``[B, N, M, C]`` bool: the values of every entry that agree with its fixed bits."""
+  tokens, bits = known
+  values = jnp.arange(c, dtype=jnp.int32)
+  return ((values ^ tokens[..., None]) & bits[..., None]) == 0
+
+
 @functools.partial(jax.jit, static_argnames=("logits_fn", "cfg", "return_trace"))
-def _sample_jit(logits_fn, labels, key, cat_noise, conf_noise, *, cfg: SamplerConfig, return_trace: bool):
+def _sample_jit(logits_fn, labels, key, cat_noise, conf_noise, known, *, cfg: SamplerConfig, return_trace: bool):
   batch = labels.shape[0]
   n, m, c = cfg.num_positions, cfg.codebook_splits, cfg.mask_token
   if cfg.guided:
@@ -197,6 +243,7 @@ def _sample_jit(logits_fn, labels, key, cat_noise, conf_noise, *, cfg: SamplerCo
     drop = jnp.zeros((batch,), bool)
   if cfg.null_label is not None:
     model_labels = jnp.where(drop, jnp.int32(cfg.null_label), model_labels)
+  known_full = None if known is None else known[1] == c - 1  # entries known from step 0
 
   def step_fn(carry, xs):
     masked_bnm, _ = carry
@@ -224,6 +271,8 @@ def _sample_jit(logits_fn, labels, key, cat_noise, conf_noise, *, cfg: SamplerCo
       logits = cond + scale * (cond - uncond)
     else:
       logits = raw
+    if known is not None:
+      logits = jnp.where(_allowed_values(known, c), logits, -jnp.inf)
 
     if cfg.use_sampling_annealing:
       temperature = schedules.annealed_softmax_temperature(progress)
@@ -242,17 +291,25 @@ def _sample_jit(logits_fn, labels, key, cat_noise, conf_noise, *, cfg: SamplerCo
         step, cfg.num_steps)
 
     ratio = schedules.masking_ratio(progress, cfg.mask_schedule_strategy)
-    mask_len = jnp.floor(ratio * jnp.float32(cfg.num_maskable))
-    # Upper bound from the FIRST image only, applied after the lower bound (torch.clamp):
-    # with n - 1 < 1 the upper bound wins, and k can reach 0.
-    upper = (num_masked_b[0] - 1).astype(jnp.float32)
-    k = jnp.minimum(jnp.maximum(mask_len, 1.0), upper).astype(jnp.int32)
-    # Index k - 1 wraps like torch indexing: k = 0 picks the largest confidence.
     flat = confidence.reshape(batch, cfg.num_maskable)
-    index = k - 1
-    index = jnp.where(index < 0, index + cfg.num_maskable, index)
-    threshold_b = jax.lax.dynamic_index_in_dim(jnp.sort(flat, axis=-1), index, axis=1, keepdims=False)
-    remask = confidence <= threshold_b[:, None, None]
+    if known is None:
+      mask_len = jnp.floor(ratio * jnp.float32(cfg.num_maskable))
+      # Upper bound from the FIRST image only, applied after the lower bound (torch.clamp):
+      # with n - 1 < 1 the upper bound wins, and k can reach 0.
+      upper = (num_masked_b[0] - 1).astype(jnp.float32)
+      k = jnp.minimum(jnp.maximum(mask_len, 1.0), upper).astype(jnp.int32)
+      # Index k - 1 wraps like torch indexing: k = 0 picks the largest confidence.
+      index = k - 1
+      index = jnp.where(index < 0, index + cfg.num_maskable, index)
+      threshold_b = jax.lax.dynamic_index_in_dim(jnp.sort(flat, axis=-1), index, axis=1, keepdims=False)
+      remask = confidence <= threshold_b[:, None, None]
+    else:
+      # Images differ in how much they keep, so each gets its own count; with nothing kept every image's
+      # count is the first image's, as above. Kept entries are never masked again, whatever the count.
+      index = _remask_counts(ratio, mask, known_full) - 1
+      index = jnp.where(index < 0, index + cfg.num_maskable, index)
+      threshold_b = jnp.take_along_axis(jnp.sort(flat, axis=-1), index[:, None], axis=1)[:, 0]
+      remask = (confidence <= threshold_b[:, None, None]) & ~known_full
     next_masked = jnp.where(remask, jnp.int32(c), predicted)
 
     out = None
@@ -263,6 +320,8 @@ def _sample_jit(logits_fn, labels, key, cat_noise, conf_noise, *, cfg: SamplerCo
     return (next_masked, predicted), out
 
   init = jnp.full((batch, n, m), c, jnp.int32)
+  if known is not None:
+    init = jnp.where(known_full, known[0], init)
   steps = jnp.arange(cfg.num_steps, dtype=jnp.int32)
   (_, tokens), trace = jax.lax.scan(step_fn, (init, jnp.zeros_like(init)), (steps, cat_noise, conf_noise))
   return tokens, trace

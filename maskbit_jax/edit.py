@@ -1,0 +1,609 @@
+"""Editing with bit tokens: ``edit`` (inpainting, class-guided editing), ``outpaint`` (a larger canvas) and ``vary``
+(bit-level variations), for MaskBit and BAR; and ``python -m maskbit_jax.edit``.
+
+    out = maskbit_jax.edit(gen, tok, images, keep_mask, [3, 5], jax.random.key(0))  # keep_mask: pixels or tokens
+    out = maskbit_jax.vary(gen, tok, images, 8, [3, 3], jax.random.key(0))           # every token keeps 8 high bits
+    out = maskbit_jax.edit.outpaint(gen, tok, images, [3], key, pad=(0, 4, 0, 0))     # 4 token rows below
+
+  python -m maskbit_jax.edit --config configs/generator_tiny.py --generator runs/gen/export/generator \\
+      --image cat.png --box 8,8,24,24 --classes 3,5 --out out/edit          # regenerate the box as classes 3, 5
+  python -m maskbit_jax.edit --config ... --image cat.png --mask hole.png --classes 3 --out out/inpaint
+  python -m maskbit_jax.edit --config ... --image cat.png --keep_bits 8 --classes 3,3,3 --out out/vary
+  python -m maskbit_jax.edit --config ... --image cat.png --outpaint 0,4,0,4 --classes 3 --out out/wider
+
+The images are encoded, the kept tokens (or kept bits of every token) are fixed and the generator's own compiled
+sampler fills in the rest under ``labels``, then everything is decoded. Token ``t`` has bit ``j`` of weight
+``2^j`` (LFQ channel ``j``); its "high" bits are the largest ``j``.
+
+* MaskBit: the kept tokens are known from step 0 of the masked schedule and never re-masked; the schedule
+  counts only the other tokens. A partly kept token (``vary``) is sampled with the values that disagree with
+  its kept bits excluded. Any kept set works.
+* BAR: kept bits are teacher-forced at their AR step, so only the steps AFTER them see them. A model trained
+  to the raster order (every released one: the random-order training anneals to raster) can therefore keep a
+  raster prefix of its AR steps (whole rows from the top, then part of a row from the left; patch models in
+  patch rows): any other kept set is a :class:`KeepMaskError`. A model still trained on random orders
+  (``randomness_anneal_end`` past ``max_train_steps``), or ``order="kept_first"``, generates the kept steps
+  first and can keep any set. ``vary`` keeps bits in every step, so BAR samples each step's free bits seeing
+  the full earlier steps and its own kept bits, not the later steps' kept bits.
+
+Results are dicts as ``sample``'s: ``tokens [B, h, w]``, ``images [B, H, W, 3]`` (in [0, 1], not clamped),
+``input_tokens`` and ``fixed_bits [B, h, w]`` (the bit mask of each token's kept bits: ``2^K - 1`` kept,
+0 generated). The batch is split over the largest number of local devices that divides it (no padding, so
+the draws are those of the unsplit batch); one compiled program per shape and setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import sys
+import time
+import types
+import weakref
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maskbit_jax import cli_errors, paths
+from maskbit_jax.sampling.factorization import combine_tokens, split_tokens
+
+ORDERS = ("auto", "raster", "kept_first")
+
+
+class KeepMaskError(ValueError):
+  """A keep mask (or bit set) that does not fit the images or that the model's generation order cannot keep."""
+
+
+# ---------------------------------------------------------------- masks
+
+def token_keep_mask(keep_mask, batch: int, image_hw: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+  """A pixel mask ``[H, W]`` / ``[B, H, W]`` or a token mask ``[h, w]`` / ``[B, h, w]`` (nonzero = keep) ->
+  bool ``[B, h, w]``. A token is kept when every pixel of its cell is kept (a token that sees a generated
+  pixel is generated)."""
+  mask = np.asarray(keep_mask)
+  if mask.dtype != bool and not np.issubdtype(mask.dtype, np.number):
+    raise KeepMaskError(f"keep_mask must be boolean or numeric, got dtype {mask.dtype}")
+  if mask.ndim == 2:
+    mask = np.broadcast_to(mask, (batch,) + mask.shape)
+  if mask.ndim != 3 or mask.shape[0] != batch:
+    raise KeepMaskError(f"keep_mask must be [H, W], [B, H, W], [h, w] or [B, h, w] for a batch of {batch}, "
+                        f"got shape {np.shape(keep_mask)}")
+  keep = mask != 0
+  if keep.shape[1:] == tuple(grid):
+    return keep
+  if keep.shape[1:] == tuple(image_hw):
+    sh, sw = image_hw[0] // grid[0], image_hw[1] // grid[1]
+    return keep.reshape(batch, grid[0], sh, grid[1], sw).all(axis=(2, 4))
+  raise KeepMaskError(f"keep_mask of shape {np.shape(keep_mask)} is neither the images' {tuple(image_hw)} "
+                      f"pixels nor their {tuple(grid)} token grid")
+
+
+def box_keep_mask(image_hw: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+  """A pixel keep mask ``[H, W]`` that keeps everything outside ``box = (x0, y0, x1, y1)`` (pixels, end
+  exclusive): the box is regenerated."""
+  x0, y0, x1, y1 = (int(v) for v in box)
+  h, w = image_hw
+  if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+    raise KeepMaskError(f"box {box} must satisfy 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
+  keep = np.ones((h, w), bool)
+  keep[y0:y1, x0:x1] = False
+  return keep
+
+
+def kept_bits_mask(keep_bits, token_bits: int) -> int:
+  """``keep_bits``: an int ``n`` (the ``n`` most significant bits) or a collection of bit positions (0 = least
+  significant) -> the bit mask of the kept bits of a ``token_bits``-bit token."""
+  if isinstance(keep_bits, (int, np.integer)) and not isinstance(keep_bits, bool):
+    n = int(keep_bits)
+    if not 0 <= n <= token_bits:
+      raise KeepMaskError(f"keep_bits={n}: a token has {token_bits} bits, keep 0 to {token_bits} of them")
+    return ((1 << n) - 1) << (token_bits - n)
+  try:
+    positions = sorted({int(j) for j in keep_bits})
+  except (TypeError, ValueError):
+    raise KeepMaskError(f"keep_bits must be an int or bit positions, got {keep_bits!r}") from None
+  bad = [j for j in positions if not 0 <= j < token_bits]
+  if bad:
+    raise KeepMaskError(f"bit positions {bad} are outside a {token_bits}-bit token (0 .. {token_bits - 1})")
+  return sum(1 << j for j in positions)
+
+
+# ---------------------------------------------------------------- models
+
+def _is_bar(gen) -> bool:
+  from maskbit_jax import bar
+
+  return isinstance(gen, bar.BarModel)
+
+
+def _check_models(gen, tok, key) -> tuple[int, int]:
+  """The pair checked as ``sample`` checks it; returns the token grid ``(h, w)``."""
+  from maskbit_jax import bar
+  from maskbit_jax.sample import _check_call, check_pair
+
+  _check_call(gen, tok, key)
+  if _is_bar(gen):
+    bar.check_pair(gen, tok)
+    return tuple(gen.module.grid)
+  check_pair(gen, tok)
+  side = int(round(gen.seq_len ** 0.5))
+  return side, side
+
+
+def _encode(tok, images) -> jax.Array:
+  """Images ``[B, H, W, 3]`` in [0, 1] -> int32 tokens ``[B, h, w]`` (an LFQ tokenizer, or BAR-FSQ's encoder)."""
+  from maskbit_jax import bar
+  from maskbit_jax.tokenizer import validate_images
+
+  if not isinstance(tok, bar.BarFsqTokenizer):
+    return tok.encode(images)
+  if not tok.module.with_encoder:
+    raise ValueError("editing encodes the images: load the BAR tokenizer with load_bar_tokenizer(..., "
+                     "with_encoder=True)")
+  images = validate_images(images)
+  bits = _bar_fsq_encode(tok.params, images * 2.0 - 1.0, tok_module=tok.module)
+  from maskbit_jax.models.bar_fsq import pack_bits
+
+  return pack_bits(bits).reshape((images.shape[0],) + tuple(tok.grid))
+
+
+@functools.partial(jax.jit, static_argnames=("tok_module",))
+def _bar_fsq_encode(tok_params, images_m11, *, tok_module):
+  return tok_module.apply({"params": tok_params}, images_m11, method="encode_bits")
+
+
+def _image_hw(tok, grid) -> tuple[int, int]:
+  from maskbit_jax import bar
+
+  if isinstance(tok, bar.BarFsqTokenizer):
+    return tok.module.image_size, tok.module.image_size
+  return grid[0] * tok.latent_stride, grid[1] * tok.latent_stride
+
+
+def _batch(images, labels, nclass_check) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of one batch: one image with ``n`` labels is edited ``n`` times."""
+  labels = np.asarray(nclass_check(labels))
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[None]
+  if images.ndim == 4 and images.shape[0] == 1 and len(labels) > 1:
+    images = np.repeat(images, len(labels), axis=0)
+  if images.ndim == 4 and images.shape[0] != len(labels):
+    raise ValueError(f"{images.shape[0]} images but {len(labels)} labels: give one label per image "
+                     f"(or one image and several labels)")
+  return images, labels
+
+
+# ---------------------------------------------------------------- placement
+
+def _mesh_for(batch: int) -> jax.sharding.Mesh:
+  """Every local device as ``data x copies``, ``data`` the largest device count that divides ``batch`` (no
+  padding: padded rows would change the draws); over all of them, as the parameters ``sample``'s command
+  replicates."""
+  devices = jax.local_devices()
+  data = max(d for d in range(1, len(devices) + 1) if batch % d == 0 and len(devices) % d == 0)
+  return jax.sharding.Mesh(np.asarray(devices).reshape(data, -1), ("data", "copies"))
+
+
+def _place(mesh, *arrays):
+  spec = jax.sharding.PartitionSpec("data")
+  return tuple(jax.device_put(jnp.asarray(a), jax.sharding.NamedSharding(mesh, spec)) for a in arrays)
+
+
+_PLACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _params_on(model, mesh):
+  """``model.params`` replicated over ``mesh``, kept per model for its last mesh (the next batch of that
+  size sends nothing). Every argument of one program must share one mesh: parameters replicated over
+  another mesh of the same devices would leave XLA's output shardings unmappable."""
+  hit = _PLACED.get(model)
+  if hit is None or hit[0] != mesh:
+    hit = (mesh, jax.device_put(model.params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
+    _PLACED[model] = hit
+  return hit[1]
+
+
+# ---------------------------------------------------------------- generation with known bits
+
+@functools.partial(jax.jit, static_argnames=("gen_module", "tok_module", "settings", "decode"))
+def _maskbit_program(gen_params, tok_params, tokens_bhw, fixed_bhw, labels, key, *, gen_module, tok_module,
+                     settings, decode):
+  from maskbit_jax.sampling.maskgit_sampler import sample_tokens
+
+  bits, splits, b = gen_module.token_size, gen_module.codebook_splits, tokens_bhw.shape[0]
+
+  def logits_fn(tokens, labels, drop, step):
+    del step
+    return gen_module.apply({"params": gen_params}, tokens, labels, drop)
+
+  # the fixed-bit mask splits as the tokens do: split m of the mask is the mask of split m's bits
+  out = sample_tokens(logits_fn, labels, key, num_positions=gen_module.seq_len, codebook_splits=splits,
+                      mask_token=gen_module.mask_token, known_tokens=split_tokens(tokens_bhw.reshape(b, -1), bits, splits),
+                      known_bits=split_tokens(fixed_bhw.reshape(b, -1), bits, splits), **dict(settings))
+  tokens = combine_tokens(out, bits).reshape(tokens_bhw.shape)
+  images = tok_module.apply({"params": tok_params}, tokens, method="decode_tokens") if decode else None
+  return tokens, images
+
+
+def _token_bits_flat(x_bhw: jax.Array, token_bits: int) -> jax.Array:
+  """int32 ``[B, h, w]`` -> its bits ``[B, cells*K]`` (cells row-major, bit j = weight 2^j), BAR's layout."""
+  j = jnp.arange(token_bits, dtype=jnp.int32)
+  return ((x_bhw[..., None] >> j) & 1).reshape(x_bhw.shape[0], -1)
+
+
+def _random_order_model(gen) -> bool:
+  """True when the BAR model's training ended still on random generation orders (its anneal not finished)."""
+  cfg = gen.config
+  g = (cfg.get("model", None) or {}).get("generator", None) or {}
+  end, total = g.get("randomness_anneal_end", None), (cfg.get("training", None) or {}).get("max_train_steps", None)
+  return end is not None and total is not None and int(end) > int(total)
+
+
+def bar_orders(gen, fixed_bhw: np.ndarray, order: str = "auto") -> np.ndarray:
+  """The generation orders ``[B, L]`` (AR steps) that can keep ``fixed_bhw``'s bits, or a :class:`KeepMaskError`.
+
+  ``raster``: the kept steps must be a raster prefix; ``kept_first``: steps with kept bits first (in raster
+  order), then the others; ``auto``: ``kept_first`` for a model trained on random orders, else ``raster``.
+  """
+  if order not in ORDERS:
+    raise ValueError(f"order={order!r}: choose one of {ORDERS}")
+  if order == "auto":
+    order = "kept_first" if _random_order_model(gen) else "raster"
+  module = gen.module
+  kept = np.asarray(module.steps_from_bits(_token_bits_flat(jnp.asarray(fixed_bhw), module.token_bits))).any(-1)
+  if order == "kept_first":
+    return np.argsort(~kept, axis=-1, kind="stable").astype(np.int32)
+  first_free = np.argmin(kept, axis=-1)  # the first step with nothing kept (0 when every step keeps bits)
+  later = kept & (np.arange(kept.shape[1])[None] > first_free[:, None])
+  bad = np.flatnonzero(later.any(-1) & ~kept.all(-1))
+  if bad.size:
+    raise KeepMaskError(
+        f"image {bad[0]}: this BAR model generates in raster order (AR step = {module.patch_size}x"
+        f"{module.patch_size} tokens), so it can keep a raster prefix of its steps only (rows from the top, then "
+        f"a row's start), not kept tokens after generated ones; order='kept_first' forces the kept steps first "
+        f"(for a model trained on random orders)")
+  return np.broadcast_to(np.arange(kept.shape[1], dtype=np.int32), kept.shape).copy()
+
+
+def generate_known(gen, tok, tokens, fixed_bits, labels, key, *, decode: bool = True, order: str = "auto",
+                   **settings) -> dict:
+  """The core of ``edit`` / ``vary`` / ``outpaint``: tokens ``[B, h, w]`` whose bits under ``fixed_bits`` (a
+  per-token bit mask ``[B, h, w]``) are kept, the rest generated for ``labels [B]``."""
+  from maskbit_jax import bar
+  from maskbit_jax.sample import resolve_settings
+
+  tokens = np.asarray(tokens, np.int32)
+  fixed = np.asarray(fixed_bits, np.int32)
+  mesh = _mesh_for(tokens.shape[0])
+  if _is_bar(gen):
+    settings = bar.resolve_settings(gen, settings)
+    from maskbit_jax.sampling.bar_sampler import generate
+
+    orders = bar_orders(gen, fixed, order)
+    labels_p, bits_p, mask_p, orders_p = _place(mesh, labels.astype(np.int32), _token_bits_flat(tokens, gen.token_bits),
+                                                _token_bits_flat(fixed, gen.token_bits).astype(bool), orders)
+    out_bits = generate(gen.module, _params_on(gen, mesh), labels_p, key, orders=orders_p, known_bits=bits_p,
+                        known_mask=mask_p, **settings)
+    grid = tuple(gen.module.grid)
+    if decode:
+      out_tokens, images = bar.decode_bits(dataclasses.replace(tok, params=_params_on(tok, mesh)), out_bits, grid)
+    else:
+      out_tokens, images = bar.bits_to_tokens(out_bits, grid, gen.token_bits), None
+  else:
+    if order not in ORDERS:
+      raise ValueError(f"order={order!r}: choose one of {ORDERS}")
+    settings = resolve_settings(gen, settings)
+    labels_p, tokens_p, fixed_p = _place(mesh, labels.astype(np.int32), tokens, fixed)
+    out_tokens, images = _maskbit_program(_params_on(gen, mesh), _params_on(tok, mesh), tokens_p, fixed_p, labels_p, key,
+                                          gen_module=gen.module, tok_module=tok.module,
+                                          settings=tuple(sorted(settings.items())), decode=decode)
+  out = dict(tokens=out_tokens, input_tokens=jnp.asarray(tokens), fixed_bits=jnp.asarray(fixed))
+  if decode:
+    out["images"] = images
+  return out
+
+
+# ---------------------------------------------------------------- public API
+
+def edit(gen, tok, images, keep_mask, labels, key: jax.Array, *, decode: bool = True, order: str = "auto",
+         **settings) -> dict:
+  """Keeps the tokens of ``images`` under ``keep_mask`` and generates the others for ``labels``.
+
+  Args:
+    gen, tok: a MaskBit generator and its tokenizer, or a BAR generator and the tokenizer its bits decode with
+      (BAR-FSQ loaded ``with_encoder=True``).
+    images: float ``[B, H, W, 3]`` (or one ``[H, W, 3]``) in [0, 1] at the generator's resolution; one image
+      with several labels is edited once per label.
+    keep_mask: nonzero = keep; pixels ``[H, W]`` / ``[B, H, W]`` (a token is kept when all its pixels are) or
+      tokens ``[h, w]`` / ``[B, h, w]``. All zero: ``sample`` for the same key; all kept: the reconstruction.
+    labels: class ids ``[B]``; key: PRNG key (the same key gives the same images).
+    order: BAR only, see ``bar_orders``.
+    **settings: the sampler's, as for ``sample`` (default: the config's released settings).
+  Returns:
+    dict with ``tokens``, ``images`` (absent with ``decode=False``), ``input_tokens``, ``fixed_bits``.
+  """
+  grid = _check_models(gen, tok, key)
+  images, labels = _batch(images, labels, gen.check_labels)
+  tokens = _encode(tok, images)
+  keep = token_keep_mask(keep_mask, images.shape[0], images.shape[1:3], grid)
+  fixed = np.where(keep, (1 << gen.token_bits) - 1, 0).astype(np.int32)
+  return generate_known(gen, tok, tokens, fixed, labels, key, decode=decode, order=order, **settings)
+
+
+def vary(gen, tok, images, keep_bits, labels, key: jax.Array, *, decode: bool = True, **settings) -> dict:
+  """Every token of ``images`` keeps ``keep_bits`` (its ``n`` most significant bits, or a collection of bit
+  positions, 0 = least significant) and the generator resamples its other bits under that constraint.
+
+  ``keep_bits`` equal to the token width gives the reconstruction, 0 a plain sample. Arguments and result as
+  ``edit``.
+  """
+  _check_models(gen, tok, key)
+  images, labels = _batch(images, labels, gen.check_labels)
+  tokens = _encode(tok, images)
+  fixed = np.full(np.shape(tokens), kept_bits_mask(keep_bits, gen.token_bits), np.int32)
+  return generate_known(gen, tok, tokens, fixed, labels, key, decode=decode, order="raster", **settings)
+
+
+def outpaint_windows(canvas: tuple[int, int], grid: tuple[int, int], known: np.ndarray) -> list[tuple[int, int]]:
+  """Top-left corners of the ``grid``-sized windows that fill a ``canvas`` token grid from ``known [H, W]``.
+
+  Candidate windows overlap by half a window; each round takes the one with the most known tokens that still
+  has unknown ones (ties: raster order), until every token is known.
+  """
+  (ch, cw), (gh, gw) = canvas, grid
+
+  def starts(size, win):
+    step = max(1, win // 2)
+    return sorted(set(list(range(0, size - win + 1, step)) + [size - win]))
+
+  candidates = [(y, x) for y in starts(ch, gh) for x in starts(cw, gw)]
+  known = known.copy()
+  order = []
+  while not known.all():
+    counts = [(known[y:y + gh, x:x + gw].sum(), -i) for i, (y, x) in enumerate(candidates)
+              if not known[y:y + gh, x:x + gw].all()]
+    _, neg_i = max(counts)
+    y, x = candidates[-neg_i]
+    order.append((y, x))
+    known[y:y + gh, x:x + gw] = True
+  return order
+
+
+def outpaint(gen, tok, images, labels, key: jax.Array, *, pad: tuple[int, int, int, int], order: str = "auto",
+             **settings) -> dict:
+  """Extends ``images`` by ``pad = (top, bottom, left, right)`` tokens: windows of the generator's token grid
+  are generated one after the other around the kept image (``outpaint_windows``; window ``i`` draws with
+  ``fold_in(key, i)``), each keeping what is known so far, and the whole canvas is decoded at once.
+
+  MaskBit: any direction. BAR: a raster-order model can extend downwards only (its windows must keep a raster
+  prefix); the BAR-FSQ decoder decodes one fixed grid, so outpainting needs an LFQ tokenizer there.
+  Returns ``tokens [B, h + top + bottom, w + left + right]``, ``images`` and ``fixed_bits`` of the canvas.
+  """
+  from maskbit_jax import bar
+
+  grid = _check_models(gen, tok, key)
+  top, bottom, left, right = (int(p) for p in pad)
+  if min(top, bottom, left, right) < 0:
+    raise KeepMaskError(f"pad {pad} must be non-negative token counts (top, bottom, left, right)")
+  if isinstance(tok, bar.BarFsqTokenizer):
+    raise ValueError("the BAR-FSQ decoder decodes its own fixed token grid only: outpaint with a BAR on LFQ "
+                     "tokens, or a MaskBit model")
+  images, labels = _batch(images, labels, gen.check_labels)
+  tokens = np.asarray(_encode(tok, images))
+  b, (gh, gw) = tokens.shape[0], grid
+  canvas = np.zeros((b, gh + top + bottom, gw + left + right), np.int32)
+  known = np.zeros(canvas.shape[1:], bool)
+  canvas[:, top:top + gh, left:left + gw] = tokens
+  known[top:top + gh, left:left + gw] = True
+  full = (1 << gen.token_bits) - 1
+  for i, (y, x) in enumerate(outpaint_windows(canvas.shape[1:], grid, known)):
+    window = np.broadcast_to(np.where(known[y:y + gh, x:x + gw], full, 0), (b, gh, gw)).astype(np.int32)
+    out = generate_known(gen, tok, canvas[:, y:y + gh, x:x + gw], window, labels, jax.random.fold_in(key, i),
+                         decode=False, order=order, **settings)
+    canvas[:, y:y + gh, x:x + gw] = np.asarray(out["tokens"])
+    known[y:y + gh, x:x + gw] = True
+  fixed = np.zeros(canvas.shape, np.int32)
+  fixed[:, top:top + gh, left:left + gw] = full
+  return dict(tokens=jnp.asarray(canvas), images=tok.decode_tokens(canvas), input_tokens=jnp.asarray(tokens),
+              fixed_bits=jnp.asarray(fixed))
+
+
+# ---------------------------------------------------------------- command
+
+def _ints(text: str, flag: str, count: int | None = None) -> tuple[int, ...]:
+  try:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{flag} must be comma-separated integers, got {text!r}") from None
+  if count is not None and len(values) != count:
+    raise argparse.ArgumentTypeError(f"{flag} needs {count} integers, got {text!r}")
+  return values
+
+
+def _parse(argv):
+  from maskbit_jax.config import add_config_help, split_config_args
+  from maskbit_jax.sample import SAMPLER_ARGS
+
+  config, overrides, rest = split_config_args(argv)
+  p = cli_errors.parser("python -m maskbit_jax.edit", __doc__)
+  add_config_help(p, required="default: the config stored with --generator when that is one of our exports")
+  p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the config's)")
+  p.add_argument("--generator", help="generator checkpoint (default: experiment.generator_checkpoint)")
+  p.add_argument("--random_init", action="store_true", help="untrained weights for both (smoke test)")
+  p.add_argument("--image", required=True, help="the image to edit (resized and centre-cropped to the model's size)")
+  what = p.add_mutually_exclusive_group(required=True)
+  what.add_argument("--mask", help="mask image: white (> 127) pixels are regenerated, the others kept")
+  what.add_argument("--box", help="x0,y0,x1,y1 pixels (end exclusive, at the model's size) to regenerate")
+  what.add_argument("--keep_bits", type=int, help="vary: every token keeps its N most significant bits")
+  what.add_argument("--outpaint", help="top,bottom,left,right tokens to add around the image")
+  p.add_argument("--classes", required=True, help="comma-separated class ids, one output each, e.g. 3,5")
+  p.add_argument("--order", choices=ORDERS, default="auto", help="BAR: generation order (see the module doc)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", required=True)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+  for name in ("num_steps", "guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
+    p.add_argument(f"--{name}", type=int if name == "num_steps" else float)
+  p.add_argument("--guidance_annealing", choices=("none", "linear", "cosine"))
+  p.add_argument("--mask_schedule_strategy", choices=("linear", "square", "cosine", "arccos", "root"))
+  p.add_argument("--use_sampling_annealing", choices=("true", "false"))
+  p.add_argument("--tokens_allocation", help="BAR: bits revealed per MBM step, comma-separated (e.g. 2,2,5,7)")
+  args = p.parse_args(rest)
+  if config is None:
+    from maskbit_jax import checkpointing
+
+    config = checkpointing.stored_config(args.generator)
+    if config is None:
+      p.error("--config is required, unless --generator is one of our exports (its stored config is used)")
+  if args.random_init and (args.tokenizer or args.generator):
+    p.error("--random_init excludes --tokenizer/--generator")
+  try:
+    args.class_ids = list(_ints(args.classes, "--classes"))
+    args.box = None if args.box is None else _ints(args.box, "--box", 4)
+    args.outpaint = None if args.outpaint is None else _ints(args.outpaint, "--outpaint", 4)
+    if args.tokens_allocation is not None:
+      args.tokens_allocation = _ints(args.tokens_allocation, "--tokens_allocation")
+  except argparse.ArgumentTypeError as e:
+    p.error(str(e))
+  if not args.class_ids:
+    p.error("--classes names no class id")
+  for flag in ("guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
+    value = getattr(args, flag)
+    if value is not None and not math.isfinite(value):
+      p.error(f"--{flag} {value}: must be a finite number")
+  from maskbit_jax.image_io import check_output_path
+
+  try:
+    check_output_path(args.out, folder=True)
+  except ValueError as e:
+    p.error(f"--out: {e}")
+  args.sampler_args = SAMPLER_ARGS
+  return config, overrides, args
+
+
+def _models(cfg, args):
+  """(generator, tokenizer, settings) of a MaskBit or BAR config; a BAR-FSQ tokenizer with its encoder."""
+  from maskbit_jax import bar
+  from maskbit_jax.sample import _maskbit_models
+
+  if not bar.is_bar_config(cfg):
+    gen, tok, settings, _ = _maskbit_models(cfg, args)
+    return gen, tok, settings
+  maskbit_only = [k for k in args.sampler_args if k not in bar.SAMPLING_KEYS and getattr(args, k) is not None]
+  if maskbit_only:
+    raise ValueError(f"{', '.join('--' + k for k in maskbit_only)}: MaskBit settings; a BAR config takes "
+                     f"{', '.join('--' + k for k in bar.SAMPLING_KEYS)}")
+  tok = bar.load_bar_tokenizer(cfg, args.tokenizer, random_init=args.random_init, seed=args.seed, dtype=args.dtype,
+                               with_encoder=True)
+  gen = bar.load_bar_generator(cfg, args.generator, random_init=args.random_init, seed=args.seed + 1,
+                               dtype=args.dtype)
+  return gen, tok, {k: getattr(args, k) for k in bar.SAMPLING_KEYS}
+
+
+def _square(image_u8: np.ndarray, side: int) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` -> float32 ``[side, side, 3]`` in [0, 1]: centre crop to a square, bicubic resize."""
+  from PIL import Image
+
+  h, w = image_u8.shape[:2]
+  s = min(h, w)
+  crop = image_u8[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+  return np.asarray(Image.fromarray(crop).resize((side, side), Image.BICUBIC), np.float32) / 255.0
+
+
+def _read_mask(path: str, side: int) -> np.ndarray:
+  """A mask image -> pixel keep mask ``[side, side]``: white (> 127) is regenerated."""
+  from PIL import Image
+
+  from maskbit_jax.image_io import read_rgb
+
+  gray = read_rgb(path).astype(np.float32).mean(-1)
+  h, w = gray.shape
+  s = min(h, w)
+  crop = gray[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].astype(np.uint8)
+  return np.asarray(Image.fromarray(crop).resize((side, side), Image.NEAREST)) <= 127
+
+
+def kept_fraction(fixed_bhw: np.ndarray, token_bits: int) -> np.ndarray:
+  """The fraction of each token's bits that is kept: float ``[..., h, w]`` in [0, 1]."""
+  fixed = np.asarray(fixed_bhw, np.int64)
+  return sum((fixed >> j) & 1 for j in range(token_bits)) / token_bits
+
+
+def _mask_picture(image: np.ndarray, kept_hw: np.ndarray, stride: int) -> np.ndarray:
+  """The input with its generated tokens greyed out (partly kept tokens partly), for the grid."""
+  weight = np.kron(kept_hw, np.ones((stride, stride)))[..., None]
+  return (image * (0.25 + 0.75 * weight) + 0.375 * (1 - weight)).astype(np.float32)
+
+
+def main(argv=None) -> int:
+  config, overrides, args = _parse(sys.argv[1:] if argv is None else argv)
+  from maskbit_jax import image_io
+  from maskbit_jax.config import load_config
+  from maskbit_jax.data.sample_images import class_caption
+  from maskbit_jax.sample import _replicated
+
+  cfg = load_config(config, overrides)
+  gen, tok, settings = _models(cfg, args)
+  gen, tok = _replicated(gen), _replicated(tok)
+  if args.random_init:
+    print("NOTE: random (untrained) weights; the images are not meaningful.")
+  gen.check_labels(args.class_ids)
+  grid = _check_models(gen, tok, jax.random.key(0))
+  side = _image_hw(tok, grid)[0]
+  image = _square(image_io.read_rgb(args.image), side)
+  labels = np.asarray(args.class_ids, np.int64)
+  key = jax.random.key(args.seed)
+  start = time.perf_counter()
+  if args.keep_bits is not None:
+    out = vary(gen, tok, image, args.keep_bits, labels, key, **settings)
+  elif args.outpaint is not None:
+    out = outpaint(gen, tok, image, labels, key, pad=args.outpaint, order=args.order, **settings)
+  else:
+    keep = _read_mask(args.mask, side) if args.mask else box_keep_mask((side, side), args.box)
+    out = edit(gen, tok, image, keep, labels, key, order=args.order, **settings)
+  outputs = np.asarray(out["images"])
+  seconds = time.perf_counter() - start
+
+  # the input placed where it lies on the (possibly larger) canvas, then the mask picture
+  top, left = (args.outpaint[0], args.outpaint[2]) if args.outpaint else (0, 0)
+  stride = side // grid[0]
+  canvas_in = np.full(outputs.shape[1:], 0.5, np.float32)
+  canvas_in[top * stride:top * stride + side, left * stride:left * stride + side] = image
+  fixed = np.asarray(out["fixed_bits"])[0]
+  full = (1 << gen.token_bits) - 1
+  picture = _mask_picture(canvas_in, kept_fraction(fixed, gen.token_bits), stride)
+  source = (cfg.get("dataset", None) or {}).get("source", "")
+  captions = ["input", "kept (bright)"] + [class_caption(int(c), source) for c in labels]
+  paths.makedirs(args.out)
+  for i, (label, img) in enumerate(zip(labels, outputs)):
+    image_io.save_png(paths.join(args.out, f"{i:05d}_class{label}.png"), img)
+  grid_images = np.concatenate([canvas_in[None], picture[None], outputs])
+  image_io.save_labelled_grid(paths.join(args.out, "grid.png"), grid_images, captions, min(len(captions), 8))
+  kept = int(np.count_nonzero(fixed == full))
+  summary = dict(images=len(labels), seconds=round(seconds, 3), kept_tokens=kept, tokens=int(fixed.size),
+                 random_init=bool(args.random_init), mode="vary" if args.keep_bits is not None else
+                 "outpaint" if args.outpaint else "edit")
+  paths.write_text_atomic(paths.join(args.out, "summary.json"), json.dumps(summary, indent=1))
+  print(json.dumps(summary))
+  print(f"wrote {len(labels)} images and {paths.join(args.out, 'grid.png')}")
+  return 0
+
+
+class _CallableModule(types.ModuleType):
+  """``maskbit_jax.edit`` is both this module and the ``edit`` function (as ``maskbit_jax.sample``)."""
+
+  def __call__(self, *args, **kwargs):
+    return edit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["KeepMaskError", "bar_orders", "box_keep_mask", "edit", "generate_known", "kept_bits_mask", "kept_fraction",
+           "outpaint", "outpaint_windows", "token_keep_mask", "vary"]
+
+if __name__ == "__main__":
+  sys.exit(cli_errors.run(main))
