@@ -19,6 +19,7 @@ COMMANDS = {
     "maskbit-convert": "maskbit_jax.convert.cli",
     "maskbit-pretokenize": "maskbit_jax.pretokenize",
     "maskbit-reconstruct": "maskbit_jax.reconstruct",
+    "maskbit-edit": "maskbit_jax.edit",
 }
 
 
@@ -33,3 +34,4 @@ evaluate = functools.partial(_run, "maskbit-evaluate")
 convert = functools.partial(_run, "maskbit-convert")
 pretokenize = functools.partial(_run, "maskbit-pretokenize")
 reconstruct = functools.partial(_run, "maskbit-reconstruct")
+edit = functools.partial(_run, "maskbit-edit")

@@ -91,7 +91,7 @@ def test_the_installed_wheel_loads_configs_by_name_and_samples(tmp_path):
   assert "images (2, " in proc.stdout and f"config {venv}" in proc.stdout, proc.stdout
 
   for script in ("maskbit-train", "maskbit-sample", "maskbit-evaluate", "maskbit-convert", "maskbit-pretokenize",
-                 "maskbit-reconstruct"):
+                 "maskbit-reconstruct", "maskbit-edit"):
     assert (venv / "bin" / script).is_file(), script
   out = tmp_path / "out"
   proc = proc_wait.run([venv / "bin" / "maskbit-sample", "--config", "generator_tiny", "--random_init", "--classes",
