@@ -2,8 +2,9 @@
 
 Each notebook is executed with nbclient in a fresh IPython kernel of this interpreter, on the
 tiny configs (``MASKBIT_NB_FAST=1``, which the notebooks' parameters cells read) with a few
-steps; a cell injected after the "parameters" cell points the outputs at a temporary folder
-(and, for the tokenizer notebook, at a checkpoint made here). A cell error fails the test with
+steps; a cell injected after the "parameters" cell points the outputs at a temporary folder and names
+released weights, which resolve against a stand-in hub on 127.0.0.1 serving the golden tiny checkpoints
+(``test_weights_registry.tiny_release``; the kernel's HF_ENDPOINT, HF_HOME and MASKBIT_WEIGHTS_REGISTRY). A cell error fails the test with
 the cell's traceback; the key outputs (printed lines, displayed images, written PNGs) are checked.
 """
 
@@ -22,6 +23,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 from conftest import REPO, drop_simulated_devices  # noqa: E402
+from test_weights_registry import StandIn, hub_env, tiny_release  # noqa: E402
 
 COLAB = REPO / "colab"
 NOTEBOOKS = ("tokenizer", "maskbit_sampling", "bar_sampling", "train_tiny")
@@ -42,14 +44,26 @@ def test_notebook_committed_without_outputs(name):
   code = [c for c in nb.cells if c.cell_type == "code"]
   dirty = [i for i, c in enumerate(code) if c.outputs or c.execution_count is not None]
   assert not dirty, f"{name}.ipynb: code cells {dirty} hold outputs or execution counts; strip them"
-  assert "pip" in code[0].source and "<ORG>" in code[0].source, f"{name}.ipynb: first cell must install the package"
+  setup = code[0].source
+  assert "pip" in setup and setup.count("INSTALL_SOURCE = ") == 1, \
+      f"{name}.ipynb: the first cell installs the package from INSTALL_SOURCE, given once"
+  assert "<ORG>" not in setup and "COLAB_TPU_ADDR" not in setup, f"{name}.ipynb: the install cell needs no editing"
+  assert any("jax.devices()[0].platform" in c.source for c in code), f"{name}.ipynb: reports jax's platform"
   params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
   assert len(params) == 1, f"{name}.ipynb: needs exactly one code cell tagged 'parameters', found {len(params)}"
   assert "MASKBIT_NB_FAST" in params[0].source, f"{name}.ipynb: parameters cell must honour MASKBIT_NB_FAST"
 
 
 @pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory):
+def stand_in():
+  server = StandIn()
+  yield server
+  server.shutdown()
+  server.server_close()
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory, stand_in):
   """A kernelspec for this interpreter (found through JUPYTER_PATH) and the kernel's environment."""
   jupyter = tmp_path_factory.mktemp("jupyter")
   spec = jupyter / "kernels" / KERNEL
@@ -63,8 +77,19 @@ def kernel_env(tmp_path_factory):
   env = dict(os.environ)
   # one CPU device in the kernel (the tests' 8 simulated devices would split the tiny batches 8 ways)
   drop_simulated_devices(env)
-  env.update(MASKBIT_NB_FAST="1", MASKBIT_REPO=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
+  env.update(MASKBIT_NB_FAST="1", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+  # released names resolve against the stand-in hub (golden tiny checkpoints); nothing leaves loopback
+  from conftest import golden_path
+
+  golden = golden_path()
+  if (golden / "fixture_configs.json").is_file():
+    hub_dir = tmp_path_factory.mktemp("hub")
+    registry = tiny_release(stand_in, golden, json.loads((golden / "fixture_configs.json").read_text()), hub_dir)
+    (hub_dir / "registry.json").write_text(json.dumps(registry))
+    env.update(hub_env(hub_dir, stand_in), MASKBIT_WEIGHTS_REGISTRY=str(hub_dir / "registry.json"))
+  for key in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "TRANSFORMERS_OFFLINE"):
+    env.pop(key, None)
   yield env
   for k, v in saved.items():
     if v is None:
@@ -107,38 +132,37 @@ def _children_cpu() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def _tiny_tokenizer_bin(path) -> str:
-  """A released-format ``.bin`` of the tiny tokenizer (random weights), written like the release."""
-  import maskbit_jax
-  from maskbit_jax.checkpointing import save_params
-  from maskbit_jax.convert.cli import main as convert_main
-
-  tok = maskbit_jax.load_tokenizer(str(REPO / "configs/tokenizer_tiny.py"), random_init=True, seed=3)
-  orbax = save_params(path / "orbax", tok.params, kind="tokenizer", config=tok.config.to_dict())
-  out = str(path / "tokenizer_tiny.bin")
-  assert convert_main(["--checkpoint", orbax, "--out", out]) == 0
-  return out
+def _need_release(env):
+  if "MASKBIT_WEIGHTS_REGISTRY" not in env:
+    pytest.skip("golden fixtures not found (set MASKBIT_GOLDEN): no tiny release to serve")
 
 
-def test_tokenizer_notebook(tmp_path, kernel_env):
-  checkpoint = _tiny_tokenizer_bin(tmp_path)
+def test_tokenizer_notebook(tmp_path, kernel_env, stand_in):
+  _need_release(kernel_env)
   out = tmp_path / "out"
-  text, pngs, timing = run_notebook("tokenizer", tmp_path, kernel_env, TOKENIZER_CHECKPOINT=checkpoint,
-                                     OUT_DIR=str(out))
+  # released names: the config and the file of the (stand-in) release, downloaded and converted
+  text, pngs, timing = run_notebook("tokenizer", tmp_path, kernel_env, CONFIG="maskbit_tokenizer_tiny",
+                                     TOKENIZER_CHECKPOINT="maskbit_tokenizer_tiny", OUT_DIR=str(out))
   assert "python -m maskbit_jax.convert" in text and "converted in" in text
   assert (out / "converted_tokenizer").is_dir()
   assert RANDOM_NOTICE not in text
   assert "PSNR" in text and "12-bit tokens" in text
+  assert stand_in.gets("maskbit_tokenizer_tiny.bin")
   for png in ("reconstructions.png", "bit_planes.png", "bit_flips.png"):
     assert (out / png).is_file(), png
   assert pngs >= 3
   print(timing)
 
 
-def test_maskbit_sampling_notebook(tmp_path, kernel_env):
+def test_maskbit_sampling_notebook(tmp_path, kernel_env, stand_in):
+  _need_release(kernel_env)
   out = tmp_path / "out"
-  text, pngs, timing = run_notebook("maskbit_sampling", tmp_path, kernel_env, OUT_DIR=str(out))
-  assert text.count(RANDOM_NOTICE) == 2  # tokenizer and generator
+  text, pngs, timing = run_notebook("maskbit_sampling", tmp_path, kernel_env, OUT_DIR=str(out),
+                                     CONFIG="maskbit_generator_tiny", TOKENIZER_CHECKPOINT="maskbit_tokenizer_tiny",
+                                     GENERATOR_CHECKPOINT="maskbit_generator_tiny",
+                                     GUIDANCE_SCALES=[1.0, 2.0], NUM_STEPS=[4, 8])  # 2.0 and 8: its released ones
+  assert RANDOM_NOTICE not in text
+  assert stand_in.gets("maskbit_generator_tiny.bin")
   for png in ("samples.png", "sweep_guidance_scale.png", "sweep_num_steps.png"):
     assert (out / png).is_file(), png
   assert pngs >= 3
@@ -146,9 +170,14 @@ def test_maskbit_sampling_notebook(tmp_path, kernel_env):
 
 
 def test_bar_sampling_notebook(tmp_path, kernel_env):
+  _need_release(kernel_env)
   out = tmp_path / "out"
-  text, pngs, timing = run_notebook("bar_sampling", tmp_path, kernel_env, OUT_DIR=str(out))
-  assert text.count(RANDOM_NOTICE) == 4  # BAR and MaskBit, tokenizer and generator each
+  # BAR on random weights (FAST: the tiny configs), MaskBit by released name
+  text, pngs, timing = run_notebook("bar_sampling", tmp_path, kernel_env, OUT_DIR=str(out),
+                                     MASKBIT_CONFIG="maskbit_generator_tiny",
+                                     MASKBIT_TOKENIZER_CHECKPOINT="maskbit_tokenizer_tiny",
+                                     MASKBIT_GENERATOR_CHECKPOINT="maskbit_generator_tiny")
+  assert text.count(RANDOM_NOTICE) == 2  # BAR's tokenizer and generator
   assert "BAR also returns the bits" in text
   for png in ("bar_samples.png", "maskbit_samples.png", "bar_vs_maskbit.png"):
     assert (out / png).is_file(), png
