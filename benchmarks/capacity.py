@@ -307,7 +307,8 @@ def bar_plan(config: str, batches: tuple[int, ...]) -> ModelPlan:
   module = build_bar_module(bar_fields(cfg), dtype=dtype)
   opt = bar_optim.bar_optimizer_settings(cfg)
   opt["gradient_accumulation_steps"] = 1
-  tx = bar_optim.make_bar_optimizer(**opt, name_fn=bar_param_mapping().torch_key)
+  tx = bar_optim.make_bar_optimizer(**opt, name_fn=bar_param_mapping().torch_key,
+                                  stacked_fn=bar_param_mapping().is_stacked)
   settings = bs.BarSettings.from_config(cfg)
   boxed = abstract_bar_params(module)
 

@@ -81,7 +81,7 @@ def bar_fields(cfg: ml_collections.ConfigDict) -> dict:
               target_codebook_size=int(gen.target_codebook_size),
               repeat_class_condition=int(gen.get("repeat_class_condition", 32)),
               dropout=float(gen.get("dropout", 0.0)), head_width=int(head.get("width", 2048)),
-              head_layers=int(head.get("num_layers", 3)), remat=bool(gen.get("use_checkpoint", False)),
+              head_layers=int(head.get("num_layers", 3)), remat_policy=str(gen.get("remat_policy", "full" if gen.get("use_checkpoint", False) else "none")),
               class_label_dropout=float(gen.get("class_label_dropout", 0.0)))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import golden_bar_path
+from maskbit_jax.models.bar_generator import backbone_intermediates
 from maskbit_jax.models.bar_mbm_head import collect_intermediates
 from test_bar_generator import _generator_names, load_bar_fixture
 
@@ -54,7 +55,7 @@ def bf16_case(request, golden_bar):
 
 def test_backbone_stream_is_float32_and_head_as_autocast(bf16_case):
   module, _, _, _, (_, logits, tree) = bf16_case
-  inter = collect_intermediates(tree, skip=("lm_head",))
+  inter = backbone_intermediates(tree)
   for name in ["block_input", "adaln_cond", "final_norm"] + [f"block{i}" for i in range(module.depth)]:
     assert inter[name].dtype == jnp.float32, name
   for name in ("block0_qkv", "block0_attn", "block0_mlp", "block0_adaln", "latent_condition_proj"):
@@ -82,7 +83,7 @@ def test_every_matmul_is_bf16(bf16_case):
 
 def test_closer_to_the_float32_reference(bf16_case):
   module, _, io, _, (loss, logits, tree) = bf16_case
-  inter = collect_intermediates(tree, skip=("lm_head",))
+  inter = backbone_intermediates(tree)
   last = f"block{module.depth - 1}"
   residual, z = _rel(inter[last], io[f"inter_{last}"]), _rel(inter["latent_condition_proj"],
                                                               io["inter_latent_condition_proj"])

@@ -24,8 +24,8 @@ from maskbit_jax.convert.bar_mapping import (CHECKPOINT_KIND, ROPE_ATOL, bar_fla
                                              bar_state_to_flax, load_bar_params, mbm_head_flax_to_torch_state)
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, flax_to_torch_state, torch_state_to_flax
-from maskbit_jax.models.bar_generator import (BarGenerator, abstract_bar_params, build_bar_module, gather_steps,
-                                              patchify, rope_tables, unpatchify)
+from maskbit_jax.models.bar_generator import (BarGenerator, abstract_bar_params, backbone_intermediates,
+                                              build_bar_module, gather_steps, patchify, rope_tables, unpatchify)
 from maskbit_jax.models.bar_mbm_head import MBMHead, collect_intermediates, mbm_loss, mbm_masking
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -150,7 +150,7 @@ def gen_forward(gen_case):
   def loss_fn(p):
     (loss, aux), state = module.apply({"params": p}, jnp.asarray(io["bits"]), jnp.asarray(io["condition_ids"]),
                                       jnp.asarray(io["orders"]), mask_draws=draws, mutable=["intermediates"])
-    return loss, (aux, collect_intermediates(state["intermediates"], skip=("lm_head",)))
+    return loss, (aux, backbone_intermediates(state["intermediates"]))
 
   (loss, (aux, inter)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
   return loss, aux, inter, grads
@@ -342,8 +342,8 @@ def test_patch4_layout_and_cache():
       params)
   cached = _cached_conditions(module, params, bits, cond, orders)
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=1e-5, atol=1e-5)
-  rematted = jax.jit(lambda p: module.clone(remat=True).apply({"params": p}, bits, cond, orders,
-                                                             method=BarGenerator.latent_conditions))(params)
+  rematted = jax.jit(lambda p: module.clone(remat_policy="full").apply({"params": p}, bits, cond, orders,
+                                                                     method=BarGenerator.latent_conditions))(params)
   np.testing.assert_array_equal(np.asarray(rematted), np.asarray(full))
 
 

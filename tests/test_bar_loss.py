@@ -320,10 +320,15 @@ def test_generator_fixture_loss_and_param_grads_through_the_model(name, golden, 
   for key in keys:
     _close(torch_grads[key[len("grad."):]], io[key], key)
   # Only the reference's trainable parameters have gradients in the fixture, and our optimizer groups agree.
-  labels = traverse_util.flatten_dict(bar_optim.param_labels(params, name_fn=api["bar_param_mapping"]().torch_key))
+  # (decided per layer, on the PyTorch names; the scanned blocks' stacked leaves get their layer's label)
   mapping = api["bar_param_mapping"]()
+  labels = traverse_util.flatten_dict(bar_optim.param_labels(mapping.per_layer(params), name_fn=mapping.torch_key))
   trainable = {mapping.torch_key(p) for p, lbl in labels.items() if lbl != bar_optim.FROZEN}
   assert trainable == {k[len("grad."):] for k in keys}
+  stacked = bar_optim.param_labels(params, name_fn=mapping.torch_key, stacked_fn=mapping.is_stacked)
+  codes = sorted(set(labels.values()))
+  coded = mapping.per_layer(jax.tree.map(lambda x, lbl: np.full(x.shape, codes.index(lbl)), params, stacked))
+  assert {p: codes[int(v.flat[0])] for p, v in traverse_util.flatten_dict(coded).items()} == labels
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,8 @@ flax paths map onto the PyTorch names with a few module rewrites
 (``blocks_3`` -> ``blocks.3``, ``transformer_0`` -> ``transformer.0``,
 ``adaLN_modulation_1`` -> ``adaLN_modulation.1``, ``mlp_0`` -> ``mlp.0``);
 raw parameters (``cls_token``, ``pos_embed``, ``t_embedder.W``, ...) keep
-their names, Linear kernels are transposed.
+their names, Linear kernels are transposed. The scanned blocks (``blocks/...``,
+leading layer axis) are the per-layer ``blocks.<i>`` modules of the files.
 
 The released files also hold, once per block, the persistent RoPE buffers
 ``blocks.<i>.attn.rope.freqs_cos/freqs_sin``. The port derives these tables
@@ -28,14 +29,15 @@ import numpy as np
 from maskbit_jax import checkpointing
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.loading import load_params
-from maskbit_jax.convert.param_mapping import (CheckpointMismatchError, ParamMapping, expected_torch_shapes,
-                                               flax_to_torch_state, torch_state_to_flax)
+from maskbit_jax.convert.param_mapping import (CheckpointMismatchError, LayerStack, ParamMapping,
+                                               expected_torch_shapes, flax_to_torch_state, torch_state_to_flax)
 from maskbit_jax.models.bar_generator import BarGenerator, rope_tables
 
 BAR_RULES = (
     (r"(^|\.)(blocks|transformer)_(\d+)(?=\.|$)", r"\1\2.\3"),
     (r"(^|\.)(adaLN_modulation|mlp)_(\d+)(?=\.|$)", r"\1\2.\3"),
 )
+BAR_LAYERS = LayerStack("blocks", {"": "blocks_{}"})
 ROPE_ATOL = 1e-6
 CHECKPOINT_KIND = "bar_generator"
 
@@ -49,7 +51,7 @@ _HEAD_BLOCK_KEYS = ("in_ln.weight", "mlp.w12.weight", "mlp.w12.bias", "mlp.w3.we
 
 def bar_param_mapping() -> ParamMapping:
   """The name map of both the generator and the standalone head (no buffers: see the module docstring)."""
-  return ParamMapping(BAR_RULES)
+  return ParamMapping(BAR_RULES, layer_stacks=(BAR_LAYERS,))
 
 
 def mbm_head_key_order(num_layers: int) -> list[str]:

@@ -19,7 +19,10 @@ The sequence is ``[cls, class_emb x R, step tokens in generation order]``
   cell, the second half of the query heads the target cell.
 
 Blocks are pre-norm with RMSNorm, QK-RMSNorm, SwiGLU and adaLN-Zero; the
-causal mask covers the whole sequence. Outputs at positions ``P-1 .. P-1+L-1``
+causal mask covers the whole sequence. They run as one ``nn.scan``
+(``models.stack``): parameters ``blocks/...`` with a leading layer axis, the
+key/value cache ``(k, v)`` of all blocks ``[depth, B, H, P + L, hd]`` each,
+carried through the scan and updated in place. Outputs at positions ``P-1 .. P-1+L-1``
 go through RMSNorm and ``latent_condition_proj`` and condition the MBM head
 for steps ``0 .. L-1``.
 
@@ -58,10 +61,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax.models import initializers, layers
+from maskbit_jax.models import initializers, layers, stack
 from maskbit_jax.losses.bar_masking import draw_mbm_masking, mbm_masking
 from maskbit_jax.losses.bar_mbm_loss import mbm_loss
-from maskbit_jax.models.bar_mbm_head import OUT, MBMHead, RMSNorm, SwiGLU, dense, embed, modulate, swiglu_hidden
+from maskbit_jax.models.bar_mbm_head import (OUT, MBMHead, RMSNorm, SwiGLU, collect_intermediates, dense, embed,
+                                            modulate, swiglu_hidden)
 
 _INIT = initializers.trunc_normal_02  # cls_token and the position / timestep tables
 ROPE_THETA = 10000.0
@@ -149,7 +153,7 @@ class Attention(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x_btd, rope_cur, rope_tgt, *, cache=None, offset=None, deterministic=True):
+  def __call__(self, x_btd, rope_cur, rope_tgt, *, cache=None, layer=None, offset=None, deterministic=True):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
     b, t, _ = x_btd.shape
     hd = self.dim // self.heads
@@ -173,10 +177,13 @@ class Attention(nn.Module):
       visible = jnp.tril(jnp.ones((t, t), bool))
     else:
       # Keys are stored rotated; query i (absolute position offset + i) sees cache rows <= offset + i.
-      k_cache, v_cache = cache
-      keys = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, offset, 0))
-      values = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, offset, 0))
-      cache = (keys, values)
+      # Only this block's new rows are written into the all-blocks cache (in place in the scan's carry).
+      k_all, v_all = cache
+      start = (layer, 0, 0, offset, 0)
+      k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
+      v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+      cache = (k_all, v_all)
+      keys, values = k_all[layer], v_all[layer]
       visible = jnp.arange(keys.shape[2])[None, :] <= offset + jnp.arange(t)[:, None]
     # scores accumulate and stay float32, as in a fused bf16 attention kernel
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, keys.astype(q.dtype), precision=self.precision,
@@ -193,6 +200,8 @@ class Attention(nn.Module):
 class Block(nn.Module):
   """Pre-norm adaLN-Zero block: ``x += g1 * attn(mod(norm1 x))``, ``x += g2 * mlp(mod(norm2 x))``.
 
+  The body of the scan over depth: ``((x, cache), layer, c, rope_cur, rope_tgt, offset, deterministic)
+  -> ((x, cache), None)``; ``layer`` is the block's index, the slice of the all-blocks cache it writes.
   ``x`` and ``c`` are float32 (``STREAM_DTYPE``); the branches compute in ``dtype``.
   """
 
@@ -205,14 +214,15 @@ class Block(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x, c, rope_cur, rope_tgt, cache=None, offset=None, deterministic=True):
+  def __call__(self, carry, layer, c, rope_cur, rope_tgt, offset=None, deterministic=True):
+    x, cache = carry
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
     ada = dense(6 * self.dim, ("embed", "mlp"), "adaLN_modulation_1", zero_init=True, **kw)(nn.silu(c))
     self.sow("intermediates", f"{self.tag}_adaln", ada)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(ada, 6, axis=-1)
     h = modulate(RMSNorm(param_dtype=self.param_dtype, name="norm1")(x), shift_msa, scale_msa)
     h, cache = Attention(self.dim, self.heads, self.tag, self.dropout, name="attn", **kw)(
-        h, rope_cur, rope_tgt, cache=cache, offset=offset, deterministic=deterministic)
+        h, rope_cur, rope_tgt, cache=cache, layer=layer, offset=offset, deterministic=deterministic)
     self.sow("intermediates", f"{self.tag}_attn", h)
     x = x + gate_msa * h
     h = modulate(RMSNorm(param_dtype=self.param_dtype, name="norm2")(x), shift_mlp, scale_mlp)
@@ -221,7 +231,25 @@ class Block(nn.Module):
     x = x + gate_mlp * h
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     self.sow("intermediates", self.tag, x)
-    return x, cache
+    return (x, cache), None
+
+
+BLOCK_TAG = "block"  # the scanned blocks sow block_adaln, ..., one slice per layer (see backbone_intermediates)
+
+
+def backbone_intermediates(tree) -> dict:
+  """``{sow name: array}`` of the backbone (head left out), the scanned blocks' values split per layer:
+  ``block_adaln [L, ...]`` -> ``block<i>_adaln``."""
+  tree = dict(tree)
+  blocks = tree.pop("blocks", {})
+  out = collect_intermediates(tree, skip=("lm_head",))
+  for name, stacked in collect_intermediates(blocks).items():
+    for i in range(stacked.shape[0]):
+      key = f"{BLOCK_TAG}{i}" + name[len(BLOCK_TAG):]
+      if key in out:
+        raise ValueError(f"intermediate {key!r} is sown twice")
+      out[key] = stacked[i]
+  return out
 
 
 class BarGenerator(nn.Module):
@@ -241,7 +269,7 @@ class BarGenerator(nn.Module):
   dropout: float = 0.0
   head_width: int = 2048
   head_layers: int = 3
-  remat: bool = False
+  remat_policy: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   precision: Any = None
@@ -297,11 +325,11 @@ class BarGenerator(nn.Module):
       return ids
     return jnp.where(jnp.asarray(drop_mask, bool), jnp.int32(self.none_condition_id), ids)
 
-  def init_cache(self, batch: int, dtype: Any = None) -> list:
-    """An empty key/value cache for ``batch`` rows: per block ``(k, v)`` ``[B, H, P + L, hd]``."""
-    shape = (batch, self.num_heads, self.prefix_len + self.num_steps, self.head_dim)
+  def init_cache(self, batch: int, dtype: Any = None) -> tuple[jax.Array, jax.Array]:
+    """An empty key/value cache for ``batch`` rows: ``(k, v)``, each ``[depth, B, H, P + L, hd]``."""
+    shape = (self.depth, batch, self.num_heads, self.prefix_len + self.num_steps, self.head_dim)
     dtype = dtype or self.dtype
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.depth)]
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
   # ---- structure ----
   def setup(self):
@@ -321,8 +349,9 @@ class BarGenerator(nn.Module):
     self.timesteps_embeddings = self.param(
         "timesteps_embeddings", nn.with_logical_partitioning(_INIT, (None, "length", "embed")),
         (1, self.num_steps + TIME_EMBED_EXTRA_ROWS, d), self.param_dtype)
-    block_cls = nn.remat(Block, static_argnums=(7,)) if self.remat else Block
-    self.blocks = [block_cls(d, self.num_heads, f"block{i}", self.dropout, **kw) for i in range(self.depth)]
+    blocks_cls = stack.scanned(Block, self.depth, in_axes=(0,) + (nn.broadcast,) * 5,
+                               remat_policy=self.remat_policy, static_argnums=(7,))
+    self.blocks = blocks_cls(d, self.num_heads, BLOCK_TAG, self.dropout, **kw)
     self.norm = RMSNorm(param_dtype=self.param_dtype)
     self.lm_head = MBMHead(self.step_bits, self.head_width, self.head_layers, self.target_codebook_size,
                            zero_init=True, **kw)
@@ -374,11 +403,9 @@ class BarGenerator(nn.Module):
 
   def _blocks(self, x, c, rows_cur, rows_tgt, cache=None, offset=None, deterministic=True):
     rope_cur, rope_tgt = self._rope(rows_cur), self._rope(rows_tgt)
-    new_cache = []
-    for i, blk in enumerate(self.blocks):
-      x, layer_cache = blk(x, c, rope_cur, rope_tgt, None if cache is None else cache[i], offset, deterministic)
-      new_cache.append(layer_cache)
-    return x, (new_cache if cache is not None else None)
+    (x, cache), _ = self.blocks((x, cache), jnp.arange(self.depth, dtype=jnp.int32), c, rope_cur, rope_tgt, offset,
+                                deterministic)
+    return x, cache
 
   def _output(self, x):
     x = self.norm(x)
@@ -416,7 +443,7 @@ class BarGenerator(nn.Module):
     orders = self._orders(orders, ids_bnk.shape[0])
     return self._backbone(self.embed_steps(ids_bnk), condition_ids, orders, deterministic=not train)
 
-  def prefill(self, condition_ids: jax.Array, orders: jax.Array | None, cache: list):
+  def prefill(self, condition_ids: jax.Array, orders: jax.Array | None, cache: tuple[jax.Array, jax.Array]):
     """Runs the ``P`` prefix positions into an empty cache -> ``(z of step 0 [B, W], cache)``."""
     orders = self._orders(orders, condition_ids.shape[0])
     cond = self.embeddings(condition_ids.astype(jnp.int32))
@@ -424,7 +451,8 @@ class BarGenerator(nn.Module):
     x, cache = self._blocks(x, c, rows_cur, rows_tgt, cache=cache, offset=0)
     return self._output(x[:, -1]), cache
 
-  def decode(self, ids_bk: jax.Array, step, condition_ids: jax.Array, orders: jax.Array | None, cache: list):
+  def decode(self, ids_bk: jax.Array, step, condition_ids: jax.Array, orders: jax.Array | None,
+             cache: tuple[jax.Array, jax.Array]):
     """Feeds the bits of AR step ``step`` (traced int ok) ``[B, k]`` -> ``(z of step+1 [B, W], cache)``."""
     orders = self._orders(orders, condition_ids.shape[0])
     cond = self.embeddings(condition_ids.astype(jnp.int32))
@@ -530,7 +558,7 @@ def build_bar_module(fields: Mapping[str, Any], *, dtype: Any = jnp.float32, par
   for key in ("latent_height", "latent_width"):
     if fields.get(key) is not None:
       kwargs[key] = int(fields[key])
-  kwargs["remat"] = bool(fields.get("remat", False))
+  kwargs["remat_policy"] = stack.check_remat_policy(str(fields.get("remat_policy", "none")))
   return BarGenerator(**kwargs, dtype=dtype, param_dtype=param_dtype, precision=precision)
 
 

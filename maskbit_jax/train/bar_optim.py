@@ -50,6 +50,7 @@ FROZEN, DECAY, NO_DECAY = "frozen", "decay", "no_decay"
 _MISSING = object()
 
 NameFn = Callable[[tuple[str, ...]], str]
+StackedFn = Callable[[tuple[str, ...]], bool]
 
 
 def no_weight_decay(name: str, ndim: int) -> bool:
@@ -88,26 +89,31 @@ def param_label(name: str, ndim: int, *, encoder_lr_mult: float = 1.0,
 
 
 def param_labels(params: Any, *, name_fn: NameFn | None = None, encoder_lr_mult: float = 1.0,
-                 frozen_fn: Callable[[str], bool] = is_not_optimised) -> Any:
-  """A tree like ``params`` (nested dicts) with each leaf's group label."""
+                 frozen_fn: Callable[[str], bool] = is_not_optimised, stacked_fn: StackedFn | None = None) -> Any:
+  """A tree like ``params`` (nested dicts) with each leaf's group label.
+
+  ``stacked_fn(path)`` is True for leaves with a leading layer axis (scanned blocks); the reference's
+  ``ndim < 2`` rule is applied to one layer of those.
+  """
   name_fn = name_fn or _dotted
   flat = traverse_util.flatten_dict(params)
   return traverse_util.unflatten_dict({
-      path: param_label(name_fn(path), len(leaf.shape), encoder_lr_mult=encoder_lr_mult, frozen_fn=frozen_fn)
+      path: param_label(name_fn(path), len(leaf.shape) - int(bool(stacked_fn and stacked_fn(path))),
+                        encoder_lr_mult=encoder_lr_mult, frozen_fn=frozen_fn)
       for path, leaf in flat.items()})
 
 
 def weight_decay_mask(params: Any, *, name_fn: NameFn | None = None,
-                      frozen_fn: Callable[[str], bool] = is_not_optimised) -> Any:
+                      frozen_fn: Callable[[str], bool] = is_not_optimised, stacked_fn: StackedFn | None = None) -> Any:
   """Bool tree, True where AdamW decays the parameter (optax ``mask`` semantics)."""
-  labels = param_labels(params, name_fn=name_fn, frozen_fn=frozen_fn)
+  labels = param_labels(params, name_fn=name_fn, frozen_fn=frozen_fn, stacked_fn=stacked_fn)
   return traverse_util.unflatten_dict({p: lbl == DECAY for p, lbl in traverse_util.flatten_dict(labels).items()})
 
 
 def trainable_mask(params: Any, *, name_fn: NameFn | None = None,
-                   frozen_fn: Callable[[str], bool] = is_not_optimised) -> Any:
+                   frozen_fn: Callable[[str], bool] = is_not_optimised, stacked_fn: StackedFn | None = None) -> Any:
   """Bool tree, True for every parameter the optimizer updates."""
-  labels = param_labels(params, name_fn=name_fn, frozen_fn=frozen_fn)
+  labels = param_labels(params, name_fn=name_fn, frozen_fn=frozen_fn, stacked_fn=stacked_fn)
   return traverse_util.unflatten_dict({p: lbl != FROZEN for p, lbl in traverse_util.flatten_dict(labels).items()})
 
 
@@ -131,21 +137,22 @@ def make_bar_optimizer(*, learning_rate: float, warmup_steps: int, total_steps: 
                        beta1: float = 0.9, beta2: float = 0.96, weight_decay: float = 0.03, eps: float = 1e-8,
                        max_grad_norm: float | None = 1.0, encoder_lr_mult: float = 1.0,
                        schedule_base_lr: float | None = None, gradient_accumulation_steps: int = 1,
-                       name_fn: NameFn | None = None,
-                       frozen_fn: Callable[[str], bool] = is_not_optimised) -> optax.GradientTransformation:
+                       name_fn: NameFn | None = None, frozen_fn: Callable[[str], bool] = is_not_optimised,
+                       stacked_fn: StackedFn | None = None) -> optax.GradientTransformation:
   """AdamW with the reference's parameter groups, clipping and schedule (defaults: the BAR-B recipe's betas and
   decay; the schedule arguments are required).
 
   ``chain(zero frozen grads, clip_grad_norm_, adamw(mask=decay groups), x encoder_lr_mult on encoder
   params, zero frozen updates)``. The groups are masks recomputed from the param tree (names via
-  ``name_fn``), so one transform serves any model size, and Adam's moments keep the params' tree
+  ``name_fn``; ``stacked_fn`` marks scanned leaves, see ``param_labels``), so one transform serves any model size, and Adam's moments keep the params' tree
   structure (``sharding.optimizer_state_sharding`` shards them like the params). Scaling an
   encoder update by ``encoder_lr_mult`` is exactly AdamW with ``lr * encoder_lr_mult`` (decay included).
   """
   schedule = bar_lr_schedule(learning_rate, warmup_steps, total_steps, end_lr, schedule_base_lr)
 
   def labels_fn(params):
-    return param_labels(params, name_fn=name_fn, encoder_lr_mult=encoder_lr_mult, frozen_fn=frozen_fn)
+    return param_labels(params, name_fn=name_fn, encoder_lr_mult=encoder_lr_mult, frozen_fn=frozen_fn,
+                        stacked_fn=stacked_fn)
 
   frozen = lambda params: _tree_of(labels_fn(params), lambda lbl: lbl == FROZEN)
   decayed = lambda params: _tree_of(labels_fn(params), lambda lbl: lbl.startswith(DECAY))

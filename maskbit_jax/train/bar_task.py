@@ -100,7 +100,8 @@ class BarTask(_Task):
     opt = bar_optim.bar_optimizer_settings(cfg)
     opt["gradient_accumulation_steps"] = 1  # the step accumulates over micro-batches itself
     # the weight-decay groups are decided on the PyTorch names, as the reference does
-    self.tx = bar_optim.make_bar_optimizer(**opt, name_fn=bar_param_mapping().torch_key)
+    self.tx = bar_optim.make_bar_optimizer(**opt, name_fn=bar_param_mapping().torch_key,
+                                            stacked_fn=bar_param_mapping().is_stacked)
     self.schedule = bar_optim.bar_schedule_from_config(cfg)
     self.kind = bar.tokenizer_kind(cfg)
     self.pretokenized = str(cfg.dataset.get("pretokenized", "") or "")
