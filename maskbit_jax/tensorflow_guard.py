@@ -1,8 +1,9 @@
 """TensorFlow in a JAX process: kept off the accelerators.
 
-TensorFlow comes in only for the TensorBoard writer (clu) and tensorflow-datasets. Imported as it is, it claims
-every GPU it sees and reserves most of each one's memory for itself, memory JAX then lacks. Before anything of
-ours imports it, :func:`tensorflow_on_cpu_only` imports it with no GPU or TPU visible to it.
+TensorFlow comes in only for the TensorBoard writer (clu; the ``[tensorboard]`` extra) and, where it is
+installed, tensorflow-datasets. Imported as it is, it claims every GPU it sees and reserves most of each one's
+memory for itself, memory JAX then lacks. Before anything of ours imports it, :func:`tensorflow_on_cpu_only`
+imports it with no GPU or TPU visible to it.
 """
 
 from __future__ import annotations
