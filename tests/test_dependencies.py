@@ -83,3 +83,22 @@ def test_every_import_is_declared_and_every_declaration_imported():
     assert extras[extra] <= used, f"[{extra}] declares {sorted(extras[extra] - used)}, which maskbit_jax never imports"
     assert not extras[extra] & required, f"[{extra}]'s packages {sorted(extras[extra] & required)} are also required"
   assert extras["tensorboard"] <= extras["dev"], "the dev extra (the test suite) includes [tensorboard]"
+
+
+def test_the_ci_constraints_pin_every_declared_package_within_its_range():
+  """constraints/ci.txt (what .ci/run installs with) pins each package of what it installs (the core and the
+  dev extra, which takes [tensorboard]) at a version pyproject allows."""
+  from packaging.requirements import Requirement
+
+  pins = dict(line.split("==") for line in (REPO / "constraints" / "ci.txt").read_text().splitlines()
+              if line and not line.startswith("#"))
+  pins = {_normal(k): v for k, v in pins.items()}
+  project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+  groups = project["optional-dependencies"]
+  specs = project["dependencies"] + groups["dev"] + groups["tensorboard"]
+  for req in map(Requirement, specs):
+    if _normal(req.name) == _normal(project["name"]) or (req.marker is not None and not req.marker.evaluate()):
+      continue
+    assert _normal(req.name) in pins, f"{req.name} is not in constraints/ci.txt: run constraints/freeze.py"
+    assert req.specifier.contains(pins[_normal(req.name)], prereleases=True), \
+        f"constraints/ci.txt pins {req.name}=={pins[_normal(req.name)]}, outside {req}: run constraints/freeze.py"
