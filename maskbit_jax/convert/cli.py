@@ -43,7 +43,7 @@ from maskbit_jax import cli_errors
 from maskbit_jax import checkpointing, hub, paths
 from maskbit_jax.config import add_config_help, load_config, split_config_args, vq_model_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
-from maskbit_jax.convert.loading import check_params_match
+from maskbit_jax.convert.loading import restore_params
 from maskbit_jax.convert.param_mapping import LOSSLESS_WIDENING, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params, build_tokenizer_module
@@ -76,6 +76,7 @@ class Converter:
   to_torch: Callable[[Any, list[str] | None], "OrderedDict[str, np.ndarray]"]  # (params, key order) -> state
   reproduced: Callable[[Mapping[str, np.ndarray]], "OrderedDict[str, np.ndarray]"] = OrderedDict
   abstract: Any = None  # the model's abstract params: what one of our folders of this kind must hold
+  mapping: Any = None   # its ParamMapping where it has scanned stacks (folders of the per-layer layout load too)
 
 
 def _reordered(state, key_order):
@@ -98,7 +99,8 @@ def _bar_generator_converter(cfg) -> Converter:
       to_flax=lambda state, source: bm.bar_state_to_flax(state, abstract, module, source=source),
       to_torch=lambda params, order: _reordered(bm.bar_flax_to_torch_state(params, module), order),
       # the RoPE tables are derived from the config (checked within ROPE_ATOL on import)
-      reproduced=lambda state: OrderedDict((k, v) for k, v in state.items() if k not in rope), abstract=abstract)
+      reproduced=lambda state: OrderedDict((k, v) for k, v in state.items() if k not in rope), abstract=abstract,
+      mapping=bm.bar_param_mapping())
 
 
 def _bar_tokenizer_converter(cfg) -> Converter:
@@ -131,7 +133,7 @@ def converter(cfg, kind: str) -> Converter:
   abstract, mapping = model_for(cfg, kind)
   return Converter(to_flax=lambda state, source: torch_state_to_flax(state, abstract, mapping, source=source),
                    to_torch=lambda params, order: flax_to_torch_state(params, mapping, key_order=order),
-                   abstract=abstract)
+                   abstract=abstract, mapping=mapping)
 
 
 def default_kind(cfg) -> str:
@@ -184,9 +186,7 @@ def export_checkpoint(directory: str, out: str) -> str:
   meta = checkpointing.read_meta(directory)
   conv = converter(load_config(meta["config"]), meta["kind"])
   # The folder's metadata against the model its own config builds, before any array is restored.
-  check_params_match(conv.abstract, checkpointing.params_metadata(directory), directory)
-  params = checkpointing.to_numpy(checkpointing.load_params(
-      directory, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), conv.abstract)))
+  params = checkpointing.to_numpy(restore_params(directory, conv.abstract, conv.mapping))
   write_state_dict(out, conv.to_torch(params, meta.get("torch_key_order")))
   return out
 

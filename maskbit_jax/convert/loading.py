@@ -38,6 +38,35 @@ def check_params_match(abstract_params, params, source: str) -> None:
                                   + "\n  ".join(problems))
 
 
+def _shapes(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+def _matches(abstract_params, stored, source: str) -> bool:
+  try:
+    check_params_match(abstract_params, stored, source)
+  except CheckpointMismatchError:
+    return False
+  return True
+
+
+def restore_params(directory: str, abstract_params: Any, mapping: ParamMapping | None = None) -> Any:
+  """Restores one of our params folders, strictly against ``abstract_params``.
+
+  A folder written before the deep stacks ran as a scan holds one module per layer; with the
+  ``mapping`` of its model such a folder is read in that layout and stacked (exactly).
+  """
+  # Shapes and dtypes from the folder's metadata first: no array is read from a folder that cannot match.
+  stored = checkpointing.params_metadata(directory)
+  if mapping is not None and mapping.layer_stacks and not _matches(abstract_params, stored, directory):
+    per_layer = mapping.per_layer(_shapes(abstract_params))
+    if _matches(per_layer, stored, directory):
+      restored = checkpointing.to_numpy(checkpointing.load_params(directory, per_layer))
+      return jax.tree.map(jnp.asarray, mapping.stacked(restored))
+  check_params_match(abstract_params, stored, directory)  # names every problem against the model's layout
+  return checkpointing.load_params(directory, _shapes(abstract_params))
+
+
 def load_params(checkpoint: str | os.PathLike, abstract_params: Any, mapping: ParamMapping, kind: str) -> Any:
   """Params from one of our Orbax checkpoints of ``kind``, or from a PyTorch-format file via ``mapping``."""
   checkpoint = os.fspath(checkpoint)
@@ -45,9 +74,6 @@ def load_params(checkpoint: str | os.PathLike, abstract_params: Any, mapping: Pa
     meta = checkpointing.read_meta(checkpoint)
     if meta.get("kind") != kind:
       raise ValueError(f"{checkpoint} holds a {meta.get('kind')!r} checkpoint, not a {kind}")
-    # Shapes and dtypes from the folder's metadata first: no array is read from a folder that cannot match.
-    check_params_match(abstract_params, checkpointing.params_metadata(checkpoint), checkpoint)
-    return checkpointing.load_params(checkpoint, jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_params))
+    return restore_params(checkpoint, abstract_params, mapping)
   params = torch_state_to_flax(read_state_dict(checkpoint), abstract_params, mapping, source=checkpoint)
   return jax.tree.map(jnp.asarray, params)
