@@ -1,6 +1,7 @@
-"""Without the ``[tensorboard]`` extra (no tensorflow, no tensorboard): every module imports, and a run's metric
-writer falls back to ``workdir/metrics.jsonl`` and says so. The child process is made to find neither package,
-as in an environment that never installed them (tests/test_wheel_install.py's slow test installs one)."""
+"""Without the ``[tensorboard]`` extra (no tensorflow, no tensorboard): every module imports, a run's metric
+writer falls back to ``workdir/metrics.jsonl`` and says so, and (slow) tfds reads a prepared split. The child
+process is made to find neither package, as in an environment that never installed them (the slow test of
+tests/test_wheel_install.py trains in a venv built without them)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, drop_simulated_devices
 
 # every import finder made blind to tensorflow and tensorboard, so that both ``import`` and
 # ``importlib.util.find_spec`` (etils asks it) answer as where they are not installed
 WITHOUT_TENSORFLOW = """
 import sys
+
+import pytest
 class _Blind:
   def __init__(self, finder):
     self.finder = finder
@@ -55,3 +60,48 @@ def test_every_module_imports_and_metrics_go_to_json_lines(tmp_path):
   assert lines[0] == {"step": 1, "loss": 0.5, "learning_rate": 1e-4} and lines[1]["step"] == 2, lines
   assert lines[1]["loss"] != lines[1]["loss"]  # NaN kept as NaN
   assert not (tmp_path / "tensorboard").exists()
+
+
+PREPARE_TFDS = """
+import sys
+
+import pytest
+import numpy as np
+import tensorflow_datasets as tfds
+
+class TinyShapes(tfds.core.GeneratorBasedBuilder):
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(16, 16, 3)), "label": tfds.features.ClassLabel(num_classes=4)}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(6):
+      yield i, {"image": np.full((16, 16, 3), 40 * i, np.uint8), "label": i % 4}
+
+TinyShapes(data_dir=sys.argv[1], file_format="array_record").download_and_prepare()
+"""
+
+READ_TFDS = WITHOUT_TENSORFLOW + """
+from maskbit_jax.data.sources import make_source
+source = make_source(f"tfds:tiny_shapes:train:{sys.argv[1]}", 16)
+ex = [source.raw(i) for i in range(len(source))]
+print(len(ex), sorted(int(e["image"][0, 0, 0]) // 40 * 10 + int(e["label"]) for e in ex))
+"""
+
+
+@pytest.mark.slow
+def test_tfds_reads_a_prepared_split_without_tensorflow(tmp_path):
+  """Why tensorflow-datasets stays a core dependency: reading a prepared ArrayRecord split needs no TensorFlow
+  (preparing one does, and is done here with it)."""
+  env = drop_simulated_devices(dict(os.environ, PYTHONPATH=str(REPO)))
+  prepared = subprocess.run([sys.executable, "-c", PREPARE_TFDS, str(tmp_path)], capture_output=True, text=True,
+                            env=env)
+  assert prepared.returncode == 0, prepared.stderr[-3000:]
+  read = subprocess.run([sys.executable, "-c", READ_TFDS, str(tmp_path)], capture_output=True, text=True, env=env)
+  assert read.returncode == 0, read.stderr[-3000:]
+  assert read.stdout.split("\n")[-2] == "6 [0, 11, 22, 33, 40, 51]", read.stdout
