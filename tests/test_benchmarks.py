@@ -32,6 +32,16 @@ def test_maskbit_sampling_benchmark_on_the_tiny_config(monkeypatch, capsys):
   assert "img/s" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_edit_benchmark_on_the_tiny_config(monkeypatch, capsys):
+  from benchmarks import edit
+
+  _run(edit, ["--config", str(REPO / "configs/generator_tiny.py"), "--batches", "2", "--num_steps", "2",
+              "--repeats", "1", "--no-save"], monkeypatch)
+  out = capsys.readouterr().out
+  assert all(f" {name} " in out for name in ("sample", "edit", "vary")) and "img/s" in out
+
+
 def _write_jsonl(path, records):
   import json
 
