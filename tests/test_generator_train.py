@@ -65,8 +65,8 @@ def test_sharded_step_equals_single_device(setup):
   np.testing.assert_allclose(float(m8["mlm_loss"]), float(m1["mlm_loss"]), rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
                s8.params, s1.params)
-  kernel = s8.params["transformer_layers_0_1"]["net_0"]["kernel"]
-  assert kernel.sharding.spec[0] == "fsdp"
+  kernel = s8.params["transformer_layers"]["ffn"]["net_0"]["kernel"]  # [layers, embed, mlp]
+  assert kernel.sharding.spec[1] == "fsdp"
 
 
 def test_gradient_accumulation_equals_one_big_batch(setup):

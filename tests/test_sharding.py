@@ -118,7 +118,7 @@ def test_generator_sharded_forward_equals_single_device(golden, fixture_configs)
   io = load_npz(golden / "generator_tiny_io.npz")
   mesh = sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   placed = jax.device_put(params, sharding.logical_to_sharding(boxed, mesh))
-  assert placed["transformer_layers_0_1"]["net_0"]["kernel"].sharding.spec == P("fsdp", "tensor")
+  assert placed["transformer_layers"]["ffn"]["net_0"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
   gen = Generator(maskbit_jax.load_config({"model": {"mlm_model": {}}}), module, params)
   ways = sharding.data_parallel_size(mesh)
   # the fixture batch (whatever its size), one the batch axes divide and one they do not
