@@ -97,8 +97,13 @@ def reconstruction_loss(settings: BarFsqLossSettings, inputs: jax.Array, recons:
 def generator_loss(settings: BarFsqLossSettings, inputs: jax.Array, recons: jax.Array, step: jax.Array, *,
                    perceptual_fn: PairFn, gram_fn: PairFn | None = None, clip_pred: jax.Array | None = None,
                    clip_gt: jax.Array | None = None, disc_fn: DiscFn | None = None, disc_params: Any = None,
-                   disc_spectral: Any = None) -> tuple[jax.Array, dict[str, jax.Array], Any]:
-  """``(total, terms, disc_spectral')``; gradients reach ``recons`` and ``clip_pred`` only (D is frozen here)."""
+                   disc_spectral: Any = None, gan_active: bool | None = None
+                   ) -> tuple[jax.Array, dict[str, jax.Array], Any]:
+  """``(total, terms, disc_spectral')``; gradients reach ``recons`` and ``clip_pred`` only (D is frozen here).
+
+  ``gan_active``: whether ``step >= discriminator_start``, when the caller knows it statically (one
+  program per phase, D not traced before the start); None decides on the traced ``step``.
+  """
   recon = reconstruction_loss(settings, inputs, recons)
   perceptual = perceptual_fn(inputs, recons)
   clip = jnp.float32(0.0)
@@ -109,7 +114,7 @@ def generator_loss(settings: BarFsqLossSettings, inputs: jax.Array, recons: jax.
   gram = gram_fn(inputs, recons) if settings.gram_loss_weight > 0 else jnp.float32(0.0)
   factor = discriminator_factor(settings, step)
   gan_loss = jnp.float32(0.0)
-  if settings.use_discriminator:
+  if settings.use_discriminator and gan_active is not False:
     if disc_fn is None:
       raise ValueError("discriminator_weight > 0 needs the discriminator (disc_fn)")
     frozen = jax.lax.stop_gradient(disc_params)
@@ -119,8 +124,11 @@ def generator_loss(settings: BarFsqLossSettings, inputs: jax.Array, recons: jax.
       logits, spectral = disc_fn(frozen, spectral, images)
       return gan.hinge_g_loss(logits), spectral
 
-    gan_loss, disc_spectral = jax.lax.cond(factor > 0, run, lambda op: (jnp.float32(0.0), op[0]),
-                                           (disc_spectral, recons))
+    if gan_active is None:
+      gan_loss, disc_spectral = jax.lax.cond(factor > 0, run, lambda op: (jnp.float32(0.0), op[0]),
+                                             (disc_spectral, recons))
+    elif gan_active:
+      gan_loss, disc_spectral = run((disc_spectral, recons))
   d_weight = jnp.float32(settings.discriminator_weight)
   weighted_gan = d_weight * factor * gan_loss
   total = (recon + settings.perceptual_weight * perceptual + weighted_gan + settings.clip_loss_weight * clip

@@ -181,6 +181,7 @@ def bar_tokenizer_from_config(config: Any, *, with_encoder: bool = True, dtype: 
       dec_width=int(dec["width"]), dec_layers=int(dec["num_layers"]), dec_heads=int(dec["num_heads"]),
       dec_patch_size=patch, clip_align=float(_get(config, "losses.clip_loss_weight", 0.0)) > 0.0,
       clip_align_layer_id=int(_get(config, "model.vq_model.clip_align_layer_id", 2)),
+      clip_target_width=int(siglip["hidden_size"]),  # clip_gt is the SigLIP2 stack's output (1152 as released)
       with_encoder=with_encoder, enc_width=int(siglip["hidden_size"]), enc_layers=int(siglip["num_hidden_layers"]),
       enc_heads=int(siglip["num_attention_heads"]), enc_mlp_dim=int(siglip["intermediate_size"]),
       enc_num_patches=int(siglip["num_patches"]), enc_patch_size=int(siglip["patch_size"]),
@@ -218,17 +219,22 @@ def bar_fsq_config(name: str, *, token_size: int, crop_size: int, checkpoint: st
   cfg = ml_collections.ConfigDict()
   cfg.experiment = dict(project="bar_fsq", name=name, output_dir=name, max_train_examples=1281167, save_every=25000,
                         eval_every=25000, generate_every=5000, log_every=50, log_grad_norm_every=1000, resume=True,
-                        logging_dir=f"{name}/logs", tokenizer_checkpoint=checkpoint)
+                        logging_dir=f"{name}/logs", tokenizer_checkpoint=checkpoint, init_checkpoint="")
   cfg.model = dict(
       vq_model=dict(codebook_size=LEVELS ** token_size, token_size=token_size, encoder_lr_mult=0.1,
                     clip_align_layer_id=2, use_checkpoint=False, vit_dec_patch_size=16),
-      discriminator=dict(dino_ckpt_path="assets/models/dino_vit_small_patch8_224.pth", norm_type="bn"),
+      # width / num_heads / depth / key_depths: port only, DinoDisc's hard-coded ViT-S and readouts
+      discriminator=dict(dino_ckpt_path="assets/models/dino_vit_small_patch8_224.pth", norm_type="bn", width=384,
+                         num_heads=6, depth=12, key_depths=(2, 5, 8, 11)),
       siglip2=dict(SIGLIP2_SO400M),
       vit_decoder=dict(VIT_DECODER_L),
   )
   cfg.losses = dict(discriminator_start=100000, discriminator_factor=1.0, discriminator_weight=0.05,
                     perceptual_loss="lpips-convnext_s-1.0-0.1", perceptual_weight=1.1, reconstruction_weight_l1=0.1,
-                    reconstruction_weight_l2=1.0, clip_loss_weight=0.7, gram_loss_weight=10.0)
+                    reconstruction_weight_l2=1.0, clip_loss_weight=0.7, gram_loss_weight=10.0,
+                    # port only: the frozen networks' files (the reference takes them from torchvision's
+                    # cache and assets/), see maskbit_jax.train.bar_fsq_task
+                    lpips_checkpoint="", vgg16_checkpoint="", convnext_checkpoint="")
   cfg.dataset = dict(
       params=dict(train_shards_path_or_url="/path/to/imagenet-train-{000000..000320}.tar",
                   eval_shards_path_or_url="/path/to/imagenet-val-{000000..000049}.tar", num_workers_per_gpu=16),
@@ -240,4 +246,19 @@ def bar_fsq_config(name: str, *, token_size: int, crop_size: int, checkpoint: st
                       mixed_precision="bf16", enable_tf32=True, use_ema=True, seed=42, max_train_steps=200000,
                       num_generated_images=2, max_grad_norm=1.0, enable_wandb=True)
   cfg.runtime = dict(dtype="float32", precision="default")
+  _add_training_run(cfg)
   return cfg
+
+
+def _add_training_run(cfg) -> None:
+  """This port's run keys (data source, in-training evaluation, mesh, checkpoints kept), as the other stages."""
+  from maskbit_jax import config_defaults as d
+
+  run = d.training_run(save_every=cfg.experiment.save_every, log_every=cfg.experiment.log_every,
+                       generate_every=cfg.experiment.generate_every, eval_every=cfg.experiment.eval_every)
+  cfg.experiment.update(run["cadence"])
+  cfg.dataset.update(run["data"])
+  cfg.training.global_batch_size = 0  # > 0: fixed global batch instead of per_gpu_batch_size x devices
+  cfg.runtime.update(mesh=dict(data=-1, fsdp=1, tensor=1), dcn_mesh=dict(data=1, fsdp=1, tensor=1), num_devices=0,
+                     keep_checkpoints=3)
+  cfg.evaluation = d.evaluation()

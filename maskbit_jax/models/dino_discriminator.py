@@ -294,7 +294,7 @@ def discriminator_from_config(config: Any, **kw) -> DinoDiscriminator:
   if norm != "bn":
     raise ValueError(f"model.discriminator.norm_type {norm!r} is not implemented (the released recipe uses 'bn')")
   path = str(disc.get("dino_ckpt_path", "dino_vit_small_patch8_224.pth"))
-  return DinoDiscriminator(patch_size=8 if "patch8" in path else 16, **kw)
+  return DinoDiscriminator(**{"patch_size": 8 if "patch8" in path else 16, **kw})
 
 
 # --------------------------------------------------------------------------- weights

@@ -28,7 +28,7 @@ from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.tokenizer import DTYPES, PRECISIONS
 from maskbit_jax.train import observe
 
-STAGES = ("tokenizer", "generator", "bar")
+STAGES = ("tokenizer", "generator", "bar", "bar_fsq")
 # The classes of the reference samplers' training grids (MaskBit's sample(), BAR's sample_images): goldfish,
 # chicken, tiger cat, hourglass, ship, dog, race car, airliner, teddy bear, then one random class.
 GRID_CLASSES = (1, 7, 282, 604, 724, 179, 751, 404, 850)
@@ -43,6 +43,8 @@ def stage_of(cfg: ml_collections.ConfigDict) -> str:
     return "generator"
   if "generator" in model:
     return "bar"
+  if "siglip2" in model and "vq_model" in model:  # the BAR-FSQ tokenizer (configs/bar_fsq_*.py)
+    return "bar_fsq"
   if "discriminator" in model and "losses" in cfg:
     return "tokenizer"
   raise ValueError("cannot tell the training stage: a tokenizer config needs model.discriminator and losses, "
@@ -582,6 +584,10 @@ def make_task(cfg: ml_collections.ConfigDict, mesh, workdir: str) -> _Task:
     from maskbit_jax.train.bar_task import BarTask  # imports this module
 
     return BarTask(cfg, mesh, workdir)
+  if stage == "bar_fsq":
+    from maskbit_jax.train.bar_fsq_task import BarFsqTask  # imports this module
+
+    return BarFsqTask(cfg, mesh, workdir)
   return TokenizerTask(cfg, mesh, workdir) if stage == "tokenizer" else GeneratorTask(cfg, mesh, workdir)
 
 
