@@ -30,6 +30,9 @@ Results are dicts as ``sample``'s: ``tokens [B, h, w]``, ``images [B, H, W, 3]``
 ``input_tokens`` and ``fixed_bits [B, h, w]`` (the bit mask of each token's kept bits: ``2^K - 1`` kept,
 0 generated). The batch is split over the largest number of local devices that divides it (no padding, so
 the draws are those of the unsplit batch); one compiled program per shape and setting.
+
+The command writes ``grid.png`` (input, the kept tokens bright, one output per class), the outputs' PNGs,
+``tokens.npz`` (``tokens``, ``input_tokens``, ``fixed_bits``, ``labels``) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import io
 import json
 import math
 import sys
@@ -583,6 +587,9 @@ def main(argv=None) -> int:
     image_io.save_png(paths.join(args.out, f"{i:05d}_class{label}.png"), img)
   grid_images = np.concatenate([canvas_in[None], picture[None], outputs])
   image_io.save_labelled_grid(paths.join(args.out, "grid.png"), grid_images, captions, min(len(captions), 8))
+  buffer = io.BytesIO()  # one upload on an object store (np.savez seeks in what it writes)
+  np.savez(buffer, labels=labels, **{k: np.asarray(out[k]) for k in ("tokens", "input_tokens", "fixed_bits")})
+  paths.write_bytes_atomic(paths.join(args.out, "tokens.npz"), buffer.getvalue())
   kept = int(np.count_nonzero(fixed == full))
   summary = dict(images=len(labels), seconds=round(seconds, 3), kept_tokens=kept, tokens=int(fixed.size),
                  random_init=bool(args.random_init), mode="vary" if args.keep_bits is not None else

@@ -257,3 +257,29 @@ def test_edit_cli_writes_its_grid(tmp_path, golden, fixture_configs):
   assert sorted(p.name for p in out.glob("0*.png"))[:2] == ["00000_class3.png", "00001_class5.png"]
   summary = json.loads((out / "summary.json").read_text())
   assert summary["mode"] == "edit" and summary["kept_tokens"] == summary["tokens"] - 4
+  data = np.load(out / "tokens.npz")
+  kept = data["fixed_bits"] != 0
+  assert (data["tokens"][kept] == data["input_tokens"][kept]).all() and list(data["labels"]) == [3, 5, 7, 9]
+
+
+@pytest.mark.slow
+def test_edit_and_vary_on_the_main_jobs_models(tmp_path):
+  """The README main job (both stages, shortened as its quick test does), then the command on its exports
+  (configs from the exports): the kept tokens and bits of the trained tiny models are the input's."""
+  from maskbit_jax.edit import main as edit_main
+  from test_readme_main_command import QUICK_STEPS, quick_override, run_main_command
+
+  run_main_command(tmp_path, [f"{quick_override()}{QUICK_STEPS}"])
+  generator = str(tmp_path / "runs/gen/export/generator")
+  side = maskbit_jax.load_config(str(REPO / "configs/generator_tiny.py")).dataset.preprocessing.resolution
+  image = tmp_path / "in.png"
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side, 3), np.uint8)).save(image)
+  runs = (["--box", f"0,{side // 2},{side},{side}"], ["--keep_bits", "6"])
+  for i, what in enumerate(runs):
+    out = tmp_path / f"e{i}"
+    assert edit_main(["--generator", generator, "--tokenizer", str(tmp_path / "runs/tok/export/tokenizer"),
+                      "--image", str(image), *what, "--classes", "1,2", "--out", str(out)]) == 0
+    data = np.load(out / "tokens.npz")
+    fixed = data["fixed_bits"]
+    np.testing.assert_array_equal(data["tokens"] & fixed, data["input_tokens"] & fixed)
+    assert (data["tokens"] != data["input_tokens"]).any() and (out / "grid.png").is_file()
