@@ -95,7 +95,8 @@ def main() -> None:
                   repeats=args.repeats, machine=machine(), memory=peak_memory_bytes())
     for name, t in best.items():
       record[name] = dict(seconds=t, images_per_s=batch / t)
-      print(f"{os.path.basename(args.config)} batch {batch:3d} {name:6s} {batch / t:9.4f} img/s ({t:.3f} s)", flush=True)
+      print(f"{os.path.basename(args.config)} batch {batch:3d} {name:6s} {batch / t:9.4f} img/s ({t:.3f} s)",
+            flush=True)
     record["edit_over_sample"] = best["sample"] / best["edit"]
     record["vary_over_sample"] = best["sample"] / best["vary"]
     if not args.no_save:

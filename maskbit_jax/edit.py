@@ -226,9 +226,11 @@ def _maskbit_program(gen_params, tok_params, tokens_bhw, fixed_bhw, labels, key,
     return gen_module.apply({"params": gen_params}, tokens, labels, drop)
 
   # the fixed-bit mask splits as the tokens do: split m of the mask is the mask of split m's bits
+  known_tokens = split_tokens(tokens_bhw.reshape(b, -1), bits, splits)
+  known_bits = split_tokens(fixed_bhw.reshape(b, -1), bits, splits)
   out = sample_tokens(logits_fn, labels, key, num_positions=gen_module.seq_len, codebook_splits=splits,
-                      mask_token=gen_module.mask_token, known_tokens=split_tokens(tokens_bhw.reshape(b, -1), bits, splits),
-                      known_bits=split_tokens(fixed_bhw.reshape(b, -1), bits, splits), **dict(settings))
+                      mask_token=gen_module.mask_token, known_tokens=known_tokens, known_bits=known_bits,
+                      **dict(settings))
   tokens = combine_tokens(out, bits).reshape(tokens_bhw.shape)
   images = tok_module.apply({"params": tok_params}, tokens, method="decode_tokens") if decode else None
   return tokens, images
@@ -303,8 +305,8 @@ def generate_known(gen, tok, tokens, fixed_bits, labels, key, *, decode: bool = 
       raise ValueError(f"order={order!r}: choose one of {ORDERS}")
     settings = resolve_settings(gen, settings)
     labels_p, tokens_p, fixed_p = _place(mesh, labels.astype(np.int32), tokens, fixed)
-    out_tokens, images = _maskbit_program(_params_on(gen, mesh), _params_on(tok, mesh), tokens_p, fixed_p, labels_p, key,
-                                          gen_module=gen.module, tok_module=tok.module,
+    out_tokens, images = _maskbit_program(_params_on(gen, mesh), _params_on(tok, mesh), tokens_p, fixed_p, labels_p,
+                                          key, gen_module=gen.module, tok_module=tok.module,
                                           settings=tuple(sorted(settings.items())), decode=decode)
   out = dict(tokens=out_tokens, input_tokens=jnp.asarray(tokens), fixed_bits=jnp.asarray(fixed))
   if decode:
