@@ -283,3 +283,42 @@ def test_edit_and_vary_on_the_main_jobs_models(tmp_path):
     fixed = data["fixed_bits"]
     np.testing.assert_array_equal(data["tokens"] & fixed, data["input_tokens"] & fixed)
     assert (data["tokens"] != data["input_tokens"]).any() and (out / "grid.png").is_file()
+
+
+@pytest.mark.slow
+def test_bar_fsq_edit_encodes_with_the_tokenizers_encoder(golden_bar):
+  """BAR on its own binary-FSQ tokenizer (the golden tiny pair): the encoder makes the kept bits."""
+  import ml_collections
+
+  from maskbit_jax import bar
+  from maskbit_jax.bar_config import bar_fields
+  from maskbit_jax.convert.bar_mapping import bar_state_to_flax
+  from maskbit_jax.convert.checkpoint_files import read_state_dict
+  from maskbit_jax.models.bar_generator import abstract_bar_params, build_bar_module
+
+  configs = json.loads((golden_bar / "fixture_configs.json").read_text())
+  name = next(k for k, v in configs.items() if k.startswith("tokenizer") and isinstance(v, dict) and "model" in v)
+  cfg = json.loads(json.dumps(configs[name]))
+  cfg["model"]["siglip2"] = configs[f"{name}_siglip2_vision_config"]
+  cfg["model"]["vit_decoder"] = configs[f"{name}_decoder_overrides"]
+  trace = next(v for k, v in configs.items() if k.startswith("sampling_"))
+  gen_cfg = ml_collections.ConfigDict(configs[trace["generator"]])
+  module = build_bar_module(bar_fields(gen_cfg))
+  params = bar_state_to_flax(read_state_dict(golden_bar / f"{trace['generator']}.bin"),
+                             nn.meta.unbox(abstract_bar_params(module)), module, source=trace["generator"])
+  gen = bar.BarModel(gen_cfg, module, jax.tree.map(jnp.asarray, params))
+  settings = {k: trace[k] for k in ("guidance_scale", "randomize_temperature", "tokens_allocation")}
+  decode_only = bar.load_bar_tokenizer(cfg, golden_bar / f"{name}.bin")
+  tok = bar.load_bar_tokenizer(cfg, golden_bar / f"{name}.bin", with_encoder=True)
+  side, (h, w) = tok.module.image_size, tok.grid
+  images = np.random.default_rng(0).random((2, side, side, 3)).astype(np.float32)
+  keep = np.zeros((h, w), bool)
+  keep[: h // 2] = True
+  with pytest.raises(ValueError, match="with_encoder=True"):
+    maskbit_jax.edit(gen, decode_only, images, keep, trace["labels"], jax.random.key(0), **settings)
+  out = maskbit_jax.edit(gen, tok, images, keep, trace["labels"], jax.random.key(0), **settings)
+  tokens, source = _np(out, "tokens"), _np(out, "input_tokens")
+  np.testing.assert_array_equal(tokens[:, : h // 2], source[:, : h // 2])
+  assert (tokens[:, h // 2:] != source[:, h // 2:]).any() and out["images"].shape == images.shape
+  with pytest.raises(ValueError, match="fixed token grid"):
+    maskbit_jax.edit.outpaint(gen, tok, images, trace["labels"], jax.random.key(0), pad=(0, 1, 0, 0), **settings)
