@@ -70,10 +70,12 @@ RELEASED: dict[str, dict] = {
     # ---- evaluation networks
     "fid_inception": dict(
         kind="inception",
-        url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+            "pt_inception-2015-12-05-6726825d.pth",
         note="pytorch-fid's release, what MaskBit's metrics/inception.py loads"),
     "lpips_vgg": dict(
-        kind="lpips", url=f"https://raw.githubusercontent.com/markweberdev/maskbit/{MASKBIT_COMMIT}/pretrained/vgg_lpips.pth",
+        kind="lpips",
+        url=f"https://raw.githubusercontent.com/markweberdev/maskbit/{MASKBIT_COMMIT}/pretrained/vgg_lpips.pth",
         size=7289, sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
         note="the LPIPS linear heads of the MaskBit repository (checksum of the file at that commit)"),
     "vgg16": dict(kind="vgg16", url="https://download.pytorch.org/models/vgg16-397923af.pth",

@@ -4,8 +4,8 @@ Each notebook is executed with nbclient in a fresh IPython kernel of this interp
 tiny configs (``MASKBIT_NB_FAST=1``, which the notebooks' parameters cells read) with a few
 steps; a cell injected after the "parameters" cell points the outputs at a temporary folder and names
 released weights, which resolve against a stand-in hub on 127.0.0.1 serving the golden tiny checkpoints
-(``test_weights_registry.tiny_release``; the kernel's HF_ENDPOINT, HF_HOME and MASKBIT_WEIGHTS_REGISTRY). A cell error fails the test with
-the cell's traceback; the key outputs (printed lines, displayed images, written PNGs) are checked.
+(``test_weights_registry.tiny_release``; the kernel's HF_ENDPOINT, HF_HOME and MASKBIT_WEIGHTS_REGISTRY).
+A cell error fails the test with the cell's traceback; the key outputs (printed lines, displayed images, written PNGs) are checked.
 """
 
 from __future__ import annotations
