@@ -286,6 +286,38 @@ def test_more_steps_than_entries_remasks_everything():
   assert int(tokens.max()) < 4
 
 
+def test_known_entries_and_bits_are_kept():
+  """Editing: fully known entries never masked (the model sees them from step 0), partly known ones agree
+  with their fixed bits, each image counts its own free entries; nothing known is the plain sampler."""
+  fn, labels, key = _toy_logits_fn(), np.array([3, 5, 9]), jax.random.key(4)
+  rng = np.random.default_rng(0)
+  values = rng.integers(0, 8, (3, 16, 2)).astype(np.int32)
+  bits = np.zeros((3, 16, 2), np.int32)
+  bits[0, :10] = 7        # image 0: 10 positions fully known
+  bits[1, :, 1] = 0b100   # image 1: the high bit of every second split
+  # image 2: nothing known
+  tokens, trace = sample_tokens(fn, labels, key, guidance_scale=2.0, known_tokens=values, known_bits=bits,
+                                return_trace=True, **SMALL)
+  tokens = np.asarray(tokens)
+  np.testing.assert_array_equal(tokens & bits, values & bits)
+  inputs = np.asarray(trace["model_in_tokens"])[:, :3]
+  np.testing.assert_array_equal(inputs[:, 0, :10], np.broadcast_to(values[0, :10], (4, 10, 2)))
+  assert (inputs[0, 1:] == SMALL["mask_token"]).all()
+  masked = np.asarray(trace["num_masked_in"])
+  assert masked[0].tolist() == [12, 32, 32] and (np.diff(masked, axis=0) < 0).all()
+  assert (tokens[0, 10:] != values[0, 10:]).any() and (tokens[1] != values[1]).any()
+  plain = sample_tokens(fn, labels, key, guidance_scale=2.0, **SMALL)
+  none_known, _ = sample_tokens(fn, labels, key, guidance_scale=2.0, known_tokens=values,  # the program above
+                                known_bits=np.zeros_like(bits), return_trace=True, **SMALL)
+  np.testing.assert_array_equal(none_known, plain)
+  with pytest.raises(ValueError, match="both or neither"):
+    sample_tokens(fn, labels, key, known_tokens=values, **SMALL)
+  with pytest.raises(ValueError, match=r"known_bits must lie in \[0, 8\)"):
+    sample_tokens(fn, labels, key, known_tokens=values, known_bits=bits + 8, **SMALL)
+  with pytest.raises(ValueError, match="known_tokens must have shape"):
+    sample_tokens(fn, labels, key, known_tokens=values[:2], known_bits=bits[:2], **SMALL)
+
+
 def test_sampler_argument_errors():
   fn = _toy_logits_fn()
   key = jax.random.key(0)
