@@ -31,6 +31,7 @@ def get_config():
                       enable_wandb=False)
   cfg.experiment.update(save_every=STEPS, log_every=25, generate_every=STEPS, eval_every=STEPS, eval_images=64,
                         log_grad_norm_every=STEPS)
+  cfg.experiment.siglip2_checkpoint = "random"  # no pretrained tower at this size
   cfg.dataset.update(source=d.TINY_SOURCE, eval_source=d.TINY_EVAL_SOURCE, num_threads=2)
   cfg.dataset.preprocessing.update(resize_shorter_edge=d.TINY_RESOLUTION)
   return cfg

@@ -199,3 +199,27 @@ def test_eight_devices_follow_the_rules_and_equal_one(tmp_path):
   jax.tree.map(close, s8.params, s1.params)
   jax.tree.map(close, s8.disc_params, s1.disc_params)
   jax.tree.map(close, s8.disc_spectral, s1.disc_spectral)
+
+
+def test_encoder_starts_from_the_published_siglip2_file(tmp_path):
+  """A file in the hub's SigLIP2 layout (``vision_model.*`` plus a text tower) fills ``encoder.siglip`` and
+  both trainable copies, as the reference's deep copy does; a missing file names where it is published."""
+  from flax import linen as nn
+
+  from maskbit_jax.convert import bar_tokenizer_mapping as btm
+  from maskbit_jax.models.bar_tokenizer import (abstract_bar_tokenizer_params, bar_tokenizer_from_config,
+                                                init_bar_tokenizer_params)
+
+  module = bar_tokenizer_from_config(tiny_config())
+  params = nn.meta.unbox(init_bar_tokenizer_params(module, jax.random.key(1)))
+  state = btm.flax_to_bar_tokenizer_state(params, module, with_aliases=False)
+  hub = {"vision_model." + k[len("encoder.siglip."):]: v for k, v in state.items() if k.startswith("encoder.siglip.")}
+  hub["text_model.embeddings.token_embedding.weight"] = np.zeros((4, 2), np.float32)
+  np.savez(tmp_path / "siglip2.npz", **hub)
+  encoder = btm.siglip2_encoder_params(tmp_path / "siglip2.npz", nn.meta.unbox(abstract_bar_tokenizer_params(module)))
+  assert_trees_equal(encoder["siglip"], params["encoder"]["siglip"])
+  assert_trees_equal(encoder["trainable_encoder"], params["encoder"]["siglip"]["encoder"])
+  assert_trees_equal(encoder["trainable_post_layernorm"], params["encoder"]["siglip"]["post_layernorm"])
+  with pytest.raises(FileNotFoundError, match="google/siglip2-so400m-patch16-naflex") as err:
+    btm.siglip2_encoder_params(tmp_path / "absent.safetensors", params)
+  assert "\n" not in str(err.value)

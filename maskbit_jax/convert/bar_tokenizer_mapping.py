@@ -233,3 +233,38 @@ __all__ = [
     "canonical_state", "expected_bar_tokenizer_shapes", "flax_param_count", "flax_to_bar_tokenizer_state",
     "load_bar_tokenizer_params", "reference_key_order",
 ]
+
+
+SIGLIP2_FILE_HINT = ("the SigLIP2 so400m naflex weights 'model.safetensors' of google/siglip2-so400m-patch16-naflex, "
+                     "published at https://huggingface.co/google/siglip2-so400m-patch16-naflex")
+_HF_VISION_PREFIX = "vision_model."
+
+
+def siglip2_encoder_params(path: str | os.PathLike, abstract_params) -> dict:
+  """The ``encoder`` subtree of a ``BarTokenizer`` from the published SigLIP2 file, as the reference builds it.
+
+  ``SigLIP2Encoder`` takes the hub model's ``vision_model`` (``encoder.siglip``: embeddings, the frozen
+  stack, post-LayerNorm, head) and starts the trainable stack and its post-LayerNorm as copies of the
+  pretrained ones. Keys outside ``vision_model.`` (the text tower, ``logit_scale``) are not used; every
+  vision key must map (strict).
+  """
+  from maskbit_jax import paths
+  from maskbit_jax.convert.checkpoint_files import read_state_dict
+
+  path = os.fspath(path)
+  if not paths.isfile(path):
+    raise FileNotFoundError(f"{path} not found: put {SIGLIP2_FILE_HINT} there (maskbit_jax never downloads weights)")
+  hf = read_state_dict(path)
+  state: "OrderedDict[str, Any]" = OrderedDict()
+  for key in hf:
+    if key.startswith(_HF_VISION_PREFIX):
+      state["encoder.siglip." + key[len(_HF_VISION_PREFIX):]] = hf[key]
+  copies = (("encoder.siglip.encoder.", "encoder.trainable_encoder."),
+            ("encoder.siglip.post_layernorm.", "encoder.trainable_post_layernorm."))
+  for key in list(state):
+    for source, target in copies:
+      if key.startswith(source):
+        state[target + key[len(source):]] = state[key]
+  converted = torch_state_to_flax(state, {"encoder": abstract_params["encoder"]}, bar_tokenizer_param_mapping(),
+                                  source=path)
+  return jax.tree.map(jnp.asarray, converted["encoder"])

@@ -219,7 +219,8 @@ def bar_fsq_config(name: str, *, token_size: int, crop_size: int, checkpoint: st
   cfg = ml_collections.ConfigDict()
   cfg.experiment = dict(project="bar_fsq", name=name, output_dir=name, max_train_examples=1281167, save_every=25000,
                         eval_every=25000, generate_every=5000, log_every=50, log_grad_norm_every=1000, resume=True,
-                        logging_dir=f"{name}/logs", tokenizer_checkpoint=checkpoint, init_checkpoint="")
+                        logging_dir=f"{name}/logs", tokenizer_checkpoint=checkpoint, init_checkpoint="",
+                        siglip2_checkpoint="")
   cfg.model = dict(
       vq_model=dict(codebook_size=LEVELS ** token_size, token_size=token_size, encoder_lr_mult=0.1,
                     clip_align_layer_id=2, use_checkpoint=False, vit_dec_patch_size=16),

@@ -12,7 +12,10 @@ from torchvision's cache and ``assets/``:
 * ``losses.convnext_checkpoint`` (torchvision ConvNeXt-Small);
 * ``model.discriminator.dino_ckpt_path`` (the DINO ViT-S/8 backbone, as in the yaml);
 * ``experiment.init_checkpoint``: tokenizer weights to start from (a released ``bar_fsq_*.bin`` or an
-  export); empty: random initialisation.
+  export); otherwise
+* ``experiment.siglip2_checkpoint``: the published SigLIP2 file the reference's encoder starts from
+  (both stacks; quantiser and decoder start random). ``random`` starts the encoder random too (tiny
+  configs, tests).
 
 Only the files a configured term needs are read; a missing one fails before the first step.
 """
@@ -154,10 +157,22 @@ class BarFsqTask(_Task):
         raise FileNotFoundError(f"experiment.init_checkpoint={init_path!r} does not exist")
       abstract = nn.meta.unbox(abstract_bar_tokenizer_params(self.model))
       start_params = load_bar_tokenizer_params(init_path, abstract)
+    siglip = str(self.cfg.experiment.get("siglip2_checkpoint", "") or "")
+    encoder = None
+    if start_params is None and siglip != "random":
+      from maskbit_jax.convert.bar_tokenizer_mapping import SIGLIP2_FILE_HINT, siglip2_encoder_params
+      from maskbit_jax.models.bar_tokenizer import abstract_bar_tokenizer_params
+
+      if not siglip:
+        raise ValueError(f"experiment.siglip2_checkpoint is not set: the encoder starts from {SIGLIP2_FILE_HINT} "
+                         "(or set experiment.init_checkpoint, or 'random')")
+      encoder = siglip2_encoder_params(siglip, nn.meta.unbox(abstract_bar_tokenizer_params(self.model)))
 
     def make(key):
       k_tok, k_disc, k_state = jax.random.split(key, 3)
       params = nn.meta.unbox(init_bar_tokenizer_params(self.model, k_tok)) if start_params is None else start_params
+      if encoder is not None:
+        params = dict(params, encoder=encoder)
       disc = None
       if self.disc is not None:
         variables = dd.init_discriminator_variables(self.disc, k_disc)
