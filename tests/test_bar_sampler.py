@@ -193,10 +193,11 @@ def test_random_draws_one_compiled_scan():
   assert set(np.unique(a)) <= {0, 1}
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
-  # AR steps: one scan of L-1 steps (+ the last step's head after it); the head's inner loop: a scan of S steps
+  # AR steps: one scan of L-1 steps (+ the last step's head after it); the head's inner loop: a scan of S steps;
+  # the blocks: one scan over depth in the prefill, one in the cached step
   jaxpr = jax.make_jaxpr(lambda p, k: generate(module, p, labels, k, **kw))(params, jax.random.key(0))
   lengths = sorted(_scan_lengths(jaxpr.jaxpr))
-  assert lengths == sorted([module.num_steps - 1, 2, 2])
+  assert lengths == sorted([module.num_steps - 1, 2, 2, module.depth, module.depth])
 
 
 def test_known_bits_are_teacher_forced():
