@@ -552,6 +552,7 @@ def main(argv=None) -> int:
   from maskbit_jax.data.sample_images import class_caption
   from maskbit_jax.sample import _replicated
 
+  raw = image_io.read_rgb(args.image)  # before the models load: a bad file fails at once
   cfg = load_config(config, overrides)
   gen, tok, settings = _models(cfg, args)
   gen, tok = _replicated(gen), _replicated(tok)
@@ -560,7 +561,7 @@ def main(argv=None) -> int:
   gen.check_labels(args.class_ids)
   grid = _check_models(gen, tok, jax.random.key(0))
   side = _image_hw(tok, grid)[0]
-  image = _square(image_io.read_rgb(args.image), side)
+  image = _square(raw, side)
   labels = np.asarray(args.class_ids, np.int64)
   key = jax.random.key(args.seed)
   start = time.perf_counter()
