@@ -6,7 +6,7 @@ The released recipe (``configs/bar_fsq_16bits.py``: its losses, both AdamWs, enc
 warm-up + cosine to a floor, EMA) scaled down: 32 px synthetic images (the embedded set), 4x4 tokens of
 12 bits, width-32 towers, a higher learning rate. The terms whose frozen networks are downloads
 (perceptual, Gram) have weight 0 and the discriminator phase starts past the last step, as in
-``tokenizer_tiny``; set ``losses.*_checkpoint`` / ``model.discriminator.dino_ckpt_path`` and the
+``tokenizer_tiny``; set ``loss_networks.*_checkpoint`` / ``model.discriminator.dino_ckpt_path`` and the
 weights to train with them. The CLIP-alignment term runs against the model's own frozen encoder copy
 (randomly initialised here, pretrained SigLIP2 in the release).
 """

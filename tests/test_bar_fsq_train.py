@@ -41,8 +41,8 @@ def with_discriminator(start: int, folder) -> list[str]:
   if not os.path.exists(dino):
     shutil.copy(REPO / "tests" / "data" / "bar_fsq" / "dino_backbone.npz", dino)
   return [f"--config.model.discriminator.dino_ckpt_path={dino}", f"--config.losses.discriminator_start={start}",
-          "--config.model.discriminator.width=16", "--config.model.discriminator.num_heads=2",
-          "--config.model.discriminator.depth=4", "--config.model.discriminator.key_depths=(1,3)"]
+          "--config.loss_networks.dino.width=16", "--config.loss_networks.dino.num_heads=2",
+          "--config.loss_networks.dino.depth=4", "--config.loss_networks.dino.key_depths=(1,3)"]
 
 
 def test_stage_and_phases():
@@ -66,7 +66,7 @@ def test_released_config_names_the_missing_frozen_network(tmp_path):
   anything heavy, with one line naming the key."""
   cfg = maskbit_jax.load_config(str(REPO / "configs/bar_fsq_16bits.py"), ONE_DEVICE + [
       "--config.dataset.source=synthetic:64", "--config.training.per_gpu_batch_size=1"])
-  with pytest.raises(ValueError, match=r"^losses\.lpips_checkpoint is not set") as err:
+  with pytest.raises(ValueError, match=r"^loss_networks\.lpips_checkpoint is not set") as err:
     train(cfg, str(tmp_path / "w"))
   assert "\n" not in str(err.value)
 

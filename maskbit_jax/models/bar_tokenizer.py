@@ -224,18 +224,17 @@ def bar_fsq_config(name: str, *, token_size: int, crop_size: int, checkpoint: st
   cfg.model = dict(
       vq_model=dict(codebook_size=LEVELS ** token_size, token_size=token_size, encoder_lr_mult=0.1,
                     clip_align_layer_id=2, use_checkpoint=False, vit_dec_patch_size=16),
-      # width / num_heads / depth / key_depths: port only, DinoDisc's hard-coded ViT-S and readouts
-      discriminator=dict(dino_ckpt_path="assets/models/dino_vit_small_patch8_224.pth", norm_type="bn", width=384,
-                         num_heads=6, depth=12, key_depths=(2, 5, 8, 11)),
+      discriminator=dict(dino_ckpt_path="assets/models/dino_vit_small_patch8_224.pth", norm_type="bn"),
       siglip2=dict(SIGLIP2_SO400M),
       vit_decoder=dict(VIT_DECODER_L),
   )
   cfg.losses = dict(discriminator_start=100000, discriminator_factor=1.0, discriminator_weight=0.05,
                     perceptual_loss="lpips-convnext_s-1.0-0.1", perceptual_weight=1.1, reconstruction_weight_l1=0.1,
-                    reconstruction_weight_l2=1.0, clip_loss_weight=0.7, gram_loss_weight=10.0,
-                    # port only: the frozen networks' files (the reference takes them from torchvision's
-                    # cache and assets/), see maskbit_jax.train.bar_fsq_task
-                    lpips_checkpoint="", vgg16_checkpoint="", convnext_checkpoint="")
+                    reconstruction_weight_l2=1.0, clip_loss_weight=0.7, gram_loss_weight=10.0)
+  # Port only: the loss networks' files (the reference takes them from torchvision's cache and assets/) and
+  # the DINO discriminator's size (hard-coded ViT-S/8 and readouts in DinoDisc); see train/bar_fsq_task.py.
+  cfg.loss_networks = dict(lpips_checkpoint="", vgg16_checkpoint="", convnext_checkpoint="",
+                           dino=dict(width=384, num_heads=6, depth=12, key_depths=(2, 5, 8, 11)))
   cfg.dataset = dict(
       params=dict(train_shards_path_or_url="/path/to/imagenet-train-{000000..000320}.tar",
                   eval_shards_path_or_url="/path/to/imagenet-val-{000000..000049}.tar", num_workers_per_gpu=16),

@@ -7,10 +7,11 @@ discriminator_start`` of its own steps), ``model.vq_model.encoder_lr_mult``, ``t
 clipping, batch, seed). Port-only keys name the frozen networks' files, which the reference takes
 from torchvision's cache and ``assets/``:
 
-* ``losses.lpips_checkpoint`` (the LPIPS heads, ``vgg_lpips.pth``) and ``losses.vgg16_checkpoint``
-  (torchvision VGG16: the LPIPS trunk and the Gram loss's network);
-* ``losses.convnext_checkpoint`` (torchvision ConvNeXt-Small);
-* ``model.discriminator.dino_ckpt_path`` (the DINO ViT-S/8 backbone, as in the yaml);
+* ``loss_networks.lpips_checkpoint`` (the LPIPS heads, ``vgg_lpips.pth``) and
+  ``loss_networks.vgg16_checkpoint`` (torchvision VGG16: the LPIPS trunk and the Gram loss's network);
+* ``loss_networks.convnext_checkpoint`` (torchvision ConvNeXt-Small);
+* ``model.discriminator.dino_ckpt_path`` (the DINO ViT-S/8 backbone, as in the yaml; its size, which
+  DinoDisc hard-codes, in ``loss_networks.dino``);
 * ``experiment.init_checkpoint``: tokenizer weights to start from (a released ``bar_fsq_*.bin`` or an
   export); otherwise
 * ``experiment.siglip2_checkpoint``: the published SigLIP2 file the reference's encoder starts from
@@ -74,9 +75,8 @@ class BarFsqTask(_Task):
     self.disc_tx = bar_optim.make_bar_optimizer(**d_opt)
     self.disc = None
     if self.settings.use_discriminator and self.settings.discriminator_start < opt["total_steps"]:
-      disc_cfg = cfg.model.discriminator
-      extra = {k: (tuple(v) if k == "key_depths" else v) for k, v in disc_cfg.items()
-               if k in ("width", "num_heads", "depth", "key_depths", "patch_size")}
+      size = (cfg.get("loss_networks", None) or {}).get("dino", None) or {}
+      extra = {k: (tuple(v) if k == "key_depths" else v) for k, v in size.items()}
       self.disc = dd.discriminator_from_config(cfg, dtype=dtype, precision=precision, **extra)
     self.frozen = self._frozen_networks()
     self.spec = fs.BarFsqStep(model=self.model, disc=self.disc, settings=self.settings, tx=self.tx,
@@ -92,10 +92,10 @@ class BarFsqTask(_Task):
   # ----------------------------------------------------------------------------- frozen networks
 
   def _loss_file(self, key: str, what: str) -> str:
-    path = str(self.cfg.losses.get(key, "") or "")
+    path = str((self.cfg.get("loss_networks", None) or {}).get(key, "") or "")
     if not path:
-      raise ValueError(f"losses.{key} is not set: the recipe's {what} needs its weights file (or set the "
-                       "term's weight to 0)")
+      raise ValueError(f"loss_networks.{key} is not set: the recipe's {what} needs its weights file (or set "
+                       "the term's weight to 0)")
     return path
 
   def _frozen_networks(self) -> dict:
