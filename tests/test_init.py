@@ -86,7 +86,7 @@ def _generator_expectations(params) -> dict:
   for path, value in flat.items():
     parent, leaf = path[:-1], path[-1]
     if leaf == "kernel" and parent[-1] == "in_proj":
-      fan_in, fan_out = value.shape
+      fan_in, fan_out = value.shape[-2:]  # [layers, E, 3E] under the scan: each layer's own fans
       out[path] = ("mha_in_proj", "uniform", math.sqrt(6 / (fan_in + fan_out)))
     elif leaf in ("kernel", "embedding", "pos_emb"):
       out[path] = ("linear_embedding", "normal", 0.02)
