@@ -3,6 +3,7 @@
   python -m benchmarks.train                       # full-size models on the device present
   python -m benchmarks.train --reduced             # CPU: reduced width/size, stated in the record
   python -m benchmarks.train --dtype bfloat16 --batch 64 --stage generator
+  python -m benchmarks.train --reduced --stage bar_fsq   # BAR-FSQ tokenizer, its own terms (no frozen nets)
 
 Each record names the config, every override, the mesh, the batch, the dtype,
 the step time (median of ``--repeats`` after a compile + warm-up step), images/s
@@ -36,7 +37,17 @@ REDUCED = {
                   "--config.model.mlm_model.heads=4", "--config.model.mlm_model.mlp_dim=1024",
                   "--config.dataset.preprocessing.resolution=128"],
 }
-CONFIGS = {"tokenizer": "configs/maskbit_tokenizer_12bit.py", "generator": "configs/maskbit_generator_12bit.py"}
+# BAR-FSQ (stage bar_fsq): the frozen networks of its perceptual, Gram and GAN terms are downloads, so the
+# benchmark step is the tokenizer's own (reconstruction + CLIP alignment) with those weights at 0.
+BAR_FSQ_OWN_TERMS = ["--config.losses.perceptual_weight=0.0", "--config.losses.gram_loss_weight=0.0",
+                     "--config.losses.discriminator_weight=0.0", "--config.experiment.siglip2_checkpoint=random"]
+REDUCED["bar_fsq"] = ["--config.model.siglip2.hidden_size=128", "--config.model.siglip2.intermediate_size=512",
+                      "--config.model.siglip2.num_hidden_layers=4", "--config.model.siglip2.num_attention_heads=4",
+                      "--config.model.vit_decoder.width=128", "--config.model.vit_decoder.num_layers=4",
+                      "--config.model.vit_decoder.num_heads=4", "--config.dataset.preprocessing.crop_size=128",
+                      "--config.dataset.preprocessing.resize_shorter_edge=128"]
+CONFIGS = {"tokenizer": "configs/maskbit_tokenizer_12bit.py", "generator": "configs/maskbit_generator_12bit.py",
+           "bar_fsq": "configs/bar_fsq_16bits.py"}
 
 
 def _peak_flops(device) -> float | None:
@@ -69,7 +80,7 @@ def bench_stage(stage: str, *, batch_per_device: int, dtype: str, reduced: bool,
       f"--config.training.per_gpu_batch_size={batch_per_device}", f"--config.runtime.dtype={dtype}",
       # the step of the phase with the discriminator (the expensive one) from step 0
       *(["--config.losses.perceptual_weight=0.0", "--config.losses.discriminator_start=0"] if stage == "tokenizer"
-        else [])]
+        else []), *(BAR_FSQ_OWN_TERMS if stage == "bar_fsq" else [])]
   if stage == "generator":
     tok_cfg = maskbit_jax.load_config(CONFIGS["tokenizer"], REDUCED["tokenizer"] if reduced else [])
     tok = maskbit_jax.load_tokenizer(tok_cfg, random_init=True)
@@ -81,7 +92,7 @@ def bench_stage(stage: str, *, batch_per_device: int, dtype: str, reduced: bool,
   cfg = maskbit_jax.load_config(CONFIGS[stage], overrides)
   mesh = make_mesh(cfg)
   task = make_task(cfg, mesh, workdir)
-  size = int(cfg.dataset.preprocessing.resolution)
+  size = int(task.size)
   rng = np.random.default_rng(0)
   local = {"image": rng.uniform(0, 1, (task.local_batch, size, size, 3)).astype(np.float32),
            "label": rng.integers(0, 1000, task.local_batch).astype(np.int32)}
@@ -90,6 +101,8 @@ def bench_stage(stage: str, *, batch_per_device: int, dtype: str, reduced: bool,
     batch = task.to_device(local)
     if stage == "tokenizer":
       memory = _compiled_memory(task.step_fn.lower(state, batch, task.perceptual_vars, 0))
+    elif stage == "bar_fsq":
+      memory = _compiled_memory(task.step_fn.lower(state, batch, task.frozen, 0))
     else:
       memory = _compiled_memory(task.step_fn.lower(state, batch, task.tokenizer.params))
     start = time.perf_counter()
@@ -121,7 +134,7 @@ def bench_stage(stage: str, *, batch_per_device: int, dtype: str, reduced: bool,
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--stage", choices=["tokenizer", "generator", "both"], default="both")
+  p.add_argument("--stage", choices=["tokenizer", "generator", "bar_fsq", "both"], default="both")
   p.add_argument("--batch", type=int, default=None, help="batch per device (default 16 tokenizer, 64 generator; "
                                                            "2 and 8 with --reduced)")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -131,7 +144,8 @@ def main(argv=None) -> int:
   stages = ["tokenizer", "generator"] if args.stage == "both" else [args.stage]
   with tempfile.TemporaryDirectory() as tmp:
     for stage in stages:
-      default = {"tokenizer": 2 if args.reduced else 16, "generator": 8 if args.reduced else 64}[stage]
+      default = {"tokenizer": 2 if args.reduced else 16, "generator": 8 if args.reduced else 64,
+                 "bar_fsq": 2 if args.reduced else 32}[stage]
       record = bench_stage(stage, batch_per_device=args.batch or default, dtype=args.dtype, reduced=args.reduced,
                            repeats=args.repeats, workdir=os.path.join(tmp, stage))
       record.update(machine())
