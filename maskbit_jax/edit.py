@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import io
 import json
-import math
 import sys
 import time
 import types
@@ -432,15 +431,18 @@ def _ints(text: str, flag: str, count: int | None = None) -> tuple[int, ...]:
 
 
 def _parse(argv):
+  from maskbit_jax import hub
   from maskbit_jax.config import add_config_help, split_config_args
-  from maskbit_jax.sample import SAMPLER_ARGS
+  from maskbit_jax.sample import SAMPLER_ARGS, add_sampling_flags, check_sampling_flags
 
   config, overrides, rest = split_config_args(argv)
   p = cli_errors.parser("python -m maskbit_jax.edit", __doc__)
   add_config_help(p, required="default: the config stored with --generator when that is one of our exports")
-  p.add_argument("--tokenizer", help="tokenizer checkpoint (default: the config's)")
-  p.add_argument("--generator", help="generator checkpoint (default: experiment.generator_checkpoint)")
+  p.add_argument("--tokenizer", help="tokenizer checkpoint or released name (default: the config's)")
+  p.add_argument("--generator", help="generator checkpoint or released name, e.g. maskbit_generator_12bit "
+                 "(default: experiment.generator_checkpoint)")
   p.add_argument("--random_init", action="store_true", help="untrained weights for both (smoke test)")
+  hub.add_download_flag(p)
   p.add_argument("--image", required=True, help="the image to edit (resized and centre-cropped to the model's size)")
   what = p.add_mutually_exclusive_group(required=True)
   what.add_argument("--mask", help="mask image: white (> 127) pixels are regenerated, the others kept")
@@ -452,35 +454,28 @@ def _parse(argv):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
-  for name in ("num_steps", "guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
-    p.add_argument(f"--{name}", type=int if name == "num_steps" else float)
-  p.add_argument("--guidance_annealing", choices=("none", "linear", "cosine"))
-  p.add_argument("--mask_schedule_strategy", choices=("linear", "square", "cosine", "arccos", "root"))
-  p.add_argument("--use_sampling_annealing", choices=("true", "false"))
-  p.add_argument("--tokens_allocation", help="BAR: bits revealed per MBM step, comma-separated (e.g. 2,2,5,7)")
+  add_sampling_flags(p)
   args = p.parse_args(rest)
   if config is None:
     from maskbit_jax import checkpointing
 
-    config = checkpointing.stored_config(args.generator)
+    config = checkpointing.stored_config(args.generator) or hub.config_of(args.generator)
     if config is None:
-      p.error("--config is required, unless --generator is one of our exports (its stored config is used)")
-  if args.random_init and (args.tokenizer or args.generator):
-    p.error("--random_init excludes --tokenizer/--generator")
+      p.error("--config is required, unless --generator is one of our exports (its stored config is used) "
+              "or a released name")
+  if args.random_init and (args.tokenizer or args.generator or args.download):
+    p.error("--random_init excludes --tokenizer/--generator/--download")
+  args.tokenizer = hub.cli_checkpoint(args.tokenizer, config, "tokenizer", args.download)
+  args.generator = hub.cli_checkpoint(args.generator, config, "generator", args.download)
   try:
     args.class_ids = list(_ints(args.classes, "--classes"))
     args.box = None if args.box is None else _ints(args.box, "--box", 4)
     args.outpaint = None if args.outpaint is None else _ints(args.outpaint, "--outpaint", 4)
-    if args.tokens_allocation is not None:
-      args.tokens_allocation = _ints(args.tokens_allocation, "--tokens_allocation")
   except argparse.ArgumentTypeError as e:
     p.error(str(e))
   if not args.class_ids:
     p.error("--classes names no class id")
-  for flag in ("guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
-    value = getattr(args, flag)
-    if value is not None and not math.isfinite(value):
-      p.error(f"--{flag} {value}: must be a finite number")
+  check_sampling_flags(p, args)
   from maskbit_jax.image_io import check_output_path
 
   try:

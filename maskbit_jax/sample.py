@@ -21,7 +21,6 @@ one process.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import io
@@ -163,6 +162,29 @@ def sample_sharded(gen, tok, labels, key: jax.Array, **settings) -> dict:
   return {k: np.asarray(v)[: len(labels)] for k, v in out.items()}
 
 
+def add_sampling_flags(p) -> None:
+  """The sampler settings a command takes (``sample``, ``edit``): each overrides the config's when given."""
+  for name in ("num_steps", "guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
+    p.add_argument(f"--{name}", type=int if name == "num_steps" else float)
+  p.add_argument("--guidance_annealing", choices=("none", "linear", "cosine"))
+  p.add_argument("--mask_schedule_strategy", choices=("linear", "square", "cosine", "arccos", "root"))
+  p.add_argument("--use_sampling_annealing", choices=("true", "false"))
+  p.add_argument("--tokens_allocation", help="BAR: bits revealed per MBM step, comma-separated (e.g. 2,2,5,7)")
+
+
+def check_sampling_flags(p, args) -> None:
+  """Refuses non-finite numbers (argparse's float() takes "nan" and "inf") and parses ``--tokens_allocation``."""
+  for flag in ("guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
+    value = getattr(args, flag)
+    if value is not None and not math.isfinite(value):
+      p.error(f"--{flag} {value}: must be a finite number")
+  if args.tokens_allocation is not None:
+    try:
+      args.tokens_allocation = tuple(int(t) for t in args.tokens_allocation.split(",") if t.strip())
+    except ValueError:
+      p.error(f"--tokens_allocation must be comma-separated integers, got {args.tokens_allocation!r}")
+
+
 def _parse(argv):
   from maskbit_jax import hub
   from maskbit_jax.config import add_config_help, split_config_args
@@ -182,12 +204,7 @@ def _parse(argv):
   p.add_argument("--batch_size", type=int, default=32, help="images per compiled call")
   p.add_argument("--out", required=True)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
-  for name in ("num_steps", "guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
-    p.add_argument(f"--{name}", type=int if name == "num_steps" else float)
-  p.add_argument("--guidance_annealing", choices=("none", "linear", "cosine"))
-  p.add_argument("--mask_schedule_strategy", choices=("linear", "square", "cosine", "arccos", "root"))
-  p.add_argument("--use_sampling_annealing", choices=("true", "false"))
-  p.add_argument("--tokens_allocation", help="BAR: bits revealed per MBM step, comma-separated (e.g. 2,2,5,7)")
+  add_sampling_flags(p)
   from maskbit_jax import distributed
 
   distributed.add_distributed_args(p)
@@ -212,21 +229,13 @@ def _parse(argv):
   for flag in ("samples_per_class", "batch_size"):
     if getattr(args, flag) < 1:
       p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-  for flag in ("guidance_scale", "scale_pow", "softmax_temperature", "randomize_temperature"):
-    value = getattr(args, flag)
-    if value is not None and not math.isfinite(value):  # argparse's float() takes "nan" and "inf"
-      p.error(f"--{flag} {value}: must be a finite number")
+  check_sampling_flags(p, args)
   from maskbit_jax.image_io import check_output_path
 
   try:  # here, not after all the sampling
     check_output_path(args.out, folder=True)
   except ValueError as e:
     p.error(f"--out: {e}")
-  if args.tokens_allocation is not None:
-    try:
-      args.tokens_allocation = tuple(int(t) for t in args.tokens_allocation.split(",") if t.strip())
-    except ValueError:
-      p.error(f"--tokens_allocation must be comma-separated integers, got {args.tokens_allocation!r}")
   return config, overrides, args
 
 
