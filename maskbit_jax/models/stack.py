@@ -14,8 +14,6 @@ every activation for the backward pass, ``full`` recomputes the block, and
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 from flax import linen as nn
 
