@@ -1,4 +1,4 @@
-"""A tiny BAR on the tiny 12-bit MaskBit tokenizer's bits (32 px, 8x8 tokens of 12 bits, 16 classes), for tests,
+"""A tiny BAR on the tiny 12-bit MaskBit tokenizer's bits (16 px, 8x8 tokens of 12 bits, 16 classes), for tests,
 demos and CPU runs.
 
   python -m maskbit_jax.train --config configs/bar_tiny.py --workdir runs/bar_tiny \

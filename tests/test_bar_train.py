@@ -101,15 +101,16 @@ def test_export_and_sample_end_to_end(trained, random_tokenizer, tmp_path):
   # tokens are the bits packed as LFQ indices (bit j = channel j)
   np.testing.assert_array_equal(np.asarray(indices_to_bit_rows(tokens, 12)), bits)
   assert list(data["labels"]) == [0, 0, 5, 5, 15, 15]
+  size = cfg.dataset.preprocessing.resolution
   png = np.asarray(Image.open(out / "00000_class0.png"))
-  assert png.shape == (32, 32, 3)
+  assert png.shape == (size, size, 3)
   summary = json.loads((out / "summary.json").read_text())
   # bar_tiny's sampling settings: 2x2 patches of 12-bit tokens, 48 bits a step in four inner steps of 12
   assert summary["settings"] == {"guidance_scale": 2.0, "randomize_temperature": 1.0, "tokens_allocation": [12] * 4}
   # the images decode from the tokens with the frozen tokenizer, finite
   tok = maskbit_jax.load_tokenizer(task.cfg, random_tokenizer)
   images = np.asarray(tok.decode_tokens(tokens))
-  assert images.shape == (6, 32, 32, 3) and np.all(np.isfinite(images))
+  assert images.shape == (6, size, size, 3) and np.all(np.isfinite(images))
 
 
 def test_resume_is_bit_identical(tmp_path, random_tokenizer):

@@ -52,9 +52,14 @@ def check_outputs(tmp_path, outputs: list[str], steps_tok: int, steps_gen: int) 
   assert tok["end_step"] == steps_tok and gen["end_step"] == steps_gen
   assert "eval_psnr" in tok["eval"]
   assert {"eval_class_accuracy", "eval_tokenizer_psnr"} <= set(gen["eval"])
-  # stage I says why its losses go negative and when the discriminator trains; both runs say when they compile
+  # stage I says when the discriminator trains (and, with an entropy term, why its losses go negative); both
+  # runs say when they compile
+  from maskbit_jax.config import load_config
+
+  entropy = load_config(str(REPO / "configs" / "tokenizer_tiny.py")).model.vq_model.entropy_loss_weight
   note = [line for line in outputs[0].splitlines() if "] note: " in line]
-  assert note and "can be negative" in note[0] and "discriminator" in note[0], outputs[0][-2000:]
+  assert note and "discriminator" in note[0], outputs[0][-2000:]
+  assert ("can be negative" in note[0]) == (entropy > 0), note[0]
   for out in outputs:
     assert "compiling the train step" in out and "compiled and ran step 1 in " in out
   # both figures printed, at the end of the run
@@ -70,16 +75,29 @@ def test_readme_main_command_quick(tmp_path):
   assert 0.0 <= gen["eval_class_accuracy"] <= 1.0 and gen["eval_tokenizer_psnr"] > 5.0
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 17's targets are not reached yet: the tiny recipe gives 19.4 dB and 39 % (a "
-                          "32-channel autoencoder at ~1 epoch is near 20 dB even without quantizer)")
-def test_readme_main_command_whole(tmp_path):
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+  """The README's main command as written (minus the install): (tokenizer figures, generator figures)."""
   from maskbit_jax.config import load_config
 
+  tmp_path = tmp_path_factory.mktemp("main_command")
   outputs = run_main_command(tmp_path, [])
   steps = [int(load_config(str(REPO / "configs" / f"{n}_tiny.py")).training.max_train_steps)
            for n in ("tokenizer", "generator")]
-  tok, gen = check_outputs(tmp_path, outputs, *steps)
+  return check_outputs(tmp_path, outputs, *steps)
+
+
+@pytest.mark.slow
+def test_readme_main_command_whole_psnr(whole_run):
+  """Issue 17's reconstruction target: held-out PSNR >= 24 dB (measured 25.0 dB)."""
+  tok, gen = whole_run
   assert tok["eval_psnr"] >= 24.0 and gen["eval_tokenizer_psnr"] >= 24.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 17's class-accuracy target is not reached: the tiny generator gives 37.5 % "
+                          "(44-45 % with twice the steps or a wider, deeper model)")
+def test_readme_main_command_whole_class_accuracy(whole_run):
+  _, gen = whole_run
   assert gen["eval_class_accuracy"] >= 0.9
