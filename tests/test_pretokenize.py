@@ -8,6 +8,7 @@ import pytest
 import maskbit_jax
 from conftest import REPO, task_on_token_set, tokenizer_config
 from maskbit_jax.data.sources import SyntheticSource
+from maskbit_jax.models.tokenizer import latent_stride_of
 from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main, pretokenize
 
 
@@ -85,11 +86,16 @@ def test_progress_line():
   assert progress_line(8, 1000, None) == "pretokenize: 8/1000 images"
 
 
-@pytest.mark.parametrize("tokenizer_arg, size, message", [
-    (":bits=10", 32, r"holds 10-bit tokens; the model takes 12 bits per token"),
-    ("", 64, r"holds a \(16, 16\) token grid; the model takes \(8, 8\)")])  # stride 4: 64 px -> 16 x 16
-def test_stage_two_refuses_a_token_set_of_other_bits_or_grid(tmp_path, tokenizer_arg, size, message):
-  """A set pretokenized by another tokenizer (bits) or at another size (grid): named before any step."""
+@pytest.mark.parametrize("tokenizer_arg, scale, message", [
+    (":bits=10", 1, r"holds 10-bit tokens; the model takes 12 bits per token"),
+    ("", 2, r"holds a \({g2}, {g2}\) token grid; the model takes \({g}, {g}\)")])
+def test_stage_two_refuses_a_token_set_of_other_bits_or_grid(tmp_path, tokenizer_arg, scale, message):
+  """A set pretokenized by another tokenizer (bits) or at another size (twice the side: twice the grid):
+  named before any step."""
+  cfg = maskbit_jax.load_config(str(REPO / "configs/generator_tiny.py"))
+  size = cfg.dataset.preprocessing.resolution * scale
+  grid = cfg.dataset.preprocessing.resolution // latent_stride_of(cfg.model.vq_model)
+  message = message.format(g=grid, g2=grid * scale)
   out = tmp_path / "tokens"
   assert pretokenize_main(["--config", str(REPO / f"configs/tokenizer_tiny.py{tokenizer_arg}"), "--random_init",
                            "--data", "synthetic:8", "--size", str(size), "--batch_size", "8", "--out", str(out)]) == 0

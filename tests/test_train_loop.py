@@ -82,7 +82,7 @@ def test_tokenizer_learns_on_embedded_data(tmp_path):
   assert summary["eval"]["eval_psnr"] > 14.0, summary["eval"]
   assert os.path.isfile(summary["image_grid"])
   tok = maskbit_jax.load_tokenizer(cfg, summary["export"])
-  src = make_source(cfg.dataset.eval_source, 32)
+  src = make_source(cfg.dataset.eval_source, cfg.dataset.preprocessing.resolution)
   images = np.stack([src[i]["image"] for i in range(32)])
   recon = np.clip(np.asarray(tok.decode_tokens(tok.encode(images))), 0, 1)
   psnr = np.mean(10 * np.log10(1.0 / np.mean((recon - images) ** 2, axis=(1, 2, 3))))
