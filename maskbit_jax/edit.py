@@ -433,7 +433,7 @@ def _ints(text: str, flag: str, count: int | None = None) -> tuple[int, ...]:
 def _parse(argv):
   from maskbit_jax import hub
   from maskbit_jax.config import add_config_help, split_config_args
-  from maskbit_jax.sample import SAMPLER_ARGS, add_sampling_flags, check_sampling_flags
+  from maskbit_jax.sample import SAMPLER_ARGS, add_sampling_flags, check_sampling_flags, resolve_model_args
 
   config, overrides, rest = split_config_args(argv)
   p = cli_errors.parser("python -m maskbit_jax.edit", __doc__)
@@ -456,17 +456,7 @@ def _parse(argv):
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
   add_sampling_flags(p)
   args = p.parse_args(rest)
-  if config is None:
-    from maskbit_jax import checkpointing
-
-    config = checkpointing.stored_config(args.generator) or hub.config_of(args.generator)
-    if config is None:
-      p.error("--config is required, unless --generator is one of our exports (its stored config is used) "
-              "or a released name")
-  if args.random_init and (args.tokenizer or args.generator or args.download):
-    p.error("--random_init excludes --tokenizer/--generator/--download")
-  args.tokenizer = hub.cli_checkpoint(args.tokenizer, config, "tokenizer", args.download)
-  args.generator = hub.cli_checkpoint(args.generator, config, "generator", args.download)
+  config = resolve_model_args(p, config, args)
   try:
     args.class_ids = list(_ints(args.classes, "--classes"))
     args.box = None if args.box is None else _ints(args.box, "--box", 4)

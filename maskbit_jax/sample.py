@@ -185,6 +185,23 @@ def check_sampling_flags(p, args) -> None:
       p.error(f"--tokens_allocation must be comma-separated integers, got {args.tokens_allocation!r}")
 
 
+def resolve_model_args(p, config, args):
+  """The config and weights a sampling command names: ``--config``, else the one stored with ``--generator``
+  (our export) or a released name's; ``--tokenizer`` / ``--generator`` through the registry (``--download``)."""
+  from maskbit_jax import checkpointing, hub
+
+  if config is None:
+    config = checkpointing.stored_config(args.generator) or hub.config_of(args.generator)
+    if config is None:
+      p.error("--config is required, unless --generator is one of our exports (its stored config is used) "
+              "or a released name")
+  if args.random_init and (args.tokenizer or args.generator or args.download):
+    p.error("--random_init excludes --tokenizer/--generator/--download")
+  args.tokenizer = hub.cli_checkpoint(args.tokenizer, config, "tokenizer", args.download)
+  args.generator = hub.cli_checkpoint(args.generator, config, "generator", args.download)
+  return config
+
+
 def _parse(argv):
   from maskbit_jax import hub
   from maskbit_jax.config import add_config_help, split_config_args
@@ -209,17 +226,7 @@ def _parse(argv):
 
   distributed.add_distributed_args(p)
   args = p.parse_args(rest)
-  if config is None:
-    from maskbit_jax import checkpointing
-
-    config = checkpointing.stored_config(args.generator) or hub.config_of(args.generator)
-    if config is None:
-      p.error("--config is required, unless --generator is one of our exports (its stored config is used) "
-              "or a released name")
-  if args.random_init and (args.tokenizer or args.generator or args.download):
-    p.error("--random_init excludes --tokenizer/--generator/--download")
-  args.tokenizer = hub.cli_checkpoint(args.tokenizer, config, "tokenizer", args.download)
-  args.generator = hub.cli_checkpoint(args.generator, config, "generator", args.download)
+  config = resolve_model_args(p, config, args)
   try:
     args.class_ids = [int(c) for c in args.classes.split(",") if c.strip()]
   except ValueError:
