@@ -96,6 +96,7 @@ class _Mlp(nn.Module):
 
   width: int
   hidden: int
+  approximate_gelu: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   precision: Any = None
@@ -104,15 +105,20 @@ class _Mlp(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
     x = dense(self.hidden, ("embed", "mlp"), name="fc1", **kw)(x)
-    return dense(self.width, ("mlp", "embed"), name="fc2", **kw)(nn.gelu(x, approximate=False))
+    return dense(self.width, ("mlp", "embed"), name="fc2", **kw)(nn.gelu(x, approximate=self.approximate_gelu))
 
 
 class DecoderBlock(nn.Module):
-  """``ViTBlock`` with the reference's parameter layout (``norm1``, ``attn``, ``norm2``, ``mlp.fc1/fc2``)."""
+  """``ViTBlock`` with the reference's parameter layout (``norm1``, ``attn``, ``norm2``, ``mlp.fc1/fc2``).
+
+  ``norm_eps`` and ``approximate_gelu`` are the decoder's by default; the DINO backbone of BAR-FSQ
+  training's discriminator is this block with its own (``models.dino_discriminator``)."""
 
   width: int
   num_heads: int
   mlp_ratio: float = 4.0
+  norm_eps: float = DECODER_LN_EPS
+  approximate_gelu: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   precision: Any = None
@@ -120,9 +126,10 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-    norm = lambda name: layer_norm(DECODER_LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    norm = lambda name: layer_norm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     x = x + ViTAttention(self.width, self.num_heads, name="attn", **kw)(norm("norm1")(x))
-    return x + _Mlp(self.width, int(self.width * self.mlp_ratio), name="mlp", **kw)(norm("norm2")(x))
+    mlp = _Mlp(self.width, int(self.width * self.mlp_ratio), self.approximate_gelu, name="mlp", **kw)
+    return x + mlp(norm("norm2")(x))
 
 
 class BarViTDecoder(nn.Module):

@@ -39,7 +39,7 @@ from flax import linen as nn
 
 from maskbit_jax.convert.param_mapping import ParamMapping
 from maskbit_jax.losses import torch_resize
-from maskbit_jax.models.bar_vit_decoder import ViTAttention, dense, layer_norm
+from maskbit_jax.models.bar_vit_decoder import DecoderBlock
 
 DINO_IMAGE_SIZE = 224
 IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
@@ -86,37 +86,6 @@ def random_crop_or_resize(x_bhwc: jax.Array, key: jax.Array | None, size: int = 
 # --------------------------------------------------------------------------- backbone
 
 
-class _DinoMlp(nn.Module):
-  width: int
-  hidden: int
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-    x = dense(self.hidden, ("embed", "mlp"), name="fc1", **kw)(x)
-    return dense(self.width, ("mlp", "embed"), name="fc2", **kw)(nn.gelu(x, approximate=True))
-
-
-class _DinoBlock(nn.Module):
-  width: int
-  num_heads: int
-  mlp_ratio: float
-  norm_eps: float
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-    norm = lambda name: layer_norm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    x = x + ViTAttention(self.width, self.num_heads, name="attn", **kw)(norm("norm1")(x))
-    return x + _DinoMlp(self.width, round(self.width * self.mlp_ratio), name="mlp", **kw)(norm("norm2")(x))
-
-
 class _PatchEmbed(nn.Module):
   width: int
   patch_size: int
@@ -161,7 +130,8 @@ class DinoBackbone(nn.Module):
     keys = {d for d in self.key_depths if d < self.depth}
     x = x.astype(self.dtype)
     for i in range(max(self.depth, 1 + max(keys))):
-      x = _DinoBlock(self.width, self.num_heads, self.mlp_ratio, self.norm_eps, name=f"blocks_{i}", **kw)(x)
+      x = DecoderBlock(self.width, self.num_heads, self.mlp_ratio, self.norm_eps, approximate_gelu=True,
+                       name=f"blocks_{i}", **kw)(x)
       if i in keys:
         outputs.append(readout(x))
     return outputs
