@@ -19,7 +19,7 @@ released: the sampling settings below are a starting point (BAR-B's scaled to
 """
 
 from maskbit_jax import config_defaults as d
-from maskbit_jax.bar import bar_on_maskbit_config
+from maskbit_jax.bar_config import bar_on_maskbit_config
 
 
 def get_config():

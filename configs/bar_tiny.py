@@ -16,7 +16,7 @@ embedded synthetic set.
 """
 
 from maskbit_jax import config_defaults as d
-from maskbit_jax.bar import bar_on_maskbit_config
+from maskbit_jax.bar_config import bar_on_maskbit_config
 
 
 PATCH = 2  # 2x2 tokens an AR step: 16 steps over the 8x8 grid

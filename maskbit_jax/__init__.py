@@ -6,27 +6,21 @@
     images = tok.decode_tokens(tokens)     # -> float32 NHWC
     gen = maskbit_jax.load_generator("configs/maskbit_generator_12bit.py", "maskbit_generator_12bit.bin")
     out = maskbit_jax.sample(gen, tok, [207, 360], jax.random.key(0))   # BAR: load_bar_generator / load_bar_tokenizer
-    out = maskbit_jax.edit(gen, tok, images, keep_mask, [207, 360], jax.random.key(0))   # also vary, edit.outpaint
+    out = maskbit_jax.edit(gen, tok, images, keep_mask, [207, 360], jax.random.key(0))   # also vary, outpaint
 """
 
-import warnings
-
-# `python -m maskbit_jax.sample` runs the CLI module that this package also imports for its
-# `sample` function; runpy warns about that on every run, though nothing is executed twice that
-# matters (the module defines functions only). Silence that one warning, for this module only.
-warnings.filterwarnings("ignore", message=r"'maskbit_jax\.(sample|edit)' found in sys\.modules",
-                        category=RuntimeWarning)
-
-from maskbit_jax.bar import load_bar_generator, load_bar_tokenizer  # noqa: E402
-from maskbit_jax.config import load_config  # noqa: E402
-from maskbit_jax.convert.param_mapping import CheckpointMismatchError  # noqa: E402
-from maskbit_jax.convert.torch_pickle import UnsafeCheckpointError  # noqa: E402
-from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits  # noqa: E402
-from maskbit_jax.generator import Generator, load_generator  # noqa: E402
-from maskbit_jax.sample import sample  # noqa: E402
-from maskbit_jax import edit  # noqa: E402  (the module is callable: maskbit_jax.edit(gen, tok, ...))
-from maskbit_jax.edit import KeepMaskError, vary  # noqa: E402
-from maskbit_jax.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
+# ``sample`` and ``edit`` are the library's functions (sampling.api, sampling.editing). Their ``python -m``
+# command files have the same names; the library never imports them, and ``python -m`` runs a file without
+# binding it to this package, so these names stay the functions (the commands live in maskbit_jax.cli).
+from maskbit_jax.bar import load_bar_generator, load_bar_tokenizer
+from maskbit_jax.config import load_config
+from maskbit_jax.convert.param_mapping import CheckpointMismatchError
+from maskbit_jax.convert.torch_pickle import UnsafeCheckpointError
+from maskbit_jax.generator import Generator, load_generator
+from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits
+from maskbit_jax.sampling.api import sample
+from maskbit_jax.sampling.editing import KeepMaskError, edit, outpaint, vary
+from maskbit_jax.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
     "CheckpointMismatchError",
@@ -42,6 +36,7 @@ __all__ = [
     "load_config",
     "load_generator",
     "load_tokenizer",
+    "outpaint",
     "sample",
     "vary",
 ]

@@ -1,4 +1,5 @@
-"""Building blocks of the BAR generator configs (``configs/bar_*.py``), with the reference key names.
+"""Building blocks of the BAR generator configs (``configs/bar_*.py``), with the reference key names:
+``bar_generator_config`` (the released BAR models) and ``bar_on_maskbit_config`` (BAR on MaskBit LFQ bits).
 
 ``model.vq_model`` and ``model.generator`` are the released yamls'
 (``configs/generator/bar_*.yaml``) ``model:`` section, value for value,
@@ -11,6 +12,9 @@ evaluation settings. The settings the README reports its FID with live in
 from __future__ import annotations
 
 import ml_collections
+
+from maskbit_jax import config_defaults as d
+from maskbit_jax.models.tokenizer import latent_stride_of
 
 SAMPLING_KEYS = ("guidance_scale", "randomize_temperature", "tokens_allocation")
 
@@ -46,7 +50,8 @@ def bar_generator_config(name: str, *, hidden_size: int, depth: int, heads: int,
   generator["mbm_head"] = dict(width=head_width, num_layers=head_layers,
                                randomize_temperature=yaml_sampling["randomize_temperature"],
                                tokens_allocation=list(yaml_sampling["tokens_allocation"]))
-  cfg.model = dict(vq_model=dict(codebook_size=2 ** token_size, token_size=token_size, vit_dec_patch_size=16),
+  cfg.model = dict(name="bar_generator",
+                   vq_model=dict(codebook_size=2 ** token_size, token_size=token_size, vit_dec_patch_size=16),
                    generator=generator)
   cfg.dataset = dict(preprocessing=dict(resize_shorter_edge=resolution, crop_size=resolution, random_crop=False,
                                         random_flip=True),
@@ -101,3 +106,46 @@ def bar_sampling_defaults(cfg: ml_collections.ConfigDict) -> dict:
       value = sampling[key]
       out[key] = tuple(int(v) for v in value) if key == "tokens_allocation" else float(value)
   return out
+
+
+def bar_on_maskbit_config(name: str, vq: dict, *, tokenizer_name: str, resolution: int, hidden_size: int,
+                          depth: int, heads: int, num_classes: int, sampling: dict, head_width: int = 2048,
+                          head_layers: int = 3, repeat_class_condition: int = 32, per_gpu_batch_size: int = 128,
+                          max_train_steps: int = 250_000, warmup_steps: int = 62_500,
+                          anneal: tuple[int, int] | None = None, patch_size: int = 1,
+                          source: str = "tfds:imagenet2012:train",
+                          eval_source: str = "tfds:imagenet2012:validation") -> ml_collections.ConfigDict:
+  """A BAR generator config on a MaskBit LFQ tokenizer's bits (not a released model; the BAR recipe otherwise).
+
+  ``vq``: the tokenizer's ``model.vq_model`` (``config_defaults.vq_model``); the
+  token grid follows from ``resolution`` and its stride; ``patch_size``: tokens a side per AR step (the
+  step then predicts ``patch_size**2 * token_size`` bits, as BAR-B/2 does). ``anneal``: the random
+  to raster order ramp, by default over 50 % .. 75 % of the steps (as BAR-B's
+  125k .. 187.5k of 250k). ``sampling``: ``guidance_scale``,
+  ``randomize_temperature``, ``tokens_allocation``. Data: images of
+  ``dataset.source``, resized + centre-cropped + flipped with p = 1/2 (BAR's ADM
+  crop), encoded by the frozen tokenizer inside the step; or a
+  ``dataset.pretokenized`` token set (``python -m maskbit_jax.pretokenize``).
+  """
+  if vq.get("quantizer_type") != "lookup-free":
+    raise ValueError("BAR on MaskBit tokens needs a lookup-free (bit) tokenizer: vq_model.quantizer_type")
+  side = resolution // latent_stride_of(vq)
+  anneal = anneal or (max_train_steps // 2, max_train_steps * 3 // 4)
+  cfg = bar_generator_config(
+      name, hidden_size=hidden_size, depth=depth, heads=heads, image_seq_len=side * side,
+      token_size=int(vq["token_size"]), patch_size=patch_size, anneal=anneal, yaml_sampling=sampling,
+      sampling=dict(sampling, tokenizer=tokenizer_name), resolution=resolution, per_gpu_batch_size=per_gpu_batch_size,
+      max_train_steps=max_train_steps, warmup_steps=warmup_steps, head_width=head_width, head_layers=head_layers,
+      num_classes=num_classes, repeat_class_condition=repeat_class_condition)
+  cfg.model.vq_model = dict(vq)
+  run = d.training_run(save_every=cfg.experiment.save_every, generate_every=cfg.experiment.generate_every,
+                       eval_every=0, source=source, eval_source=eval_source)
+  # the frozen MaskBit tokenizer (on-the-fly bits and sample decoding); BAR's own key is unused here
+  cfg.experiment.update(run["cadence"], vqgan_checkpoint="", tokenizer_checkpoint="")
+  cfg.dataset = dict(preprocessing=dict(resolution=resolution, use_random_crop=False, use_aspect_ratio_aug=False,
+                                        min_scale=1.0, interpolation="bilinear", random_flip=True),
+                     pretokenized="", **run["data"])
+  cfg.training.global_batch_size = 0  # > 0: fixed global batch instead of per_gpu_batch_size x devices
+  # mesh axis sizes over the first num_devices devices (0: all), checkpoints kept
+  cfg.runtime.update(mesh=dict(data=-1, fsdp=1, tensor=1), num_devices=0, keep_checkpoints=3)
+  return cfg

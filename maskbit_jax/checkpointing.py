@@ -1,4 +1,6 @@
-"""Our own checkpoints of model parameters: an Orbax PyTree plus a small JSON description.
+"""Model weights on disk: our own params folders (an Orbax PyTree plus a small JSON description), and the one
+loader every model family's weights go through (``load_weights``: our folders restored directly, released
+PyTorch-format files through the family's converter mapping).
 
 Layout of a converted checkpoint directory ``DIR``::
 
@@ -19,10 +21,14 @@ import tempfile
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from maskbit_jax import paths
+from maskbit_jax.convert.checkpoint_files import read_state_dict  # the released formats' safe reader
+from maskbit_jax.convert.param_mapping import CheckpointMismatchError
 
 META_FILE = "maskbit_jax.json"
 PARAMS_DIR = "params"
@@ -181,3 +187,76 @@ def load_params(directory: str | os.PathLike, abstract_params: Any | None = None
 
 def to_numpy(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+# ---------------------------------------------------------------- loading a model's weights, strictly
+
+def check_params_match(abstract_params, params, source: str) -> None:
+  """Raises CheckpointMismatchError naming every missing/unexpected path, shape and dtype mismatch.
+
+  ``params`` may be arrays or metadata (anything with ``.shape`` and ``.dtype``).
+  """
+  want = {"/".join(k): v for k, v in traverse_util.flatten_dict(abstract_params).items()}
+  got = {"/".join(k): v for k, v in traverse_util.flatten_dict(params).items()}
+  problems = [f"missing {k}" for k in want if k not in got]
+  problems += [f"unexpected {k} {tuple(got[k].shape)}" for k in got if k not in want]
+  for k in want:
+    if k not in got:
+      continue
+    if tuple(got[k].shape) != tuple(want[k].shape):
+      problems.append(f"shape mismatch for {k}: {source} has {tuple(got[k].shape)}, model expects "
+                      f"{tuple(want[k].shape)}")
+    elif np.dtype(got[k].dtype) != np.dtype(want[k].dtype):
+      problems.append(f"dtype mismatch for {k}: {source} has {np.dtype(got[k].dtype)}, model expects "
+                      f"{np.dtype(want[k].dtype)}")
+  if problems:
+    raise CheckpointMismatchError(f"{source} does not match the model ({len(problems)} problem(s)):\n  "
+                                  + "\n  ".join(problems))
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+def _matches(abstract_params, stored, source: str) -> bool:
+  try:
+    check_params_match(abstract_params, stored, source)
+  except CheckpointMismatchError:
+    return False
+  return True
+
+
+def restore_params(directory: str, abstract_params: Any, mapping=None) -> Any:
+  """Restores one of our params folders, strictly against ``abstract_params``.
+
+  A folder written before the deep stacks ran as a scan holds one module per layer; with the
+  ``mapping`` of its model (a ``ParamMapping``, or a function making one: asked for only then) such a
+  folder is read in that layout and stacked (exactly).
+  """
+  # Shapes and dtypes from the folder's metadata first: no array is read from a folder that cannot match.
+  stored = params_metadata(directory)
+  if mapping is not None and not _matches(abstract_params, stored, directory):
+    mapping = mapping() if callable(mapping) and not hasattr(mapping, "layer_stacks") else mapping
+    if mapping.layer_stacks:
+      per_layer = mapping.per_layer(_shapes(abstract_params))
+      if _matches(per_layer, stored, directory):
+        restored = to_numpy(load_params(directory, per_layer))
+        return jax.tree.map(jnp.asarray, mapping.stacked(restored))
+  check_params_match(abstract_params, stored, directory)  # names every problem against the model's layout
+  return load_params(directory, _shapes(abstract_params))
+
+
+def load_weights(checkpoint: str | os.PathLike, abstract_params: Any, *, kind: str, from_state_dict,
+                 mapping=None) -> Any:
+  """A model's params from one of our folders of ``kind`` (restored as they are, no converter), or from a
+  released PyTorch-format file (``.bin``, ``.ckpt``, ``.safetensors``, ``_state.npz``; read without torch and
+  without running code from it) through ``from_state_dict(state_dict, source) -> params``, the family's
+  converter mapping. ``mapping``: the family's ``ParamMapping`` (or a function making one) for folders of
+  the per-layer layout (``restore_params``)."""
+  checkpoint = os.fspath(checkpoint)
+  if is_params_checkpoint(checkpoint):
+    meta = read_meta(checkpoint)
+    if meta.get("kind") != kind:
+      raise ValueError(f"{checkpoint} holds a {meta.get('kind')!r} checkpoint, not a {kind}")
+    return restore_params(checkpoint, abstract_params, mapping)
+  return jax.tree.map(jnp.asarray, from_state_dict(read_state_dict(checkpoint), checkpoint))

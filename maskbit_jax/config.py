@@ -9,6 +9,10 @@ Configs keep the reference's key names and nesting (``model.vq_model.*``,
 load unchanged. Overrides use ml_collections' ``--config.a.b=value`` form: the
 value is parsed according to the type already in the config, and an unknown
 key is an error (a typo never silently creates a new field).
+
+Every config names its model family in ``model.name`` (``maskbit_jax.registry``); the packaged configs set
+it, and a config without one (a reference ``.yaml``, the stored config of an older export) gets it here,
+once, from its sections (``infer_model_name``): nothing after loading looks at which keys a config has.
 """
 
 from __future__ import annotations
@@ -104,6 +108,42 @@ def _split_arg(spec: str) -> tuple[str, str | None]:
   return spec, None
 
 
+# The sections that tell the built-in families apart, in the order they are tested: a generator config also
+# holds its tokenizer's model.vq_model.
+_FAMILY_SECTIONS = (("maskbit_generator", "mlm_model"), ("bar_generator", "generator"),
+                    ("bar_fsq_tokenizer", "siglip2"), ("maskbit_tokenizer", "vq_model"))
+
+
+def infer_model_name(cfg: ml_collections.ConfigDict) -> str | None:
+  """The built-in family whose sections ``cfg.model`` has (see ``_FAMILY_SECTIONS``), or None: the one place
+  that tells a family from which keys exist, for configs that predate ``model.name``."""
+  model = cfg.get("model", None) or {}
+  for name, section in _FAMILY_SECTIONS:
+    if section in model and (section != "siglip2" or "vq_model" in model):
+      return name
+  return None
+
+
+def _name_model(cfg: ml_collections.ConfigDict, source: str) -> None:
+  """Sets ``model.name`` where it is missing and can be inferred; a built-in name that contradicts the
+  config's sections is a one-line ValueError."""
+  model = cfg.get("model", None)
+  if not isinstance(model, ml_collections.ConfigDict):
+    return
+  inferred = infer_model_name(cfg)
+  name = model.get("name", None)
+  if name is None:
+    if inferred is not None:
+      with model.unlocked():
+        model.name = inferred
+    return
+  builtin = [n for n, _ in _FAMILY_SECTIONS]
+  if name in builtin and inferred is not None and name != inferred:
+    section = dict(_FAMILY_SECTIONS)[inferred]
+    raise ValueError(f"config {source}: model.name is {name!r} but its model.{section} section makes it a "
+                     f"{inferred!r} config; fix model.name or the sections")
+
+
 def load_config(config: ConfigLike, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
   """Returns a fresh ConfigDict from a ConfigDict/mapping, a packaged name, a ``.py`` path or a ``.yaml`` path.
 
@@ -125,8 +165,11 @@ def load_config(config: ConfigLike, overrides: Iterable[str] = ()) -> ml_collect
       cfg = _load_py(local, arg) if ext == ".py" else _load_yaml(local)
   else:
     cfg = ml_collections.ConfigDict(_plain(config))
+  source = os.fspath(config) if isinstance(config, (str, os.PathLike)) else "(given as an object)"
+  _name_model(cfg, source)  # before the overrides, so that --config.model.name= finds the field
   for item in overrides:
     apply_override(cfg, item)
+  _name_model(cfg, source)
   return cfg
 
 

@@ -64,7 +64,7 @@ def tokenizer_config(name: str, vq: dict, *, disc: dict | None = None, resolutio
   """
   cfg = ml_collections.ConfigDict()
   cfg.experiment = dict(project="MaskBit", name=name, vqgan_checkpoint=checkpoint, seed=42)
-  cfg.model = dict(vq_model=vq)
+  cfg.model = dict(name="maskbit_tokenizer", vq_model=vq)  # the family (maskbit_jax.registry); its variant: vq
   if disc is not None:
     cfg.model.discriminator = disc
   cfg.dataset = dict(preprocessing=dict(resolution=resolution))
@@ -168,6 +168,7 @@ def generator_config(name: str, vq: dict, mlm: dict, *, resolution: int = 256, n
   """A generator config (reference nesting) with the tokenizer it runs on."""
   cfg = tokenizer_config(name, vq, resolution=resolution, checkpoint=tokenizer_checkpoint, recipe=False)
   cfg.experiment.generator_checkpoint = generator_checkpoint
+  cfg.model.name = "maskbit_generator"
   cfg.model.mlm_model = mlm
   cfg.model.nclass = nclass  # not in the reference yamls (ImageNet's 1000 is hard-coded there)
   cfg.losses = dict(mlm=dict(label_smoothing=0.1, sum_splits=False))

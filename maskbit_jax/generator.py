@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +17,13 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from maskbit_jax import checkpointing, runtime
 from maskbit_jax.config import ConfigLike, load_config, vq_model_config
 from maskbit_jax.convert.generator_mapping import generator_param_mapping
-from maskbit_jax.convert.loading import load_params
+from maskbit_jax.convert.param_mapping import torch_state_to_flax
 from maskbit_jax.models.maskbit_transformer import (MaskBitTransformer, abstract_generator_params,
                                                     build_generator_module, init_generator_params)
 from maskbit_jax.models.tokenizer import latent_stride_of
-from maskbit_jax.tokenizer import _runtime
 
 DEFAULT_NCLASS = 1000
 SAMPLING_KEYS = ("guidance_scale", "guidance_annealing", "num_steps", "scale_pow", "randomize_temperature",
@@ -64,21 +64,21 @@ def sampling_defaults(cfg: ml_collections.ConfigDict) -> dict:
   return out
 
 
-def check_class_labels(labels, nclass: int) -> np.ndarray:
-  """``labels`` as a non-empty 1-D integer array of class ids in ``[0, nclass)``, else a ValueError naming why."""
+def check_class_labels(labels, num_classes: int) -> np.ndarray:
+  """``labels`` as a non-empty 1-D integer array of class ids in ``[0, num_classes)``, else a ValueError naming why."""
   if isinstance(labels, (list, tuple)):
     # Python ints are checked as they are: numpy would overflow on 2**64 or make an object array of it
     bad = [v for v in labels if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-           and not 0 <= int(v) < nclass]
+           and not 0 <= int(v) < num_classes]
     if bad:
-      raise ValueError(f"class labels must be in [0, {nclass}), got {bad[0]}")
+      raise ValueError(f"class labels must be in [0, {num_classes}), got {bad[0]}")
   labels = np.asarray(labels)
   if labels.size == 0:
     raise ValueError("labels is empty: give at least one class id")
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
-  if labels.min() < 0 or labels.max() >= nclass:
-    raise ValueError(f"class labels must be in [0, {nclass}), got values in [{labels.min()}, {labels.max()}]")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"class labels must be in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]")
   return labels
 
 
@@ -86,6 +86,7 @@ def check_class_labels(labels, nclass: int) -> np.ndarray:
 class Generator:
   """A MaskBit generator with its parameters; calling it is a pure, jitted forward pass."""
 
+  family: ClassVar[str] = "maskbit_generator"
   config: ml_collections.ConfigDict
   module: MaskBitTransformer
   params: Any
@@ -103,12 +104,23 @@ class Generator:
     return self.module.mask_token
 
   @property
-  def nclass(self) -> int:
+  def num_classes(self) -> int:
     return self.module.nclass
+
+  @property
+  def nclass(self) -> int:
+    """``num_classes`` under the reference's name (its configs' ``model.nclass``)."""
+    return self.num_classes
 
   @property
   def seq_len(self) -> int:
     return self.module.seq_len
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    """The square token grid ``(h, w)`` it generates."""
+    side = int(round(self.seq_len ** 0.5))
+    return side, side
 
   @property
   def sampling_defaults(self) -> dict:
@@ -119,7 +131,7 @@ class Generator:
     return jax.jit(lambda p, t, l, d: self.module.apply({"params": p}, t, l, d))
 
   def check_labels(self, labels) -> jax.Array:
-    return jnp.asarray(check_class_labels(labels, self.nclass), jnp.int32)
+    return jnp.asarray(check_class_labels(labels, self.num_classes), jnp.int32)
 
   def __call__(self, tokens, labels, drop_label_mask=None) -> jax.Array:
     """Split tokens ``[B, N, M]`` (``mask_token`` at masked entries), labels ``[B]`` -> logits ``[B, N, M, C]``.
@@ -171,8 +183,12 @@ def sharded_forward(gen: Generator, mesh, *, pad: bool = True):
 
 
 def load_generator_params(module: MaskBitTransformer, checkpoint: str | os.PathLike):
-  return load_params(checkpoint, nn.meta.unbox(abstract_generator_params(module)),
-                     generator_param_mapping(module.bits_per_split), "generator")
+  """Loads params from a PyTorch-format file or one of our Orbax checkpoints, strictly."""
+  abstract = nn.meta.unbox(abstract_generator_params(module))
+  mapping = functools.partial(generator_param_mapping, module.bits_per_split)
+  return checkpointing.load_weights(
+      checkpoint, abstract, kind="generator", mapping=mapping,
+      from_state_dict=lambda state, source: torch_state_to_flax(state, abstract, mapping(), source=source))
 
 
 def load_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *, random_init: bool = False,
@@ -190,7 +206,7 @@ def load_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = No
   config, checkpoint = hub.resolve_model(config, checkpoint, "generator", random_init=random_init,
                                          registry_override=registry)
   cfg = load_config(config, overrides)
-  compute_dtype, prec = _runtime(cfg, dtype, precision)
+  compute_dtype, prec = runtime.resolve(cfg, dtype, precision)
   module = build_generator_module(generator_fields(cfg), dtype=compute_dtype, precision=prec)
   if checkpoint is None and not random_init:
     checkpoint = (cfg.get("experiment", None) or {}).get("generator_checkpoint") or None

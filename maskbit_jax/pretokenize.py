@@ -36,28 +36,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
-from maskbit_jax import cli_errors, paths, shard_plan
+from maskbit_jax import cli_errors, paths, registry, shard_plan
+from maskbit_jax.data.token_dataset import META_FILE, TokenDataset, decode_record, encode_record  # noqa: F401
 
-META_FILE = "meta.json"
 DEFAULT_SHARD_SIZE = 4096  # records: a rerun redoes at most this many; ImageNet's train split is 313 shards
-
-
-def encode_record(tokens: np.ndarray, tokens_flipped: np.ndarray, label: int, index: int, *,
-                  field: str = "tokens", crop: int | None = None) -> bytes:
-  """One image's record; ``field`` "tokens" (int32 indices ``[h, w]``) or "bits" (uint8 ``[h*w, K]``);
-  ``crop``: which of the image's random crops (only in sets of several crops per image)."""
-  dtype = np.uint8 if field == "bits" else np.int32
-  record = {field: np.asarray(tokens, dtype), f"{field}_flipped": np.asarray(tokens_flipped, dtype),
-            "label": np.int32(label), "index": np.int64(index)}
-  if crop is not None:
-    record["crop"] = np.int32(crop)
-  return serialization.msgpack_serialize(record)
-
-
-def decode_record(record: bytes) -> dict:
-  return serialization.msgpack_restore(record)
 
 
 def record_batches(source, ranges: list[tuple[int, int]], batch_size: int, *, num_threads: int = 8,
@@ -240,9 +223,7 @@ def _write_shard(staged: str, stream, num_batches: int, field: str, crops: int, 
 
 def _encoder(tok):
   """(record field, ``encode(params, images01 [B, H, W, 3]) -> [B, ...]``, grid of a source, extra meta)."""
-  from maskbit_jax.bar import BarFsqTokenizer
-
-  if isinstance(tok, BarFsqTokenizer):
+  if registry.of(tok).bits == "bar_fsq":  # BAR's binary FSQ: bits, from images in [-1, 1]
     if not tok.module.with_encoder:
       raise ValueError("this BAR tokenizer was loaded decode-only; load it with with_encoder=True to pretokenize")
 
@@ -267,68 +248,10 @@ def _encoder(tok):
   return "tokens", encode, grid, meta
 
 
-class TokenDataset:
-  """Random-access source over a pretokenized folder: ``{"tokens", "tokens_flipped", "label", "index"}`` (or
-  ``"bits"`` / ``"bits_flipped"`` for BAR's binary-FSQ tokenizer; ``meta["field"]`` says which).
-
-  A set of ``crops`` K > 1 random crops per image holds ``num_images * K`` records (each with ``"crop"``),
-  record ``i * K + c`` crop ``c`` of image ``i``: training shuffles them all, so one pass over this source
-  is K epochs of the images, each seeing one stored crop (and a flip drawn with it) of every image, and every
-  crop exactly once. Sets written before ``crops`` existed hold one centre crop per image.
-  """
-
-  def __init__(self, out_dir: str):
-    import grain.python as grain
-
-    meta_path = paths.join(out_dir, META_FILE)
-    if not paths.isfile(meta_path):
-      raise FileNotFoundError(f"{out_dir} is not a pretokenized dataset (no {META_FILE})")
-    self.meta = json.loads(paths.resolve(meta_path).read_text())
-    if "shards" in self.meta:  # the meta lists every shard
-      files = [paths.join(out_dir, s["file"]) for s in self.meta["shards"]]
-      missing = [f for f in files if not paths.exists(f)]
-      if missing:
-        raise FileNotFoundError(f"{out_dir}: {len(missing)} of the {len(files)} shards in {META_FILE} are missing, "
-                                f"e.g. {missing[0]}")
-    else:  # sets written before: one shard per process
-      files = sorted(str(p) for p in paths.resolve(out_dir).glob("tokens-*-of-*.array_record"))
-      if len(files) != self.meta["process_count"]:
-        raise ValueError(f"{out_dir}: {len(files)} token shards, meta.json says {self.meta['process_count']}")
-    self.source = grain.ArrayRecordDataSource(files)
-    self.crops = int(self.meta.get("crops", 1))
-    self.num_images = int(self.meta["num_images"])
-    if len(self.source) != self.num_images * self.crops:
-      says = f"{self.num_images} images" + (f" x {self.crops} crops" if self.crops > 1 else "")
-      raise ValueError(f"{out_dir}: {len(self.source)} records, meta.json says {says}")
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def __getitem__(self, index: int) -> dict:
-    return decode_record(self.source[index])
-
-  def check_matches(self, where: str, *, tokenizer: str, grid, bits: int) -> None:
-    """Refuses a set that does not hold the model's tokens: ``tokenizer`` kind (``"maskbit"`` or
-    ``"bar_fsq"``), token ``grid`` ``(h, w)`` and ``bits`` per token, each named in the error."""
-    meta = self.meta
-    made_by = meta.get("tokenizer")
-    if made_by is not None and made_by != tokenizer:
-      raise ValueError(f"{where} holds {made_by} tokens but this config's tokenizer is {tokenizer}")
-    held = meta.get("token_grid")
-    if held is not None and tuple(held) != tuple(grid):
-      raise ValueError(f"{where} holds a {tuple(held)} token grid; the model takes {tuple(grid)}")
-    held_bits = meta.get("token_bits")
-    if held_bits is None and meta.get("codebook_size"):
-      held_bits = int(meta["codebook_size"]).bit_length() - 1
-    if held_bits is not None and int(held_bits) != int(bits):
-      raise ValueError(f"{where} holds {held_bits}-bit tokens; the model takes {bits} bits per token")
-
-
 def main(argv=None) -> int:
-  from maskbit_jax import bar, distributed, hub
+  from maskbit_jax import distributed, hub
   from maskbit_jax.config import add_config_help, load_config, split_config_args
   from maskbit_jax.data import sources
-  from maskbit_jax.tokenizer import load_tokenizer
 
   config, overrides, rest = split_config_args(sys.argv[1:] if argv is None else argv)
   p = cli_errors.parser("python -m maskbit_jax.pretokenize", __doc__)
@@ -380,19 +303,19 @@ def main(argv=None) -> int:
     distributed.setup_logging()
   cfg = load_config(hub.config_of(config) or config, overrides)
   # a released name as the file it stands for, so the set records (and resumes on) that file
-  args.checkpoint = hub.resolve_checkpoint(args.checkpoint, "bar_tokenizer" if bar.is_bar_config(cfg) else "tokenizer")
+  tok_family = registry.tokenizer_family_of(cfg)  # a generator config: the tokenizer its tokens come from
+  args.checkpoint = hub.resolve_checkpoint(args.checkpoint, tok_family.checkpoint_kind)
   pre = cfg.get("dataset", {}).get("preprocessing", {})
   if args.crops > 1 and "min_scale" not in pre:
     p.error(f"--crops {args.crops}: this config's dataset.preprocessing has no RandomResizedCrop recipe "
             "(min_scale, use_aspect_ratio_aug, interpolation; BAR's trains on one ADM crop per image)")
   # BAR's released configs name the image size crop_size
   size = args.size or int(pre.get("resolution", pre.get("crop_size", 256)))
-  if bar.is_bar_config(cfg):  # the tokenizer a BAR config trains on: MaskBit's LFQ or BAR's binary FSQ
-    tok = bar.load_bar_tokenizer(cfg, args.checkpoint, random_init=args.random_init, with_encoder=True)
-    if isinstance(tok, bar.BarFsqTokenizer) and size != tok.module.image_size:
-      raise ValueError(f"--size {size}: this BAR tokenizer encodes {tok.module.image_size} px images")
-  else:
-    tok = load_tokenizer(cfg, args.checkpoint, random_init=args.random_init)
+  bar_fsq = tok_family.bits == "bar_fsq"  # BAR's binary FSQ: loaded with its encoder, ADM crops
+  tok = tok_family.get("loader")(cfg, args.checkpoint, random_init=args.random_init,
+                                 **(dict(with_encoder=True) if bar_fsq else {}))
+  if tok.image_size is not None and size != tok.image_size:
+    raise ValueError(f"--size {size}: this BAR tokenizer encodes {tok.image_size} px images")
   # "center": the reference's eval_transform (Resize of the shorter side with the config's interpolation,
   # CenterCrop), as for an evaluation split
   source = sources.make_source(args.data, size, interpolation=sources.eval_interpolation(cfg))
@@ -403,7 +326,7 @@ def main(argv=None) -> int:
     except ValueError as e:
       p.error(f"--crops {args.crops}: {e}")
   else:
-    crop = args.crop or ("adm" if isinstance(tok, bar.BarFsqTokenizer) else "center")
+    crop = args.crop or ("adm" if bar_fsq else "center")
   if crop == "adm":
     source = sources.AdmCropSource(source, size)
   # what decides the records, beyond the config and sizes pretokenize adds; the batch and threads do not

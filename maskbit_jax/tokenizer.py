@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +18,9 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from maskbit_jax import checkpointing, runtime
 from maskbit_jax.config import ConfigLike, load_config, vq_model_config
-from maskbit_jax.convert.loading import load_params
+from maskbit_jax.convert.param_mapping import torch_state_to_flax
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.models.lfq_quantizer import bits_to_indices, indices_to_bits
 from maskbit_jax.models.tokenizer import (abstract_tokenizer_params, build_tokenizer_module, codebook_size_of,
@@ -28,22 +29,6 @@ from maskbit_jax.models.tokenizer import (abstract_tokenizer_params, build_token
 # How far outside [0, 1] an input may stray (resampling overshoot) before we
 # call it the wrong range, e.g. [0, 255] or [-1, 1] images.
 RANGE_SLACK = 0.1
-
-PRECISIONS = {"default": jax.lax.Precision.DEFAULT, "high": jax.lax.Precision.HIGH,
-              "highest": jax.lax.Precision.HIGHEST, None: None}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def _runtime(cfg: ml_collections.ConfigDict, dtype: str | None, precision: str | None):
-  runtime = cfg.get("runtime", None) or {}
-  dtype = dtype or runtime.get("dtype", "float32")
-  precision = precision or runtime.get("precision", "default")
-  if dtype not in DTYPES:
-    raise ValueError(f"runtime.dtype={dtype!r}; use one of {sorted(DTYPES)}")
-  if precision not in PRECISIONS:
-    raise ValueError(f"runtime.precision={precision!r}; use one of default, high, highest")
-  return DTYPES[dtype], PRECISIONS[precision]
-
 
 @jax.jit
 def _finite_and_range(images):
@@ -89,6 +74,7 @@ def check_image_side(side: int, stride: int, flag: str = "image size") -> int:
 class Tokenizer:
   """A tokenizer module with its parameters. All methods are jitted and pure."""
 
+  family: ClassVar[str] = "maskbit_tokenizer"
   config: ml_collections.ConfigDict
   module: nn.Module
   params: Any
@@ -115,6 +101,18 @@ class Tokenizer:
   @property
   def latent_stride(self) -> int:
     return latent_stride_of(self.vq_config)
+
+  @property
+  def image_size(self) -> None:
+    """None: any multiple of ``latent_stride`` encodes (a convolutional tokenizer)."""
+    return None
+
+  def token_grid(self, image_size: int | None = None) -> tuple[int, int]:
+    """The token grid ``(h, w)`` of square ``image_size``-pixel images."""
+    if not image_size or int(image_size) <= 0:
+      raise ValueError("a MaskBit tokenizer's token grid follows from the image size: give image_size")
+    side = int(image_size) // self.latent_stride
+    return side, side
 
   # -- jitted pure functions of (params, inputs) -----------------------------------------
   @functools.cached_property
@@ -177,6 +175,14 @@ class Tokenizer:
     return indices_to_bits(self.check_tokens(tokens) if np.ndim(tokens) in (2, 3) else jnp.asarray(tokens),
                            self.token_bits)
 
+  def encode_bits(self, images) -> jax.Array:
+    """float32 NHWC images in [0, 1] -> int32 bits ``[B, h, w, K]`` in {0, 1} (bit j has weight 2^j)."""
+    return (self.tokens_to_bits(self.encode(images)) > 0).astype(jnp.int32)
+
+  def bits_to_images(self, bits) -> jax.Array:
+    """Bits ``[B, h, w, K]`` (> 0 means 1) -> float32 images ``[B, H, W, 3]`` (not clamped)."""
+    return self.decode_tokens(self.bits_to_tokens(bits))
+
   def bits_to_tokens(self, bits) -> jax.Array:
     """Bits ``[..., K]`` (> 0 means 1) -> int32 tokens ``[...]``."""
     bits = jnp.asarray(bits)
@@ -187,8 +193,11 @@ class Tokenizer:
 
 def load_tokenizer_params(cfg: ml_collections.ConfigDict, module: nn.Module, checkpoint: str | os.PathLike):
   """Loads params from a PyTorch-format file or one of our Orbax checkpoints, strictly."""
-  return load_params(checkpoint, nn.meta.unbox(abstract_tokenizer_params(module)),
-                     tokenizer_param_mapping(vq_model_config(cfg)), "tokenizer")
+  abstract = nn.meta.unbox(abstract_tokenizer_params(module))
+  mapping = functools.partial(tokenizer_param_mapping, vq_model_config(cfg))
+  return checkpointing.load_weights(
+      checkpoint, abstract, kind="tokenizer", mapping=mapping,
+      from_state_dict=lambda state, source: torch_state_to_flax(state, abstract, mapping(), source=source))
 
 
 def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = None, *,
@@ -216,7 +225,7 @@ def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = No
                                          registry_override=registry)
   cfg = load_config(config, overrides)
   vq_cfg = vq_model_config(cfg)
-  compute_dtype, prec = _runtime(cfg, dtype, precision)
+  compute_dtype, prec = runtime.resolve(cfg, dtype, precision)
   module = build_tokenizer_module(vq_cfg, dtype=compute_dtype, precision=prec)
   if checkpoint is None and not random_init:
     checkpoint = (cfg.get("experiment", None) or {}).get("vqgan_checkpoint") or None

@@ -21,7 +21,7 @@ import maskbit_jax
 from conftest import REPO, golden_bar_path, restored_state
 from maskbit_jax import bar, checkpointing, sharding
 from maskbit_jax.models.tokenizer import latent_stride_of
-from maskbit_jax.sample import main as sample_main
+from maskbit_jax.cli.sample import main as sample_main
 from maskbit_jax.train.bar_step import indices_to_bit_rows
 from maskbit_jax.train.bar_task import BarTask, bit_train_dataset, record_bits
 from maskbit_jax.train.loop import train

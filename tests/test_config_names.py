@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from maskbit_jax import cli_errors, console_scripts
 from maskbit_jax.config import load_config, packaged_config_names
-from maskbit_jax.sample import main as sample_main
+from maskbit_jax.cli.sample import main as sample_main
 
 
 def test_every_config_file_is_a_packaged_name():

@@ -130,8 +130,8 @@ def run_generator_eval(num_images: int, batch_size: int, samples_npz: str | None
     merged.append(out)
     return out
 
-  gen = SimpleNamespace(nclass=1000, module=SimpleNamespace(img_size=4))
-  fake = mock.patch("maskbit_jax.sample.sample", _fake_sample) if patch_sample else contextlib.nullcontext()
+  gen = SimpleNamespace(num_classes=1000, module=SimpleNamespace(img_size=4))
+  fake = mock.patch("maskbit_jax.sampling.api.sample", _fake_sample) if patch_sample else contextlib.nullcontext()
   with fake, mock.patch.object(M, "allgather_merge", recording_merge):
     result = evaluate.evaluate_generator(gen, None, num_images=num_images, batch_size=batch_size, seed=0,
                                          inception=(_FakeInception(), {}), samples_npz=samples_npz, progress=False)
@@ -397,7 +397,7 @@ def test_generator_evaluation_with_more_processes_than_images(monkeypatch):
 
   import importlib
 
-  sample_module = importlib.import_module("maskbit_jax.sample")  # the module; maskbit_jax.sample is the function
+  sample_module = importlib.import_module("maskbit_jax.sampling.api")  # the module; maskbit_jax.sample is the function
 
   original_sample = sample_module.sample
   monkeypatch.setattr(sample_module, "sample", _fake_sample)  # once, for all threads

@@ -20,7 +20,7 @@ import maskbit_jax
 from conftest import REPO, load_npz, tokenizer_config
 from maskbit_jax.convert.generator_mapping import generator_param_mapping
 from maskbit_jax.convert.param_mapping import torch_state_to_flax
-from maskbit_jax.edit import (KeepMaskError, box_keep_mask, kept_bits_mask, outpaint_windows, token_keep_mask)
+from maskbit_jax.sampling.editing import (KeepMaskError, box_keep_mask, kept_bits_mask, outpaint_windows, token_keep_mask)
 from maskbit_jax.generator import Generator
 from maskbit_jax.models.maskbit_transformer import abstract_generator_params, build_generator_module
 
@@ -163,7 +163,7 @@ def test_bar_order_limits_what_can_be_kept():
   """The orders are a function of the config and the mask only: no weights needed."""
   from maskbit_jax import bar
   from maskbit_jax.bar_config import bar_fields
-  from maskbit_jax.edit import bar_orders
+  from maskbit_jax.sampling.editing import bar_orders
   from maskbit_jax.models.bar_generator import build_bar_module
 
   cfg = maskbit_jax.load_config(BAR_TINY)
@@ -233,7 +233,7 @@ def _golden_pair_config(tmp_path, fixture_configs):
 
 
 def test_edit_cli_arguments(tmp_path, fixture_configs):
-  from maskbit_jax.edit import main as edit_main
+  from maskbit_jax.cli.edit import main as edit_main
 
   cfg_path, image, _ = _golden_pair_config(tmp_path, fixture_configs)
   for bad in (["--box", "1,2,3"], [], ["--box", "0,0,8,8", "--keep_bits", "3"], ["--outpaint", "a,b,c,d"]):
@@ -245,7 +245,7 @@ def test_edit_cli_arguments(tmp_path, fixture_configs):
 
 @pytest.mark.slow
 def test_edit_cli_writes_its_grid(tmp_path, golden, fixture_configs):
-  from maskbit_jax.edit import main as edit_main
+  from maskbit_jax.cli.edit import main as edit_main
 
   cfg_path, image, side = _golden_pair_config(tmp_path, fixture_configs)
   out = tmp_path / "e"
@@ -266,7 +266,7 @@ def test_edit_cli_writes_its_grid(tmp_path, golden, fixture_configs):
 def test_edit_and_vary_on_the_main_jobs_models(tmp_path):
   """The README main job (both stages, shortened as its quick test does), then the command on its exports
   (configs from the exports): the kept tokens and bits of the trained tiny models are the input's."""
-  from maskbit_jax.edit import main as edit_main
+  from maskbit_jax.cli.edit import main as edit_main
   from test_readme_main_command import QUICK_STEPS, quick_override, run_main_command
 
   run_main_command(tmp_path, [f"{quick_override()}{QUICK_STEPS}"])

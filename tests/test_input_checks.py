@@ -102,7 +102,7 @@ def test_non_finite_bar_settings_are_refused(bar_pair, name, bad):
 
 
 def test_non_finite_settings_are_refused_on_the_command_line(tmp_path, capsys):
-  from maskbit_jax.sample import main as sample_main
+  from maskbit_jax.cli.sample import main as sample_main
 
   for config, flag in ((GEN_TINY, "--softmax_temperature"), (BAR_TINY, "--guidance_scale"),
                        (GEN_TINY, "--randomize_temperature")):
@@ -115,7 +115,7 @@ def test_non_finite_settings_are_refused_on_the_command_line(tmp_path, capsys):
 # -- 9. class ids ------------------------------------------------------------------------
 
 def test_huge_class_ids_are_named(maskbit_pair, bar_pair, tmp_path):
-  from maskbit_jax.sample import main as sample_main
+  from maskbit_jax.cli.sample import main as sample_main
 
   for gen, tok in (maskbit_pair, bar_pair):
     for bad in (2**64, -2**70, 2**63):
@@ -128,7 +128,7 @@ def test_huge_class_ids_are_named(maskbit_pair, bar_pair, tmp_path):
 # -- 9. unusable flags and batches -------------------------------------------------------
 
 def test_sample_out_is_checked_before_sampling(tmp_path, capsys):
-  from maskbit_jax.sample import main as sample_main
+  from maskbit_jax.cli.sample import main as sample_main
 
   existing = tmp_path / "taken.png"
   existing.write_bytes(b"not a folder")

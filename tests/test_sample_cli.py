@@ -11,7 +11,7 @@ from PIL import Image
 import maskbit_jax
 from conftest import REPO
 from maskbit_jax.models.tokenizer import latent_stride_of
-from maskbit_jax.sample import main as sample_main
+from maskbit_jax.cli.sample import main as sample_main
 
 TINY = str(REPO / "configs/generator_tiny.py")
 
@@ -66,7 +66,7 @@ def test_released_defaults_pass_back_into_sample():
 def test_sample_is_callable_from_the_package():
   import importlib
 
-  importlib.import_module("maskbit_jax.sample")  # importing the CLI module must not break the function
+  importlib.import_module("maskbit_jax.cli.sample")  # importing the CLI module must not break the function
   assert callable(maskbit_jax.sample)
 
 

@@ -78,7 +78,7 @@ def test_sampling_is_deterministic_and_batched(models):
 
 
 def test_sharded_sampling_over_devices_matches(models):
-  from maskbit_jax.sample import sample_sharded
+  from maskbit_jax.sampling.api import sample_sharded
 
   gen, tok, _ = models
   labels = np.arange(5)  # not a multiple of the 8 simulated devices

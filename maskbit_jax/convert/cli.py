@@ -9,10 +9,10 @@ Export (Orbax directory -> PyTorch-layout state dict, ``.bin``/``.safetensors``/
 
   python -m maskbit_jax.convert --checkpoint ckpt/maskbit_tokenizer_12bit --out tokenizer.bin
 
-With a generator config (``model.mlm_model``) the file is taken to be the
-generator; ``--kind tokenizer`` converts the tokenizer of that config instead.
-BAR (``--kind bar_generator`` / ``bar_tokenizer``; the default for a config with
-``model.generator`` / ``model.siglip2``)::
+The file is taken to be the config's own model (its ``model.name`` family's kind: a generator config's
+generator); ``--kind tokenizer`` converts the tokenizer of a generator config instead.
+BAR (``--kind bar_generator`` / ``bar_tokenizer``; the default for a ``bar_generator`` /
+``bar_fsq_tokenizer`` config)::
 
   python -m maskbit_jax.convert --config configs/bar_b.py --checkpoint bar_b.bin --out ckpt/bar_b
   python -m maskbit_jax.convert --config configs/bar_fsq_16bits.py --checkpoint bar_fsq_16bits.bin --out ckpt/fsq16
@@ -40,10 +40,10 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax import cli_errors
-from maskbit_jax import checkpointing, hub, paths
+from maskbit_jax import checkpointing, hub, paths, registry
 from maskbit_jax.config import add_config_help, load_config, split_config_args, vq_model_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
-from maskbit_jax.convert.loading import restore_params
+from maskbit_jax.checkpointing import restore_params
 from maskbit_jax.convert.param_mapping import LOSSLESS_WIDENING, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params, build_tokenizer_module
@@ -107,8 +107,8 @@ def _bar_tokenizer_converter(cfg) -> Converter:
   from maskbit_jax.convert import bar_tokenizer_mapping as btm
   from maskbit_jax.models.bar_tokenizer import abstract_bar_tokenizer_params, bar_tokenizer_from_config
 
-  # a tokenizer config (model.siglip2) converts the whole tokenizer, a BAR generator config its decoder side
-  with_encoder = "siglip2" in (cfg.get("model", None) or {})
+  # a tokenizer config (bar_fsq_tokenizer) converts the whole tokenizer, a BAR generator config its decoder side
+  with_encoder = registry.family_of(cfg).role == registry.TOKENIZER
   module = bar_tokenizer_from_config(cfg, with_encoder=with_encoder)
   abstract = nn.meta.unbox(abstract_bar_tokenizer_params(module))
 
@@ -137,12 +137,8 @@ def converter(cfg, kind: str) -> Converter:
 
 
 def default_kind(cfg) -> str:
-  model = cfg.get("model", None) or {}
-  if "mlm_model" in model:
-    return "generator"
-  if "generator" in model:
-    return "bar_generator"
-  return "bar_tokenizer" if "siglip2" in model else "tokenizer"
+  """The kind a config's own model is stored as (its family's ``checkpoint_kind``)."""
+  return registry.family_of(cfg).checkpoint_kind
 
 
 def import_checkpoint(cfg, checkpoint: str, out: str, kind: str | None = None, overwrite: bool = False) -> str:

@@ -222,6 +222,7 @@ def bar_fsq_config(name: str, *, token_size: int, crop_size: int, checkpoint: st
                         logging_dir=f"{name}/logs", tokenizer_checkpoint=checkpoint, init_checkpoint="",
                         siglip2_checkpoint="")
   cfg.model = dict(
+      name="bar_fsq_tokenizer",
       vq_model=dict(codebook_size=LEVELS ** token_size, token_size=token_size, encoder_lr_mult=0.1,
                     clip_align_layer_id=2, use_checkpoint=False, vit_dec_patch_size=16),
       discriminator=dict(dino_ckpt_path="assets/models/dino_vit_small_patch8_224.pth", norm_type="bn"),

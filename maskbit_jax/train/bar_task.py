@@ -30,7 +30,7 @@ from maskbit_jax import bar, paths, sharding
 from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.models.layers import jit_init
-from maskbit_jax.train.tasks import _Task, compute_dtype
+from maskbit_jax.train.tasks import _Task, compute_dtype  # runtime.training
 
 
 def _with_resolution(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -152,7 +152,7 @@ class BarTask(_Task):
   def dataset(self):
     if not self.pretokenized:
       return self.image_dataset()
-    from maskbit_jax.pretokenize import TokenDataset
+    from maskbit_jax.data.token_dataset import TokenDataset
 
     data = self.cfg.dataset
     tokens = TokenDataset(self.pretokenized)

@@ -19,13 +19,13 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax import checkpointing, paths, sharding
+from maskbit_jax import checkpointing, evaluation_runs, paths, registry, runtime, sharding
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.data import augment, pipeline
 from maskbit_jax.data.sources import eval_interpolation, make_source
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
-from maskbit_jax.tokenizer import DTYPES, PRECISIONS
+from maskbit_jax.sampling import api as sampling_api
 from maskbit_jax.train import observe
 
 STAGES = ("tokenizer", "generator", "bar", "bar_fsq")
@@ -36,36 +36,16 @@ MAX_GRID_CLASSES = 32  # models with at most this many classes show each of them
 
 
 def stage_of(cfg: ml_collections.ConfigDict) -> str:
-  """``generator`` for a config with ``model.mlm_model``, ``bar`` for one with ``model.generator`` (BAR),
-  ``tokenizer`` for one with ``model.discriminator``."""
-  model = cfg.get("model", None) or {}
-  if "mlm_model" in model:
-    return "generator"
-  if "generator" in model:
-    return "bar"
-  if "siglip2" in model and "vq_model" in model:  # the BAR-FSQ tokenizer (configs/bar_fsq_*.py)
-    return "bar_fsq"
-  if "discriminator" in model and "losses" in cfg:
-    return "tokenizer"
-  raise ValueError("cannot tell the training stage: a tokenizer config needs model.discriminator and losses, "
-                   "a MaskBit generator config model.mlm_model, a BAR config model.generator")
+  """The training stage of a config: its model family's task (``registry``: ``tokenizer``, ``generator``,
+  ``bar``, ``bar_fsq``)."""
+  fam = registry.family_of(cfg)
+  if fam.task is None:
+    raise ValueError(f"model family {fam.name!r} has no training task (registry.Family.task)")
+  return fam.task
 
 
-def compute_dtype(cfg: ml_collections.ConfigDict):
-  """bf16 compute with float32 params when ``runtime.dtype`` is bfloat16 or ``training.mixed_precision`` bf16."""
-  runtime = cfg.get("runtime", None) or {}
-  name = str(runtime.get("dtype", "float32"))
-  mixed = str((cfg.get("training", None) or {}).get("mixed_precision", "no")).lower()
-  if mixed == "bf16":
-    name = "bfloat16"
-  elif mixed not in ("no", "fp16"):  # fp16 is rejected by make_optimizer with its reason
-    raise ValueError(f"training.mixed_precision={mixed!r}; use 'no' or 'bf16'")
-  if name not in DTYPES:
-    raise ValueError(f"runtime.dtype={name!r}; use one of {sorted(DTYPES)}")
-  precision = str(runtime.get("precision", "default"))
-  if precision not in PRECISIONS:
-    raise ValueError(f"runtime.precision={precision!r}; use one of default, high, highest")
-  return DTYPES[name], PRECISIONS[precision]
+# the training runs' compute dtype and precision (runtime.training), under the name the tasks import
+compute_dtype = runtime.training
 
 
 def _positive_int(cfg, dotted: str, minimum: int = 1) -> int:
@@ -194,8 +174,6 @@ class _Task:
     self._eval_nets: dict = {}
     if self.eval_images() <= 0:
       return
-    from maskbit_jax.evaluate import _inception, _lpips
-
     skipped = []
     for key, metrics in self.evaluation_weights.items():
       path = str(self.evaluation_setting(key) or "")
@@ -205,10 +183,10 @@ class _Task:
       if not paths.exists(path):
         raise FileNotFoundError(f"evaluation.{key}={path!r}: file not found ({metrics} during training)")
       if key == "inception_checkpoint":
-        self._eval_nets[key] = _inception(path, None)
+        self._eval_nets[key] = evaluation_runs.load_inception(path, None)
       else:
         vgg = str(self.evaluation_setting("vgg16_checkpoint") or "") or None
-        self._eval_nets[key] = _lpips(path, vgg)
+        self._eval_nets[key] = evaluation_runs.load_lpips(path, vgg)
     self._ref_stats = None
     if self.evaluates_samples and "inception_checkpoint" in self._eval_nets:
       path = str(self.evaluation_setting("ref_stats") or "")
@@ -224,9 +202,7 @@ class _Task:
       print("note: the in-training evaluation skips " + "; ".join(skipped), flush=True)
 
   def eval_batch_size(self) -> int:
-    from maskbit_jax.evaluate import check_batch_size
-
-    return check_batch_size(int(self.evaluation_setting("batch_size", 32)))
+    return evaluation_runs.check_batch_size(int(self.evaluation_setting("batch_size", 32)))
 
   @staticmethod
   def eval_scalars(result: dict) -> dict:
@@ -245,10 +221,8 @@ class _Task:
     inception = getattr(self, "_eval_nets", {}).get("inception_checkpoint")
     if self.eval_images() <= 0 or inception is None:
       return {}
-    from maskbit_jax.evaluate import evaluate_generator
-
     with outside_training_mesh():
-      result = evaluate_generator(gen, self.tokenizer, num_images=self.eval_images(),
+      result = evaluation_runs.evaluate_generator(gen, self.tokenizer, num_images=self.eval_images(),
                                   batch_size=self.eval_batch_size(), seed=int(self.evaluation_setting("seed", 0)),
                                   inception=inception, ref_stats=self._ref_stats, progress=False)
     return self.eval_scalars(result)
@@ -266,20 +240,18 @@ class _Task:
     num = self.eval_images()
     if num <= 0 or not self.trains_on_synthetic():
       return {}
-    from maskbit_jax.evaluate import class_balanced_labels, evaluate_tokenizer, generator_num_classes
     from maskbit_jax.evaluation.synthetic_classifier import class_accuracy
-    from maskbit_jax.sample import sample
 
-    labels = class_balanced_labels(num, generator_num_classes(gen))
+    labels = evaluation_runs.class_balanced_labels(num, int(gen.num_classes))
     rows, key = self.eval_batch_size(), jax.random.key(int(self.evaluation_setting("seed", 0)))
     # the frozen tokenizer's weights as host arrays: placed like the images, not where training put them
     tok = dataclasses.replace(self.tokenizer, params=host_copy(self.tokenizer.params))
     with outside_training_mesh():  # every process draws the same (few) samples
-      images = np.concatenate([np.asarray(host_copy(sample(gen, tok, labels[i:i + rows],
+      images = np.concatenate([np.asarray(host_copy(sampling_api.sample(gen, tok, labels[i:i + rows],
                                                            jax.random.fold_in(key, i))["images"]))
                                for i in range(0, num, rows)])
       if self._tokenizer_psnr is None:  # the tokenizer is frozen: its figure is measured once a run
-        recon = evaluate_tokenizer(tok, self.source("eval_source"), batch_size=rows, num_images=num,
+        recon = evaluation_runs.evaluate_tokenizer(tok, self.source("eval_source"), batch_size=rows, num_images=num,
                                    progress=False)
         self._tokenizer_psnr = float(recon["PSNR"])
     return dict(eval_class_accuracy=class_accuracy(np.clip(images, 0.0, 1.0), labels),
@@ -298,15 +270,13 @@ class _Task:
     """``grid_samples`` class-conditional samples of ``gen`` (MaskBit or BAR) for the grid: ImageNet models
     draw ``GRID_CLASSES`` and a random class (seeded) as the reference does, other class sets 0, 1, ... (each class
     at least once when there are at most ``MAX_GRID_CLASSES``)."""
-    from maskbit_jax.sample import sample
-
     n = self.grid_samples or max(int(self.cfg.training.get("num_generated_images", 10)), 1)
     if num_classes == 1000:
       classes = GRID_CLASSES + (int(np.random.default_rng(self.seed).integers(0, 999)),)
       labels = np.resize(np.asarray(classes), n)
     else:  # a small class set: every class at least once
       labels = np.arange(max(n, num_classes if num_classes <= MAX_GRID_CLASSES else 0)) % num_classes
-    out = sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
+    out = sampling_api.sample(gen, self.tokenizer, labels, jax.random.key(self.seed))
     images = host_copy(out["images"])  # inside the training mesh the batch may span every process's devices
     return observe.Grid(np.clip(images, 0.0, 1.0), [self.class_caption(c) for c in labels], min(len(labels), 8))
 
@@ -343,6 +313,8 @@ class TokenizerTask(_Task):
     from maskbit_jax.train.optim import make_optimizer, make_schedule
 
     dtype, precision = compute_dtype(cfg)
+    if "discriminator" not in cfg.model or "losses" not in cfg:
+      raise ValueError("training a tokenizer needs the stage-I recipe's model.discriminator and losses sections")
     if cfg.model.vq_model.get("model_class") not in ("vqgan+", "maskgit"):
       raise ValueError(f"training model_class {cfg.model.vq_model.get('model_class')!r} is not supported "
                        "(vqgan+ or maskgit)")
@@ -436,13 +408,12 @@ class TokenizerTask(_Task):
     ``experiment.eval_images`` eval images: ``python -m maskbit_jax.evaluate tokenizer``'s numbers."""
     if self.eval_images() <= 0:
       return {}
-    from maskbit_jax.evaluate import evaluate_tokenizer
     from maskbit_jax.tokenizer import Tokenizer
 
     nets = getattr(self, "_eval_nets", {})
     tok = Tokenizer(self.cfg, self.model, host_copy(self.model_params(state)))
     with outside_training_mesh():
-      result = evaluate_tokenizer(tok, self.source("eval_source"), batch_size=self.eval_batch_size(),
+      result = evaluation_runs.evaluate_tokenizer(tok, self.source("eval_source"), batch_size=self.eval_batch_size(),
                                   num_images=self.eval_images(), inception=nets.get("inception_checkpoint"),
                                   lpips=nets.get("lpips_checkpoint"), progress=False)
     return self.eval_scalars(result)
@@ -503,7 +474,7 @@ class GeneratorTask(_Task):
   def dataset(self):
     if not self.pretokenized:
       return self.image_dataset()
-    from maskbit_jax.pretokenize import TokenDataset
+    from maskbit_jax.data.token_dataset import TokenDataset
 
     tokens = TokenDataset(self.pretokenized)
     side = self.module.img_size // self.module.input_stride
@@ -578,17 +549,11 @@ def _without_accumulation(cfg: ml_collections.ConfigDict) -> ml_collections.Conf
 
 
 def make_task(cfg: ml_collections.ConfigDict, mesh, workdir: str) -> _Task:
-  stage = stage_of(cfg)
+  """The training task of the config's model family (``registry.Family.task_factory``)."""
+  fam = registry.family_of(cfg)
+  stage_of(cfg)  # a family without a task says so
   validate_common(cfg)
-  if stage == "bar":
-    from maskbit_jax.train.bar_task import BarTask  # imports this module
-
-    return BarTask(cfg, mesh, workdir)
-  if stage == "bar_fsq":
-    from maskbit_jax.train.bar_fsq_task import BarFsqTask  # imports this module
-
-    return BarFsqTask(cfg, mesh, workdir)
-  return TokenizerTask(cfg, mesh, workdir) if stage == "tokenizer" else GeneratorTask(cfg, mesh, workdir)
+  return fam.get("task_factory")(cfg, mesh, workdir)
 
 
 __all__ = ["GeneratorTask", "STAGES", "TokenizerTask", "compute_dtype", "global_batch_size", "make_task", "stage_of",
