@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from maskbit_jax import checkpointing, hub, registry, runtime
+from maskbit_jax import checkpointing, hub, runtime
+from maskbit_jax import registry as families  # (the loaders' ``registry`` argument is the weights registry)
 from maskbit_jax.bar_config import SAMPLING_KEYS, bar_fields, bar_sampling_defaults
+from maskbit_jax.bar_tokenizer_api import tokenizer_grid
 from maskbit_jax.config import ConfigLike, load_config
 from maskbit_jax.convert import bar_mapping
 from maskbit_jax.generator import check_class_labels
@@ -85,7 +87,7 @@ def load_bar_generator(config: ConfigLike, checkpoint: str | os.PathLike | None 
   config, checkpoint = hub.resolve_model(config, checkpoint, "bar_generator", random_init=random_init,
                                          registry_override=registry)
   cfg = load_config(config, overrides)
-  if _families.name_of(cfg) != BarModel.family:
+  if families.name_of(cfg) != BarModel.family:
     raise ValueError(f"not a BAR generator config (model.name is {cfg.model.name!r}, not {BarModel.family!r})")
   compute_dtype, prec = runtime.resolve(cfg, dtype, precision)
   module = build_bar_module(bar_fields(cfg), dtype=compute_dtype, precision=prec)
@@ -99,9 +101,6 @@ def load_bar_generator(config: ConfigLike, checkpoint: str | os.PathLike | None 
   return BarModel(cfg, module, params)
 
 
-_families = registry  # the model-family registry (the loaders' ``registry`` argument is the weights registry)
-
-
 def _resolution(cfg: ml_collections.ConfigDict) -> int | None:
   pre = (cfg.get("dataset", None) or {}).get("preprocessing", None) or {}
   return pre.get("resolution", None)
@@ -110,10 +109,10 @@ def _resolution(cfg: ml_collections.ConfigDict) -> int | None:
 def _bits_kind(tok) -> str | None:
   """``lfq`` or ``bar_fsq``: how ``tok`` reads bits (its family's ``bits``); None for a tokenizer of no bits."""
   try:
-    fam = _families.of(tok)
+    fam = families.of(tok)
   except (TypeError, ValueError):
     return None
-  return fam.bits if fam.role == _families.TOKENIZER else None
+  return fam.bits if fam.role == families.TOKENIZER else None
 
 
 def check_pair(gen: BarModel, tok) -> None:
@@ -123,10 +122,7 @@ def check_pair(gen: BarModel, tok) -> None:
   if gen.token_bits != tok.token_bits:
     raise ValueError(f"the BAR generator makes {gen.token_bits}-bit tokens but the tokenizer has "
                      f"{tok.token_bits} bits: pair checkpoints of the same bit width")
-  resolution = _resolution(gen.config)
-  if tok.image_size is None and (not resolution or int(resolution) <= 0):
-    raise ValueError("a BAR config on a MaskBit tokenizer needs dataset.preprocessing.resolution (image size)")
-  grid = tok.token_grid(resolution)
+  grid = tokenizer_grid(tok, _resolution(gen.config))
   if tuple(grid) != tuple(gen.module.grid):
     raise ValueError(f"the BAR generator's latent grid {gen.module.grid} is not the tokenizer's {grid}")
 

@@ -155,6 +155,8 @@ def load_bar_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None 
 
 def tokenizer_grid(tok, resolution: int | None = None) -> tuple[int, int]:
   """The latent grid ``(h, w)`` of ``tok``; a MaskBit tokenizer's depends on the image ``resolution``."""
+  if tok.image_size is None and (not resolution or int(resolution) <= 0):
+    raise ValueError("a BAR config on a MaskBit tokenizer needs dataset.preprocessing.resolution (image size)")
   return tuple(tok.token_grid(resolution))
 
 
