@@ -26,14 +26,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _models(config: str, dtype: str):
   import maskbit_jax
-  from maskbit_jax import bar
+  from maskbit_jax import registry
 
   cfg = maskbit_jax.load_config(config)
-  if bar.is_bar_config(cfg):
-    return (bar.load_bar_generator(cfg, random_init=True, dtype=dtype),
-            bar.load_bar_tokenizer(cfg, random_init=True, dtype=dtype, with_encoder=True))
-  return (maskbit_jax.load_generator(cfg, random_init=True, dtype=dtype),
-          maskbit_jax.load_tokenizer(cfg, random_init=True, dtype=dtype))
+  tok_family = registry.tokenizer_family_of(cfg)
+  encoder = dict(with_encoder=True) if tok_family.bits == "bar_fsq" else {}  # editing encodes the images
+  return (registry.family_of(cfg).get("loader")(cfg, random_init=True, dtype=dtype),
+          tok_family.get("loader")(cfg, random_init=True, dtype=dtype, **encoder))
 
 
 def runners(config: str, batch: int, dtype: str, settings: dict) -> dict:
@@ -42,15 +41,13 @@ def runners(config: str, batch: int, dtype: str, settings: dict) -> dict:
   import jax
 
   import maskbit_jax
-  from maskbit_jax import bar
-  from maskbit_jax.edit import _check_models, _image_hw
+  from maskbit_jax.sampling.editing import check_models, image_hw
 
   gen, tok = _models(config, dtype)
-  grid = _check_models(gen, tok, jax.random.key(0))
-  side = _image_hw(tok, grid)[0]
+  grid = check_models(gen, tok, jax.random.key(0))
+  side = image_hw(tok, grid)[0]
   images = np.random.default_rng(0).random((batch, side, side, 3)).astype(np.float32)
-  nclass = gen.num_classes if isinstance(gen, bar.BarModel) else gen.nclass
-  labels = np.arange(batch) % nclass
+  labels = np.arange(batch) % gen.num_classes
   keep = np.zeros(grid, bool)
   keep[: grid[0] // 2] = True
   key = jax.random.key(0)
@@ -84,14 +81,15 @@ def main() -> None:
   args = p.parse_args()
 
   import maskbit_jax
-  from maskbit_jax import bar
+  from maskbit_jax import registry
 
-  is_bar = bar.is_bar_config(maskbit_jax.load_config(args.config))
-  settings = {} if is_bar else dict(num_steps=args.num_steps)
+  # the step count is a setting of the families that have one (MaskBit); BAR samples one raster pass
+  takes_steps = "num_steps" in registry.family_of(maskbit_jax.load_config(args.config)).sampling_keys
+  settings = dict(num_steps=args.num_steps) if takes_steps else {}
   for batch in [int(b) for b in args.batches.split(",")]:
     best = time_interleaved(runners(args.config, batch, args.dtype, settings), args.repeats)
     record = dict(benchmark="edit", config=os.path.basename(args.config), batch=batch, dtype=args.dtype,
-                  num_steps=None if is_bar else args.num_steps, timing="min over interleaved repeats",
+                  num_steps=args.num_steps if takes_steps else None, timing="min over interleaved repeats",
                   repeats=args.repeats, machine=machine(), memory=peak_memory_bytes())
     for name, t in best.items():
       record[name] = dict(seconds=t, images_per_s=batch / t)

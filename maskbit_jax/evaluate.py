@@ -32,20 +32,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
-import os
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from maskbit_jax import distributed, hub, image_io, paths, registry, sharding
+from maskbit_jax import distributed, hub, paths, registry, sharding
 from maskbit_jax.evaluation import metrics as M
 from maskbit_jax.sampling import api as sampling_api
-
+# the evaluation library's names, also under this command's module (where they were first)
 from maskbit_jax.evaluation_runs import (IMAGE_SLACK, Progress, check_batch_size, class_balanced_labels,  # noqa: F401
                                          evaluate_generator, evaluate_tokenizer, generation_batch_indices,
                                          generator_num_classes, load_inception, load_lpips, merge_is_parts,
