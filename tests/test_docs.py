@@ -25,7 +25,7 @@ import proc_wait
 from conftest import REPO, drop_simulated_devices
 
 DOCS = REPO / "docs"
-PAGES = ("training", "converting", "sampling", "evaluation", "bar", "reliability")
+PAGES = ("training", "converting", "sampling", "evaluation", "bar", "reliability", "architecture")
 MARKER = re.compile(r"^#\s*docs-test(?::\s*run with (\S+) in place of (\S+))?\s*$")
 
 
