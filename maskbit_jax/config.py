@@ -108,18 +108,21 @@ def _split_arg(spec: str) -> tuple[str, str | None]:
   return spec, None
 
 
-# The sections that tell the built-in families apart, in the order they are tested: a generator config also
-# holds its tokenizer's model.vq_model.
-_FAMILY_SECTIONS = (("maskbit_generator", "mlm_model"), ("bar_generator", "generator"),
-                    ("bar_fsq_tokenizer", "siglip2"), ("maskbit_tokenizer", "vq_model"))
+# What tells the built-in families apart, tested in this order (a generator config also holds its tokenizer's
+# model.vq_model): (family, the section of ``model`` it has, a key of ``model.vq_model`` that also shows it).
+# BAR-FSQ's reference yamls have no model.siglip2 (the reference hard-codes it); their vq_model has the ViT
+# decoder's vit_dec_patch_size, which no MaskBit tokenizer has.
+_FAMILY_SECTIONS = (("maskbit_generator", "mlm_model", None), ("bar_generator", "generator", None),
+                    ("bar_fsq_tokenizer", "siglip2", "vit_dec_patch_size"), ("maskbit_tokenizer", "vq_model", None))
 
 
 def infer_model_name(cfg: ml_collections.ConfigDict) -> str | None:
   """The built-in family whose sections ``cfg.model`` has (see ``_FAMILY_SECTIONS``), or None: the one place
   that tells a family from which keys exist, for configs that predate ``model.name``."""
   model = cfg.get("model", None) or {}
-  for name, section in _FAMILY_SECTIONS:
-    if section in model and (section != "siglip2" or "vq_model" in model):
+  vq = model.get("vq_model", None) or {}
+  for name, section, vq_key in _FAMILY_SECTIONS:
+    if section in model or (vq_key is not None and vq_key in vq):
       return name
   return None
 
@@ -137,10 +140,10 @@ def _name_model(cfg: ml_collections.ConfigDict, source: str) -> None:
       with model.unlocked():
         model.name = inferred
     return
-  builtin = [n for n, _ in _FAMILY_SECTIONS]
+  builtin = [n for n, _, _ in _FAMILY_SECTIONS]
   if name in builtin and inferred is not None and name != inferred:
-    section = dict(_FAMILY_SECTIONS)[inferred]
-    raise ValueError(f"config {source}: model.name is {name!r} but its model.{section} section makes it a "
+    section = {n: s for n, s, _ in _FAMILY_SECTIONS}[inferred]
+    raise ValueError(f"config {source}: model.name is {name!r} but its sections (model.{section}) make it a "
                      f"{inferred!r} config; fix model.name or the sections")
 
 

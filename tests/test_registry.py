@@ -146,6 +146,7 @@ def test_an_unknown_family_is_a_one_line_error_naming_the_known_ones():
     ({"vq_model": {}, "mlm_model": {}}, "maskbit_generator"),
     ({"vq_model": {}, "generator": {}}, "bar_generator"),
     ({"vq_model": {}, "siglip2": {}}, "bar_fsq_tokenizer"),
+    ({"vq_model": {"vit_dec_patch_size": 16}, "discriminator": {}}, "bar_fsq_tokenizer"),  # BAR-FSQ's own yamls
 ])
 def test_a_yaml_without_a_name_gets_it_inferred_where_it_is_loaded(tmp_path, model, name):
   import yaml
