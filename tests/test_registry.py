@@ -190,6 +190,11 @@ def test_the_built_in_models_follow_the_protocols():
   np.testing.assert_array_equal(np.asarray(tok.bits_to_images(bits)), np.asarray(tok.decode_tokens(tok.encode(images))))
   bar_gen = maskbit_jax.load_bar_generator("bar_tiny", random_init=True)
   assert isinstance(bar_gen, protocols.Generator) and registry.of(bar_gen).name == "bar_generator"
+  fsq = maskbit_jax.load_bar_tokenizer("bar_fsq_tiny", random_init=True)  # decode-only
+  assert isinstance(fsq, protocols.Tokenizer) and registry.of(fsq).bits == "bar_fsq"
+  assert fsq.token_grid(None) == fsq.grid and fsq.image_size == fsq.grid[0] * fsq.latent_stride
+  with pytest.raises(ValueError, match="with_encoder=True"):
+    fsq.encode(np.zeros((1, fsq.image_size, fsq.image_size, 3), np.float32))
 
 
 def test_the_library_imports_no_command_and_keeps_sample_and_edit_functions():
