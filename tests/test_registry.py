@@ -214,3 +214,12 @@ print(isinstance(maskbit_jax.sample, types.FunctionType), isinstance(maskbit_jax
 """
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
   assert out.stdout.split("\n")[:3] == ["[]", "True True", "True True"], out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("command", ["sample", "edit"])
+def test_the_documented_python_m_commands_run_without_runpy_warnings(command):
+  # their files share the library functions' names: run as __main__, they must not be imported first (runpy
+  # warns then, and the package attribute would be the module)
+  out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", f"maskbit_jax.{command}", "--help"],
+                       capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 0 and f"python -m maskbit_jax.{command}" in out.stdout, out.stderr
