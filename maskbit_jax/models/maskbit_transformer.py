@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from maskbit_jax.bits import indices_to_bits
 from maskbit_jax.models import initializers, layers, stack
 
 LAYER_NORM_EPS = 1e-12
@@ -46,8 +47,7 @@ def token_bits_features(tokens_bnm: jax.Array, bits_per_split: int, mask_token: 
 
   Feature m*b + j is bit j of split m, i.e. channel m*b + j of the tokenizer latent.
   """
-  shifts = jnp.arange(bits_per_split, dtype=jnp.int32)
-  bits = (jnp.right_shift(tokens_bnm.astype(jnp.int32)[..., None], shifts) & 1).astype(jnp.float32) * 2.0 - 1.0
+  bits = indices_to_bits(tokens_bnm, bits_per_split, jnp.float32)
   bits = jnp.where((tokens_bnm == mask_token)[..., None], 0.0, bits)
   return bits.reshape(*tokens_bnm.shape[:-1], -1)
 

@@ -36,6 +36,7 @@ from flax import linen as nn
 
 from maskbit_jax import sharding
 from maskbit_jax.bar_config import bar_fields
+from maskbit_jax.bits import indices_to_flat_bits
 from maskbit_jax.losses.bar_masking import drop_labels, rar_random_ratio, sample_orders
 from maskbit_jax.models.bar_generator import BarGenerator, abstract_bar_params
 from maskbit_jax.train import microbatch
@@ -102,11 +103,8 @@ def init_train_state(tx: optax.GradientTransformation, params: Any, rng: jax.Arr
                        ema_params=jax.tree.map(jnp.copy, params) if use_ema else None, rng=rng)
 
 
-def indices_to_bit_rows(indices: jax.Array, token_bits: int) -> jax.Array:
-  """LFQ token indices ``[B, h, w]`` -> BAR bits ``[B, h*w*K]`` int32 (bit j = channel j, LSB first)."""
-  shifts = jnp.arange(token_bits, dtype=jnp.int32)
-  bits = jnp.right_shift(indices.astype(jnp.int32)[..., None], shifts) & 1
-  return bits.reshape(indices.shape[0], -1)
+# LFQ token indices [B, h, w] -> BAR bits [B, h*w*K] int32 (the name tests and callers use)
+indices_to_bit_rows = indices_to_flat_bits
 
 
 def masked_bit_accuracy(logits_nkc: jax.Array, target_nk: jax.Array, masks_nk: jax.Array) -> jax.Array:
