@@ -32,6 +32,7 @@ from flax import linen as nn
 
 # The bit helpers live in maskbit_jax.bits; imported here so bar_fsq.pack_bits etc. keep working.
 from maskbit_jax.bits import bits_to_codes, codes_to_bits, flatten_bits, pack_bits, unflatten_bits, unpack_bits
+from maskbit_jax.models.layers import dense
 
 LEVELS = 2
 FSQ_EPS = 1e-3
@@ -40,8 +41,6 @@ FSQ_EPS = 1e-3
 HALF_L = np.float32(np.float32(LEVELS - 1) * np.float32(1.0 + FSQ_EPS)) / np.float32(2.0)
 OFFSET = np.float32(0.5)
 SHIFT = np.float32(np.arctanh(np.float64(OFFSET / HALF_L)))
-
-_INIT = nn.initializers.normal(0.02)
 
 
 def fsq_bound(z: jax.Array) -> jax.Array:
@@ -58,12 +57,6 @@ def round_ste(x: jax.Array) -> jax.Array:
 def fsq_codes(z: jax.Array) -> jax.Array:
   """Pre-quantiser values ``[..., K]`` -> codes in {-1, +1} (float32, straight-through gradient)."""
   return round_ste(fsq_bound(z)) * 2.0 + 1.0
-
-
-def _dense(features: int, axes: tuple[str, str], dtype, param_dtype, precision, name: str | None = None) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
-                  kernel_init=nn.with_logical_partitioning(_INIT, axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
 
 
 __all__ = ["BinaryFSQ", "HALF_L", "LEVELS", "OFFSET", "SHIFT", "bits_to_codes", "codes_to_bits", "flatten_bits",
@@ -89,9 +82,9 @@ class BinaryFSQ(nn.Module):
   def setup(self):
     kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype, precision=self.precision)
     if self.in_features is not None and self.with_in_proj:
-      self.in_proj = _dense(self.token_size, ("embed", "bits"), **kw)
+      self.in_proj = dense(self.token_size, ("embed", "bits"), **kw)
     if self.out_features is not None:
-      self.out_proj = _dense(self.out_features, ("bits", "embed"), **kw)
+      self.out_proj = dense(self.out_features, ("bits", "embed"), **kw)
 
   def _project_out(self, codes: jax.Array) -> jax.Array:
     return codes if self.out_features is None else self.out_proj(codes)

@@ -64,8 +64,9 @@ from flax import linen as nn
 from maskbit_jax.models import initializers, layers, stack
 from maskbit_jax.losses.bar_masking import draw_mbm_masking, mbm_masking
 from maskbit_jax.losses.bar_mbm_loss import mbm_loss
-from maskbit_jax.models.bar_mbm_head import (OUT, MBMHead, RMSNorm, SwiGLU, collect_intermediates, dense, embed,
-                                            modulate, swiglu_hidden)
+from maskbit_jax.models.attention import dot_product_attention
+from maskbit_jax.models.bar_mbm_head import OUT, MBMHead, SwiGLU, collect_intermediates, modulate, swiglu_hidden
+from maskbit_jax.models.layers import RMSNorm, dense, embed
 
 _INIT = initializers.trunc_normal_02  # cls_token and the position / timestep tables
 ROPE_THETA = 10000.0
@@ -185,13 +186,10 @@ class Attention(nn.Module):
       cache = (k_all, v_all)
       keys, values = k_all[layer], v_all[layer]
       visible = jnp.arange(keys.shape[2])[None, :] <= offset + jnp.arange(t)[:, None]
-    # scores accumulate and stay float32, as in a fused bf16 attention kernel
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, keys.astype(q.dtype), precision=self.precision,
-                        preferred_element_type=jnp.float32)
-    scores = scores * np.float32(hd ** -0.5)
-    scores = jnp.where(visible, scores, -jnp.inf)
-    weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bhkd->bqhd", weights, values.astype(self.dtype), precision=self.precision)
+    # [B, H, T, hd] -> [B, T, H, hd]; scores accumulate and stay float32, as in a fused bf16 attention kernel
+    to_bthd = lambda a: jnp.swapaxes(a.astype(self.dtype), 1, 2)
+    out = dot_product_attention(to_bthd(q), to_bthd(keys), to_bthd(values), mask=visible, scale=hd ** -0.5,
+                                precision=self.precision)
     out = dense(self.dim, ("attn_out", "embed"), "proj", **kw)(out.reshape(b, t, self.dim))
     # attn_drop exists in the reference but is never applied; proj_drop is.
     return nn.Dropout(self.dropout)(out, deterministic=deterministic), cache

@@ -33,15 +33,14 @@ from flax import linen as nn
 from flax import traverse_util
 
 from maskbit_jax.losses import bar_masking, bar_mbm_loss
-from maskbit_jax.models import initializers
+# BAR's init_weights (trunc_normal_(0.02) on every Linear and Embedding, zero biases, norms at one)
+# are these layers' defaults.
+from maskbit_jax.models.layers import RMSNorm, dense, embed
 
-RMS_NORM_EPS = 1e-6
 FOURIER_SIZE = 256
 # Suffix of a sow name that would clash with a sub-module of the same name (e.g. the output of the
 # ``input_proj`` Linear, sown from its parent); ``collect_intermediates`` strips it.
 OUT = "__out"
-# BAR's init_weights: trunc_normal_(0.02) on every Linear and Embedding, zero biases, norms at one.
-_INIT = initializers.trunc_normal_02
 
 
 def swiglu_hidden(dim: int) -> int:
@@ -49,37 +48,8 @@ def swiglu_hidden(dim: int) -> int:
   return int(2 / 3 * int(dim * 4.0))
 
 
-def dense(features: int, axes: tuple[str, str], name: str, *, dtype, param_dtype, precision,
-          zero_init: bool = False) -> nn.Dense:
-  """A Linear with bias and logical axis names; ``zero_init`` for the adaLN-Zero output layers."""
-  kernel_init = initializers.zeros if zero_init else _INIT
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
-                  kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                  bias_init=nn.with_logical_partitioning(initializers.zeros, (axes[1],)))
-
-
-def embed(rows: int, features: int, axes: tuple[str, str], name: str, *, dtype, param_dtype) -> nn.Embed:
-  return nn.Embed(rows, features, dtype=dtype, param_dtype=param_dtype, name=name,
-                  embedding_init=nn.with_logical_partitioning(_INIT, axes))
-
-
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale) + shift
-
-
-class RMSNorm(nn.Module):
-  """``x * rsqrt(mean(x^2) + eps) * weight`` over the last axis, always computed in float32."""
-
-  eps: float = RMS_NORM_EPS
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.with_logical_partitioning(initializers.ones, ("norm",)),
-                       (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * scale.astype(jnp.float32)).astype(x.dtype)
 
 
 class SwiGLU(nn.Module):

@@ -39,7 +39,7 @@ from flax import linen as nn
 
 from maskbit_jax.convert.param_mapping import ParamMapping
 from maskbit_jax.losses import torch_resize
-from maskbit_jax.models.bar_vit_decoder import DecoderBlock
+from maskbit_jax.models.vit_block import DecoderBlock
 
 DINO_IMAGE_SIZE = 224
 IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)

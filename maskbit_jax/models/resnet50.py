@@ -30,7 +30,7 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax.convert.param_mapping import Buffer, ParamMapping
-from maskbit_jax.models import layers
+from maskbit_jax.models import initializers, layers
 
 Dtype = Any
 
@@ -58,8 +58,8 @@ def _batch_norm(dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
       epsilon=BN_EPS,
       dtype=dtype,
       param_dtype=param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+      scale_init=nn.with_logical_partitioning(initializers.ones, ("norm",)),
+      bias_init=nn.with_logical_partitioning(initializers.zeros, ("norm",)),
       name=name,
   )
 
@@ -121,7 +121,7 @@ class ResNet50(nn.Module):
     logits = nn.Dense(
         self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, precision=self.precision,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+        bias_init=nn.with_logical_partitioning(initializers.zeros, ("vocab",)),
         name="fc")(pooled)
     return {"logits": logits, "pooled": pooled, "layer4": layer4}
 
