@@ -14,10 +14,9 @@ condition ``z`` [N, W]. It is a per-row MLP (no attention across bits):
 * a final modulated RMSNorm (chunks scale | shift, no gate) and
   ``Linear(W -> 2 k)``: two logits per bit, columns ``2j, 2j+1`` for bit j.
 
-Training masks a logit-normal fraction of the bits and weights the per-bit
-cross-entropy 1.0 on masked bits, 0.1 on visible ones; both live in
-``maskbit_jax.losses`` (``bar_masking.mbm_masking``, ``bar_mbm_loss.mbm_loss``)
-and are re-exported here. Parameter names follow the PyTorch module (see
+Training masks a logit-normal fraction of the bits (``models.mbm_masking``)
+and weights the per-bit cross-entropy 1.0 on masked bits, 0.1 on visible ones
+(``losses.bar_mbm_loss``). Parameter names follow the PyTorch module (see
 ``maskbit_jax.convert.bar_mapping``).
 """
 
@@ -32,7 +31,6 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from maskbit_jax.losses import bar_masking, bar_mbm_loss
 # BAR's init_weights (trunc_normal_(0.02) on every Linear and Embedding, zero biases, norms at one)
 # are these layers' defaults.
 from maskbit_jax.models.layers import RMSNorm, dense, embed
@@ -206,14 +204,3 @@ class MBMHead(nn.Module):
     x = AdaLNFinalLayer(self.width, self.zero_init, name="adaln_before_head", **kw)(x, s)
     logits = dense(self.bits * self.num_classes, ("embed", "vocab"), "output_embed", **kw)(x)
     return logits.astype(jnp.float32).reshape(n, self.bits, self.num_classes)
-
-
-# ---- training-time masking and loss: one implementation, in maskbit_jax.losses ----
-
-mbm_masking = bar_masking.mbm_masking
-
-
-def mbm_loss(logits_nkc: jax.Array, target_nk: jax.Array, masks_nk: jax.Array):
-  """``losses.bar_mbm_loss.mbm_loss`` as ``(loss [], per_bit_ce [N, k], weights [N, k])`` (the generator's aux)."""
-  loss, aux = bar_mbm_loss.mbm_loss(logits_nkc, target_nk, masks_nk, return_aux=True)
-  return loss, aux["per_bit_ce"], aux["loss_weights"]

@@ -38,6 +38,7 @@ from maskbit_jax import sharding
 from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.bits import indices_to_flat_bits
 from maskbit_jax.losses.bar_masking import drop_labels, rar_random_ratio, sample_orders
+from maskbit_jax.losses.bar_mbm_loss import generator_mbm_loss
 from maskbit_jax.models.bar_generator import BarGenerator, abstract_bar_params
 from maskbit_jax.train import microbatch
 from maskbit_jax.train.bar_optim import rar_anneal_steps
@@ -133,8 +134,9 @@ def bar_train_step(state: BarTrainState, batch: dict, *, module: BarGenerator, t
 
   def micro_step(mb):
     def loss_fn(params):
-      loss, aux = module.apply({"params": params}, mb["bits"], mb["cond"], mb["orders"], train=True,
-                               rngs={"masking": mb["mask_key"], "dropout": mb["dropout_key"]})
+      loss, aux = generator_mbm_loss(module.apply({"params": params}, mb["bits"], mb["cond"], mb["orders"],
+                                                  train=True, rngs={"masking": mb["mask_key"],
+                                                                    "dropout": mb["dropout_key"]}))
       acc = masked_bit_accuracy(aux["logits"], aux["target"], aux["masks"])
       return loss, dict(mbm_loss=loss, masked_bit_acc=acc, mask_ratio=jnp.mean(aux["mask_ratio"]))
 
