@@ -67,6 +67,7 @@ from maskbit_jax.models.attention import dot_product_attention
 from maskbit_jax.models.bar_mbm_head import OUT, MBMHead, SwiGLU, collect_intermediates, modulate, swiglu_hidden
 from maskbit_jax.models.layers import RMSNorm, dense, embed
 from maskbit_jax.models.mbm_masking import draw_mbm_masking, mbm_masking
+from maskbit_jax.models.model_config import BarGeneratorConfig
 
 _INIT = initializers.trunc_normal_02  # cls_token and the position / timestep tables
 ROPE_THETA = 10000.0
@@ -545,9 +546,11 @@ def validate_bar_fields(f: Mapping[str, Any]) -> None:
     raise ValueError("repeat_class_condition is too large for the timesteps_embeddings table")
 
 
-def build_bar_module(fields: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                     precision: Any = None) -> BarGenerator:
-  """The flax BAR generator from flat fields (``bar_config.bar_fields(cfg)``)."""
+def build_bar_module(config: BarGeneratorConfig | Mapping[str, Any], *, dtype: Any = jnp.float32,
+                     param_dtype: Any = jnp.float32, precision: Any = None) -> BarGenerator:
+  """The flax BAR generator from its typed config (``BarGeneratorConfig.from_config(cfg)``) or the same as
+  flat fields (``bar_config.bar_fields(cfg)``)."""
+  fields = config.fields() if isinstance(config, BarGeneratorConfig) else config
   validate_bar_fields(fields)
   kwargs = {k: fields[k] for k in BAR_FIELDS}
   kwargs = {k: float(v) if k == "dropout" else int(v) for k, v in kwargs.items()}

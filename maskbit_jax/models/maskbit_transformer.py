@@ -23,6 +23,7 @@ from flax import linen as nn
 from maskbit_jax.bits import indices_to_bits
 from maskbit_jax.models import initializers, layers, stack
 from maskbit_jax.models.attention import dot_product_attention
+from maskbit_jax.models.model_config import MaskBitGeneratorConfig
 
 LAYER_NORM_EPS = 1e-12
 # The reference's _init_weights: trunc_normal_(0.02) on every Linear and Embedding (and pos_emb), zero biases.
@@ -271,9 +272,11 @@ def validate_generator_fields(fields: Mapping[str, Any]) -> None:
     raise ValueError("nclass must be >= 1")
 
 
-def build_generator_module(fields: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                           precision: Any = None) -> MaskBitTransformer:
-  """The flax generator from flat fields (``img_size``, ``hidden_dim``, ..., ``token_size``)."""
+def build_generator_module(config: MaskBitGeneratorConfig | Mapping[str, Any], *, dtype: Any = jnp.float32,
+                           param_dtype: Any = jnp.float32, precision: Any = None) -> MaskBitTransformer:
+  """The flax generator from its typed config (``MaskBitGeneratorConfig.from_config(cfg)``) or the same as
+  flat fields (``img_size``, ``hidden_dim``, ..., ``token_size``)."""
+  fields = config.fields() if isinstance(config, MaskBitGeneratorConfig) else config
   validate_generator_fields(fields)
   kwargs = {k: fields[k] for k in GENERATOR_FIELDS}
   kwargs = {k: (bool(v) if k == "use_prenorm" else float(v) if k == "dropout" else int(v)) for k, v in kwargs.items()}
