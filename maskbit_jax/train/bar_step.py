@@ -35,11 +35,11 @@ import optax
 from flax import linen as nn
 
 from maskbit_jax import sharding
-from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.bits import indices_to_flat_bits
 from maskbit_jax.losses.bar_masking import drop_labels, rar_random_ratio, sample_orders
 from maskbit_jax.losses.bar_mbm_loss import generator_mbm_loss
 from maskbit_jax.models.bar_generator import BarGenerator, abstract_bar_params
+from maskbit_jax.models.model_config import BarGeneratorConfig
 from maskbit_jax.train import microbatch
 from maskbit_jax.train.bar_optim import rar_anneal_steps
 from maskbit_jax.train.optim import ema_update
@@ -75,7 +75,7 @@ class BarSettings:
   def from_config(cls, cfg) -> "BarSettings":
     training = cfg.get("training", None) or {}
     start, end = rar_anneal_steps(cfg)
-    settings = cls(class_label_dropout=float(bar_fields(cfg)["class_label_dropout"]), anneal_start=start,
+    settings = cls(class_label_dropout=BarGeneratorConfig.from_config(cfg).class_label_dropout, anneal_start=start,
                    anneal_end=end, use_ema=bool(training.get("use_ema", False)),
                    ema_decay=float(training.get("ema_decay", DEFAULT_EMA_DECAY)),
                    accumulation=int(training.get("gradient_accumulation_steps", 1)),
