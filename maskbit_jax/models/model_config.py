@@ -1,10 +1,13 @@
 """Typed model configs: one frozen dataclass per model, built once from the reference-nested ConfigDict.
 
-``Config.from_config(cfg)`` reads the reference's nesting (``model.mlm_model`` + ``model.vq_model`` for
-MaskBit's generator, ``model.generator`` + ``model.vq_model`` for BAR's) and is the one place where the
-defaults of absent keys live; a missing required key is a one-line ValueError naming it. The build
-functions (``maskbit_transformer.build_generator_module``, ``bar_generator.build_bar_module``) take these,
-and ``fields()`` gives the flat dict the older string-keyed builders used.
+``TokenizerConfig`` (``model.vq_model``: VQGAN+, MaskGIT, Taming), ``MaskBitGeneratorConfig``
+(``model.mlm_model`` + ``model.vq_model``), ``BarGeneratorConfig`` (``model.generator`` + ``model.vq_model``)
+and ``BarTokenizerConfig`` (``model.vq_model``, ``model.siglip2``, ``model.vit_decoder``). Each
+``from_config(cfg)`` is the one place where its family's defaults for absent keys live; the build functions
+(``tokenizer.build_tokenizer_module``, ``maskbit_transformer.build_generator_module``,
+``bar_generator.build_bar_module``, ``bar_tokenizer.bar_tokenizer_from_config``) take them, and
+``fields()`` gives the flat dict the older string-keyed builders used. A missing required key is a one-line
+error naming it (ValueError; KeyError for the BAR-FSQ tokenizer, as its reader always raised).
 """
 
 from __future__ import annotations
