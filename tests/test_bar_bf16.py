@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import golden_bar_path
+from maskbit_jax.losses.bar_mbm_loss import generator_mbm_loss
 from maskbit_jax.models.bar_generator import backbone_intermediates
 from maskbit_jax.models.bar_mbm_head import collect_intermediates
 from test_bar_generator import _generator_names, load_bar_fixture
@@ -46,7 +47,8 @@ def bf16_case(request, golden_bar):
   args = (jnp.asarray(io["bits"]), jnp.asarray(io["condition_ids"]), jnp.asarray(io["orders"]))
 
   def forward(p):
-    (loss, aux), state = module.apply({"params": p}, *args, mask_draws=draws, mutable=["intermediates"])
+    forward, state = module.apply({"params": p}, *args, mask_draws=draws, mutable=["intermediates"])
+    loss, aux = generator_mbm_loss(forward)
     return loss, aux["logits"], state["intermediates"]
 
   loss, logits, inter = jax.jit(forward)(params)

@@ -18,6 +18,7 @@ import optax
 import pytest
 from conftest import REPO, nhwc, require_folder
 
+from maskbit_jax.convert import dino_mapping
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.losses import bar_fsq_loss, bar_perceptual, gram, perceptual
 from maskbit_jax.models import convnext as convnext_lib
@@ -45,8 +46,8 @@ def disc(data, cfg):
   module = dd.DinoDiscriminator(width=c["embed_dim"], num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"],
                                 depth=c["depth"], key_depths=tuple(c["key_depths"]), patch_size=c["patch_size"],
                                 kernel_size=h["kernel_size"], norm_eps=h["norm_eps"])
-  backbone = dd.load_dino_backbone(data / "dino_backbone.npz", module)
-  heads, spectral = dd.heads_from_torch(read_state_dict(data / "disc_heads_init.npz"), len(c["key_depths"]) + 1)
+  backbone = dino_mapping.load_dino_backbone(data / "dino_backbone.npz", module)
+  heads, spectral = dino_mapping.heads_from_torch(read_state_dict(data / "disc_heads_init.npz"), len(c["key_depths"]) + 1)
   return module, backbone, heads, spectral
 
 
@@ -68,7 +69,7 @@ def _prefixed(npz, prefix):
 
 
 def _check_heads(got_params, got_spectral, torch_state, num_heads, what):
-  want_params, want_spectral = dd.heads_from_torch(torch_state, num_heads)
+  want_params, want_spectral = dino_mapping.heads_from_torch(torch_state, num_heads)
   jax.tree.map(lambda a, b: _close(a, b, what), got_params, want_params)
   jax.tree.map(lambda a, b: _close(a, b, what + " (spectral u/v)", rtol=1e-4, atol=1e-6), got_spectral,
                want_spectral)
@@ -129,8 +130,8 @@ def test_discriminator_step(data, cfg, disc):
   _close(optax.tree.norm(grads), d["d_grad_norm"], "discriminator grad norm")
   state = _advance_schedule(tx.init(heads), o["schedule_step"])
   updates, _ = tx.update(grads, state, heads)
-  want, _ = dd.heads_from_torch({**state_after, **_prefixed(d, "d_param_after_step/")}, len(heads))
-  want_grads, _ = dd.heads_from_torch(grad_state, len(heads))
+  want, _ = dino_mapping.heads_from_torch({**state_after, **_prefixed(d, "d_param_after_step/")}, len(heads))
+  want_grads, _ = dino_mapping.heads_from_torch(grad_state, len(heads))
   jax.tree.map(lambda u, p0, p1, gr: _check_adam_update(u, np.asarray(p1) - np.asarray(p0), gr, o["learning_rate"]),
                updates, heads, want, want_grads)
 
@@ -265,7 +266,7 @@ def test_released_recipe_settings():
 
 
 @pytest.mark.parametrize("loader, hint", [
-    (lambda p: dd.load_dino_backbone(p, dd.DinoDiscriminator()), "nyu-visionx/RAE-collections"),
+    (lambda p: dino_mapping.load_dino_backbone(p, dd.DinoDiscriminator()), "nyu-visionx/RAE-collections"),
     (lambda p: bar_perceptual.load_convnext_params(p), "convnext_small-0c510722.pth"),
     (lambda p: gram.load_gram_vgg_params(p), "vgg16-397923af.pth"),
 ])

@@ -26,7 +26,9 @@ from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.models.bar_generator import (BarGenerator, abstract_bar_params, backbone_intermediates,
                                               build_bar_module, gather_steps, patchify, rope_tables, unpatchify)
-from maskbit_jax.models.bar_mbm_head import MBMHead, collect_intermediates, mbm_loss, mbm_masking
+from maskbit_jax.losses.bar_mbm_loss import generator_mbm_loss, mbm_loss
+from maskbit_jax.models.bar_mbm_head import MBMHead, collect_intermediates
+from maskbit_jax.models.mbm_masking import mbm_masking
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-5)
@@ -112,7 +114,8 @@ def test_head_training_masking_loss_and_grad(head_case):
 
   def loss_fn(z):
     logits = head.apply({"params": params}, masked, z, ratio)
-    loss, ce, weights = mbm_loss(logits, target, masks)
+    loss, terms = mbm_loss(logits, target, masks, return_aux=True)
+    ce, weights = terms["per_bit_ce"], terms["loss_weights"]
     return loss, (logits, ce, weights)
 
   (loss, (logits, ce, weights)), grad_z = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(jnp.asarray(io["z"]))
@@ -148,8 +151,9 @@ def gen_forward(gen_case):
   draws = (jnp.asarray(io["head_normal_draw"]), jnp.asarray(io["head_uniform"]))
 
   def loss_fn(p):
-    (loss, aux), state = module.apply({"params": p}, jnp.asarray(io["bits"]), jnp.asarray(io["condition_ids"]),
-                                      jnp.asarray(io["orders"]), mask_draws=draws, mutable=["intermediates"])
+    forward, state = module.apply({"params": p}, jnp.asarray(io["bits"]), jnp.asarray(io["condition_ids"]),
+                                  jnp.asarray(io["orders"]), mask_draws=draws, mutable=["intermediates"])
+    loss, aux = generator_mbm_loss(forward)
     return loss, (aux, backbone_intermediates(state["intermediates"]))
 
   (loss, (aux, inter)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)

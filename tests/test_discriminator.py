@@ -19,6 +19,7 @@ from flax import linen as nn
 
 from conftest import golden_path, load_npz, nhwc
 from maskbit_jax.convert.checkpoint_files import read_state_dict
+from maskbit_jax.convert.discriminator_mapping import discriminator_param_mapping
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.losses import gan
 from maskbit_jax.models.discriminator import (
@@ -27,7 +28,6 @@ from maskbit_jax.models.discriminator import (
     adaptive_max_pool,
     blur_kernel,
     build_discriminator,
-    discriminator_param_mapping,
 )
 
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -31,7 +31,9 @@ from flax import traverse_util
 from conftest import load_npz, nhwc
 from maskbit_jax import sharding
 from maskbit_jax.convert.checkpoint_files import read_state_dict
+from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, expected_torch_shapes, torch_state_to_flax
+from maskbit_jax.convert.resnet50_mapping import resnet50_param_mapping
 from maskbit_jax.losses import perceptual
 from maskbit_jax.models import resnet50 as resnet50_lib
 from maskbit_jax.models import vgg_lpips
@@ -75,7 +77,7 @@ def resnet50(resnet50_state):
   model = resnet50_lib.ResNet50(precision=HIGHEST)
   abstract = resnet50_lib.abstract_resnet50_variables(model)
   variables = jax.tree.map(jnp.asarray, torch_state_to_flax(resnet50_state, abstract,
-                                                              resnet50_lib.resnet50_param_mapping()))
+                                                              resnet50_param_mapping()))
   outputs = jax.jit(lambda v, x: perceptual.resnet50_perceptual_outputs(v, x, model=model))
   loss = jax.jit(lambda v, a, b, on_logits: perceptual.resnet50_perceptual_loss(v, a, b, on_logits=on_logits,
                                                                                  model=model),
@@ -94,7 +96,7 @@ def lpips_state(golden, perceptual_io):
 def lpips(lpips_state):
   model = vgg_lpips.LPIPS(precision=HIGHEST)
   abstract = vgg_lpips.abstract_lpips_variables(model)
-  params = torch_state_to_flax(lpips_state, abstract["params"], vgg_lpips.lpips_param_mapping())
+  params = torch_state_to_flax(lpips_state, abstract["params"], lpips_param_mapping())
   variables = {"params": jax.tree.map(jnp.asarray, params)}
   distance = jax.jit(lambda v, a, b: model.apply(v, a, b))
   taps = jax.jit(lambda v, a: model.apply(v, a, method="features"))
@@ -137,14 +139,14 @@ def _assert_one_to_one(mapping, abstract, want: "OrderedDict[str, tuple[int, ...
 
 def test_resnet50_mapping_covers_manifest_one_to_one(golden):
   abstract = resnet50_lib.abstract_resnet50_variables()
-  _assert_one_to_one(resnet50_lib.resnet50_param_mapping(), abstract, _manifest_shapes(golden, "resnet50"))
+  _assert_one_to_one(resnet50_param_mapping(), abstract, _manifest_shapes(golden, "resnet50"))
 
 
 def test_lpips_mapping_covers_manifest_and_heads_one_to_one(golden, perceptual_io):
   want = _manifest_shapes(golden, "vgg16")
   want.update((k, tuple(v.shape)) for k, v in _stored_lpips_heads(perceptual_io).items())
   abstract = vgg_lpips.abstract_lpips_variables()["params"]
-  _assert_one_to_one(vgg_lpips.lpips_param_mapping(), abstract, want)
+  _assert_one_to_one(lpips_param_mapping(), abstract, want)
 
 
 def test_logical_axis_names_are_known():
@@ -159,7 +161,7 @@ def test_logical_axis_names_are_known():
 
 def test_resnet50_strict_conversion_names_problems(resnet50_state):
   abstract = resnet50_lib.abstract_resnet50_variables()
-  mapping = resnet50_lib.resnet50_param_mapping()
+  mapping = resnet50_param_mapping()
   state = OrderedDict(resnet50_state)
   dropped = next(k for k in state if k.endswith("running_var"))
   del state[dropped]

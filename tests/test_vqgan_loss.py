@@ -24,14 +24,16 @@ import pytest
 from flax import linen as nn
 
 from conftest import golden_path, load_npz, nhwc
+from maskbit_jax.convert.discriminator_mapping import discriminator_param_mapping
+from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
 from maskbit_jax.convert.param_mapping import torch_state_to_flax
+from maskbit_jax.convert.resnet50_mapping import resnet50_param_mapping
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
 from maskbit_jax.losses import gan
 from maskbit_jax.losses import vqgan_loss as vl
 from maskbit_jax.models import resnet50 as resnet50_lib
 from maskbit_jax.models import vgg_lpips
-from maskbit_jax.models.discriminator import (abstract_discriminator_params, build_discriminator,
-                                              discriminator_param_mapping)
+from maskbit_jax.models.discriminator import abstract_discriminator_params, build_discriminator
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params, build_tokenizer_module
 from recipe_weights import recipe_state_dict
 
@@ -121,13 +123,13 @@ def perceptual_fns(golden):
         state = recipe_state_dict(golden / "recipe_manifests" / "resnet50.json")
         abstract = resnet50_lib.abstract_resnet50_variables(resnet50_lib.ResNet50())
         cache[name] = jax.tree.map(jnp.asarray, torch_state_to_flax(state, abstract,
-                                                                     resnet50_lib.resnet50_param_mapping()))
+                                                                     resnet50_param_mapping()))
       else:
         state = recipe_state_dict(golden / "recipe_manifests" / "vgg16.json")
         heads = load_npz(golden / "perceptual_recipe_io.npz")
         state.update((k[len("lpips_"):], v) for k, v in heads.items() if k.startswith("lpips_lin"))
         abstract = vgg_lpips.abstract_lpips_variables()
-        params = torch_state_to_flax(state, abstract["params"], vgg_lpips.lpips_param_mapping())
+        params = torch_state_to_flax(state, abstract["params"], lpips_param_mapping())
         cache[name] = {"params": jax.tree.map(jnp.asarray, params)}
     return cache[name]
 

@@ -9,8 +9,7 @@ the per-layer ``transformer.layers.<i>.{0,1}`` modules of the files.
 
 from __future__ import annotations
 
-import numpy as np
-
+from maskbit_jax.bits import bit_weights_np
 from maskbit_jax.convert.param_mapping import GENERATOR_KEY_RULES, GENERATOR_RULES, Buffer, LayerStack, ParamMapping
 
 RELEASED_RENAMES = {"token_emb": "input_proj"}
@@ -19,8 +18,5 @@ GENERATOR_LAYERS = LayerStack("transformer_layers", {"attn": "transformer_layers
 
 
 def generator_param_mapping(bits_per_split: int) -> ParamMapping:
-  def bits_to_indices():
-    return (2 ** np.arange(bits_per_split, dtype=np.int64)).astype(np.int32)
-
-  return ParamMapping(GENERATOR_RULES, buffers={"bits_to_indices": Buffer(bits_to_indices)},
+  return ParamMapping(GENERATOR_RULES, buffers={"bits_to_indices": Buffer(lambda: bit_weights_np(bits_per_split))},
                       renames=RELEASED_RENAMES, key_rules=GENERATOR_KEY_RULES, layer_stacks=(GENERATOR_LAYERS,))

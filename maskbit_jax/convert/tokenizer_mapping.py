@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
-
+from maskbit_jax.bits import bit_weights_np, codebook_np
 from maskbit_jax.convert.param_mapping import TAMING_RULES, VQGAN_RULES, Buffer, ParamMapping
 
 
 def lfq_buffers(token_bits: int) -> dict[str, Buffer]:
   """The LFQ buffers the released files carry: ``bits_to_indices`` (2^k) and ``codebook`` (+-1 rows)."""
-
-  def bits_to_indices():
-    return (2 ** np.arange(token_bits, dtype=np.int64)).astype(np.int32)
-
-  def codebook():
-    codes = np.arange(2**token_bits, dtype=np.int64)[:, None]
-    bits = (codes >> np.arange(token_bits)) & 1
-    return (bits * 2.0 - 1.0).astype(np.float32)
-
-  return {"quantize.bits_to_indices": Buffer(bits_to_indices), "quantize.codebook": Buffer(codebook)}
+  return {"quantize.bits_to_indices": Buffer(lambda: bit_weights_np(token_bits)),
+          "quantize.codebook": Buffer(lambda: codebook_np(token_bits))}
 
 
 def tokenizer_param_mapping(vq_cfg: Mapping[str, Any]) -> ParamMapping:

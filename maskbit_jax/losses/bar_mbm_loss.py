@@ -45,3 +45,11 @@ def mbm_loss(logits: jax.Array, target: jax.Array, mask: jax.Array, *, visible_w
   if return_aux:
     return loss, dict(per_bit_ce=ce, loss_weights=weights)
   return loss
+
+
+def generator_mbm_loss(forward: dict, *, visible_weight: float = VISIBLE_WEIGHT) -> tuple[jax.Array, dict]:
+  """A ``BarGenerator`` training forward's output -> ``(loss, aux)``: the forward's entries plus
+  ``per_bit_ce`` and ``loss_weights``."""
+  loss, terms = mbm_loss(forward["logits"], forward["target"], forward["masks"], visible_weight=visible_weight,
+                         return_aux=True)
+  return loss, dict(forward, **terms)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from maskbit_jax import paths
 from maskbit_jax.convert.checkpoint_files import read_state_dict
+from maskbit_jax.convert.convnext_mapping import convnext_param_mapping
 from maskbit_jax.convert.param_mapping import torch_state_to_flax
 from maskbit_jax.losses import torch_resize
 from maskbit_jax.losses.perceptual import IMAGENET_MEAN, IMAGENET_STD
@@ -98,5 +99,5 @@ def load_convnext_params(path, *, model: convnext_lib.ConvNeXt | None = None) ->
     raise FileNotFoundError(f"{path} not found: put {CONVNEXT_FILE_HINT} there (maskbit_jax never downloads weights)")
   model = model or convnext_lib.ConvNeXt()
   abstract = convnext_lib.abstract_convnext_params(model)
-  params = torch_state_to_flax(read_state_dict(path), abstract, convnext_lib.convnext_param_mapping(), source=path)
+  params = torch_state_to_flax(read_state_dict(path), abstract, convnext_param_mapping(), source=path)
   return {"params": jax.tree.map(jnp.asarray, params)}

@@ -14,7 +14,7 @@ its RELU'D output (counted twice, once for the conv and once for the ReLU); this
 
 The trunk is described by a torchvision ``make_layers`` config (``VGG16_CFG``: channel counts and
 ``"M"`` for pooling); conv ``i`` (torchvision index) is named ``features_<i>`` so the torchvision VGG16
-file loads through ``vgg_lpips.lpips_param_mapping``.
+file loads through ``convert.lpips_mapping.lpips_param_mapping``.
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def load_gram_vgg_params(path, *, model: VGGLayerOutputs | None = None) -> dict:
 
   from maskbit_jax import paths
   from maskbit_jax.convert.checkpoint_files import read_state_dict
+  from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
   from maskbit_jax.convert.param_mapping import torch_state_to_flax
   from maskbit_jax.losses.perceptual import VGG16_FILE_HINT
-  from maskbit_jax.models import vgg_lpips
 
   path = os.fspath(path)
   if not paths.isfile(path):
@@ -106,5 +106,5 @@ def load_gram_vgg_params(path, *, model: VGGLayerOutputs | None = None) -> dict:
   state = {k: full[k] for k in full if not k.startswith("classifier.")}
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), x))["params"]
-  params = torch_state_to_flax(state, abstract, vgg_lpips.lpips_param_mapping(), source=path)
+  params = torch_state_to_flax(state, abstract, lpips_param_mapping(), source=path)
   return {"params": jax.tree.map(jnp.asarray, params)}

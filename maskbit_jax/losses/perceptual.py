@@ -34,7 +34,9 @@ import numpy as np
 
 from maskbit_jax import paths
 from maskbit_jax.convert.checkpoint_files import read_state_dict
+from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, torch_state_to_flax
+from maskbit_jax.convert.resnet50_mapping import resnet50_param_mapping
 from maskbit_jax.models import resnet50 as resnet50_lib
 from maskbit_jax.models import vgg_lpips
 
@@ -181,7 +183,7 @@ def load_resnet50_params(path, *, model: resnet50_lib.ResNet50 | None = None) ->
   """
   path = _require_file(path, RESNET50_FILE_HINT)
   state = OrderedDict(read_state_dict(path))
-  mapping = resnet50_lib.resnet50_param_mapping()
+  mapping = resnet50_param_mapping()
   for key in mapping.buffers:
     bn = key[: -len(".num_batches_tracked")]
     if key in state or f"{bn}.running_mean" in state:
@@ -247,5 +249,5 @@ def load_lpips_params(path, trunk_path=None, *, model: vgg_lpips.LPIPS | None = 
     raise CheckpointMismatchError(
         f"{path} holds no VGG16 trunk (features.*): pass trunk_path=<{VGG16_FILE_HINT}>")
   abstract = vgg_lpips.abstract_lpips_variables(model)
-  params = torch_state_to_flax(state, abstract["params"], vgg_lpips.lpips_param_mapping(), source=source)
+  params = torch_state_to_flax(state, abstract["params"], lpips_param_mapping(), source=source)
   return {"params": jax.tree.map(jnp.asarray, params)}

@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax.models.bar_vit_decoder import dense, dot_product_attention, layer_norm
+from maskbit_jax.models.attention import dot_product_attention
+from maskbit_jax.models.layers import dense, layer_norm
 
 HIDDEN_ACTS = ("gelu_pytorch_tanh", "gelu")
 
@@ -141,7 +142,7 @@ class SiglipAttention(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
     q, k, v = (dense(self.width, ("embed", "qkv"), name=f"{t}_proj", **kw)(x_bnd).reshape(b, n, self.num_heads, hd)
                for t in ("q", "k", "v"))
-    out = dot_product_attention(q, k, v, self.precision).reshape(b, n, self.width)
+    out = dot_product_attention(q, k, v, precision=self.precision).reshape(b, n, self.width)
     return dense(self.width, ("attn_out", "embed"), name="out_proj", **kw)(out)
 
 
@@ -245,7 +246,7 @@ class _PackedCrossAttention(nn.Module):
     q = in_proj(q_bqd)[..., :w]
     kv = in_proj(kv_bkd)
     split = lambda t: t.reshape(t.shape[0], t.shape[1], self.num_heads, hd)
-    out = dot_product_attention(split(q), split(kv[..., w:2 * w]), split(kv[..., 2 * w:]), self.precision)
+    out = dot_product_attention(split(q), split(kv[..., w:2 * w]), split(kv[..., 2 * w:]), precision=self.precision)
     return dense(w, ("attn_out", "embed"), name="out_proj", **kw)(out.reshape(q.shape[0], q.shape[1], w))
 
 

@@ -16,9 +16,9 @@ straight-through gradient is ``2 * half_l * (1 - tanh^2(z + shift))``.
 Bits are never packed by the reference: tokenizer, pretokenized data and
 generator all carry ``[B, cells, K]`` tensors of {0, 1} (flattened to
 ``[B, cells*K]`` for the generator, bits of cell c at columns ``[c*K, (c+1)*K)``).
-``pack_bits`` / ``unpack_bits`` give an integer index per token when one is
-wanted, with the FSQ basis of the reference (channel k has weight 2^k, channel 0
-least significant).
+``maskbit_jax.bits.pack_bits`` / ``unpack_bits`` give an integer index per
+token when one is wanted, with the FSQ basis of the reference (the project's
+bit convention: channel k has weight 2^k, channel 0 least significant).
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+# The bit helpers live in maskbit_jax.bits; imported here so bar_fsq.pack_bits etc. keep working.
+from maskbit_jax.bits import bits_to_codes, codes_to_bits, flatten_bits, pack_bits, unflatten_bits, unpack_bits
+from maskbit_jax.models.layers import dense
+
 LEVELS = 2
 FSQ_EPS = 1e-3
-MAX_PACKED_BITS = 30  # packed indices are int32
 # The reference computes these in float32: half_l = (levels - 1) * (1 + eps) / 2,
 # offset = 0.5 (even level count), shift = atanh(offset / half_l).
 HALF_L = np.float32(np.float32(LEVELS - 1) * np.float32(1.0 + FSQ_EPS)) / np.float32(2.0)
 OFFSET = np.float32(0.5)
 SHIFT = np.float32(np.arctanh(np.float64(OFFSET / HALF_L)))
-
-_INIT = nn.initializers.normal(0.02)
 
 
 def fsq_bound(z: jax.Array) -> jax.Array:
@@ -58,52 +59,8 @@ def fsq_codes(z: jax.Array) -> jax.Array:
   return round_ste(fsq_bound(z)) * 2.0 + 1.0
 
 
-def codes_to_bits(codes: jax.Array) -> jax.Array:
-  """Codes in {-1, +1} -> int32 bits in {0, 1} (the reference ``codes_to_indices_per_level``)."""
-  bits = jnp.round((jnp.asarray(codes, jnp.float32) + 1.0) / 2.0).astype(jnp.int32)
-  return jnp.clip(bits, 0, LEVELS - 1)
-
-
-def bits_to_codes(bits: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-  """Bits in {0, 1} -> codes in {-1, +1} (the reference ``indices_to_codes_per_level``)."""
-  return (jnp.asarray(bits).astype(jnp.float32) * 2.0 - 1.0).astype(dtype)
-
-
-def flatten_bits(bits_blk: jax.Array) -> jax.Array:
-  """``[B, cells, K]`` -> ``[B, cells*K]`` (the generator's layout: cell-major, bit fastest)."""
-  return bits_blk.reshape(bits_blk.shape[0], -1)
-
-
-def unflatten_bits(bits_bn: jax.Array, token_size: int) -> jax.Array:
-  """``[B, cells*K]`` (or already ``[B, cells, K]``) -> ``[B, cells, K]``."""
-  if bits_bn.ndim == 3:
-    if bits_bn.shape[-1] != token_size:
-      raise ValueError(f"bits have {bits_bn.shape[-1]} per token, the tokenizer has {token_size}")
-    return bits_bn
-  if bits_bn.shape[-1] % token_size:
-    raise ValueError(f"{bits_bn.shape[-1]} bits per image is not a multiple of {token_size} bits per token")
-  return bits_bn.reshape(bits_bn.shape[0], -1, token_size)
-
-
-def pack_bits(bits_blk: jax.Array) -> jax.Array:
-  """Bits ``[..., K]`` in {0, 1} -> int32 indices ``[...]``, channel k with weight 2^k."""
-  k = bits_blk.shape[-1]
-  if k > MAX_PACKED_BITS:
-    raise ValueError(f"{k} bits do not fit an int32 index (at most {MAX_PACKED_BITS})")
-  weights = jnp.left_shift(jnp.int32(1), jnp.arange(k, dtype=jnp.int32))
-  return jnp.sum(jnp.asarray(bits_blk).astype(jnp.int32) * weights, axis=-1, dtype=jnp.int32)
-
-
-def unpack_bits(indices: jax.Array, token_size: int) -> jax.Array:
-  """Int indices ``[...]`` -> int32 bits ``[..., K]`` (inverse of ``pack_bits``)."""
-  shifts = jnp.arange(token_size, dtype=jnp.int32)
-  return jnp.right_shift(jnp.asarray(indices).astype(jnp.int32)[..., None], shifts) & 1
-
-
-def _dense(features: int, axes: tuple[str, str], dtype, param_dtype, precision, name: str | None = None) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
-                  kernel_init=nn.with_logical_partitioning(_INIT, axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+__all__ = ["BinaryFSQ", "HALF_L", "LEVELS", "OFFSET", "SHIFT", "bits_to_codes", "codes_to_bits", "flatten_bits",
+           "fsq_bound", "fsq_codes", "pack_bits", "round_ste", "unflatten_bits", "unpack_bits"]
 
 
 class BinaryFSQ(nn.Module):
@@ -125,9 +82,9 @@ class BinaryFSQ(nn.Module):
   def setup(self):
     kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype, precision=self.precision)
     if self.in_features is not None and self.with_in_proj:
-      self.in_proj = _dense(self.token_size, ("embed", "bits"), **kw)
+      self.in_proj = dense(self.token_size, ("embed", "bits"), **kw)
     if self.out_features is not None:
-      self.out_proj = _dense(self.out_features, ("bits", "embed"), **kw)
+      self.out_proj = dense(self.out_features, ("bits", "embed"), **kw)
 
   def _project_out(self, codes: jax.Array) -> jax.Array:
     return codes if self.out_features is None else self.out_proj(codes)

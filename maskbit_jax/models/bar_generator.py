@@ -29,8 +29,9 @@ for steps ``0 .. L-1``.
 Entry points (all through ``module.apply``):
 
 * ``__call__(bits, condition_ids, orders, ...)``: training forward, returns
-  ``(loss, aux)``; the head's random masking comes from the ``masking`` rng
-  stream, or from explicit draws.
+  the head's logits, targets and masks (``losses.bar_mbm_loss.generator_mbm_loss``
+  makes the loss of them); the head's random masking comes from the ``masking``
+  rng stream, or from explicit draws.
 * ``latent_conditions(ids, condition_ids, orders)``: non-cached forward on
   step tokens already in generation order ``[B, n, k]`` -> ``z [B, n+1, W]``.
 * ``prefill`` / ``decode``: the same with a key/value cache, one position
@@ -62,10 +63,11 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax.models import initializers, layers, stack
-from maskbit_jax.losses.bar_masking import draw_mbm_masking, mbm_masking
-from maskbit_jax.losses.bar_mbm_loss import mbm_loss
-from maskbit_jax.models.bar_mbm_head import (OUT, MBMHead, RMSNorm, SwiGLU, collect_intermediates, dense, embed,
-                                            modulate, swiglu_hidden)
+from maskbit_jax.models.attention import dot_product_attention
+from maskbit_jax.models.bar_mbm_head import OUT, MBMHead, SwiGLU, collect_intermediates, modulate, swiglu_hidden
+from maskbit_jax.models.layers import RMSNorm, dense, embed
+from maskbit_jax.models.mbm_masking import draw_mbm_masking, mbm_masking
+from maskbit_jax.models.model_config import BarGeneratorConfig
 
 _INIT = initializers.trunc_normal_02  # cls_token and the position / timestep tables
 ROPE_THETA = 10000.0
@@ -185,13 +187,10 @@ class Attention(nn.Module):
       cache = (k_all, v_all)
       keys, values = k_all[layer], v_all[layer]
       visible = jnp.arange(keys.shape[2])[None, :] <= offset + jnp.arange(t)[:, None]
-    # scores accumulate and stay float32, as in a fused bf16 attention kernel
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, keys.astype(q.dtype), precision=self.precision,
-                        preferred_element_type=jnp.float32)
-    scores = scores * np.float32(hd ** -0.5)
-    scores = jnp.where(visible, scores, -jnp.inf)
-    weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bhkd->bqhd", weights, values.astype(self.dtype), precision=self.precision)
+    # [B, H, T, hd] -> [B, T, H, hd]; scores accumulate and stay float32, as in a fused bf16 attention kernel
+    to_bthd = lambda a: jnp.swapaxes(a.astype(self.dtype), 1, 2)
+    out = dot_product_attention(to_bthd(q), to_bthd(keys), to_bthd(values), mask=visible, scale=hd ** -0.5,
+                                precision=self.precision)
     out = dense(self.dim, ("attn_out", "embed"), "proj", **kw)(out.reshape(b, t, self.dim))
     # attn_drop exists in the reference but is never applied; proj_drop is.
     return nn.Dropout(self.dropout)(out, deterministic=deterministic), cache
@@ -477,7 +476,7 @@ class BarGenerator(nn.Module):
 
   def __call__(self, bits: jax.Array, condition_ids: jax.Array, orders: jax.Array | None = None, *,
                mask_draws: tuple[jax.Array, jax.Array] | None = None, train: bool = False):
-    """Training forward: the MBM loss of every AR step of every image.
+    """Training forward: the MBM head's logits for every AR step of every image (the loss: ``losses.bar_mbm_loss``).
 
     Args:
       bits: ``[B, cells*K]`` int, 0/1 (as the pretokenized data stores them).
@@ -487,10 +486,10 @@ class BarGenerator(nn.Module):
         default: drawn from the ``masking`` rng stream.
       train: enables dropout (``dropout`` rng stream).
     Returns:
-      ``(loss, aux)``; ``aux`` has ``logits [B*L, k, 2]``, ``target``, ``masks``,
-      ``masked_input``, ``mask_ratio``, ``num_masked``, ``per_bit_ce``,
-      ``loss_weights``, ``conditions [B*L, W]``. Rows are ``b * L + i`` (step i
-      of image b in generation order).
+      ``dict(logits [B*L, k, 2], target, masks, masked_input, mask_ratio,
+      num_masked, conditions [B*L, W])``; rows are ``b * L + i`` (step i of
+      image b in generation order). ``losses.bar_mbm_loss.generator_mbm_loss``
+      turns it into ``(loss, aux)``.
     """
     b = bits.shape[0]
     steps = self.steps_from_bits(bits.astype(jnp.int32))
@@ -506,10 +505,8 @@ class BarGenerator(nn.Module):
       ratio, num_masked, masks = mbm_masking(*mask_draws)
     masked = jnp.where(masks, jnp.int32(self.mask_id), target)
     logits = self.lm_head(masked, z, ratio)
-    loss, terms = mbm_loss(logits, target, masks, return_aux=True)
-    aux = dict(logits=logits, target=target, masks=masks, masked_input=masked, mask_ratio=ratio,
-               num_masked=num_masked, conditions=z, **terms)
-    return loss, aux
+    return dict(logits=logits, target=target, masks=masks, masked_input=masked, mask_ratio=ratio,
+                num_masked=num_masked, conditions=z)
 
   def _orders(self, orders, batch: int) -> jax.Array:
     if orders is None:
@@ -549,9 +546,11 @@ def validate_bar_fields(f: Mapping[str, Any]) -> None:
     raise ValueError("repeat_class_condition is too large for the timesteps_embeddings table")
 
 
-def build_bar_module(fields: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                     precision: Any = None) -> BarGenerator:
-  """The flax BAR generator from flat fields (``bar_config.bar_fields(cfg)``)."""
+def build_bar_module(config: BarGeneratorConfig | Mapping[str, Any], *, dtype: Any = jnp.float32,
+                     param_dtype: Any = jnp.float32, precision: Any = None) -> BarGenerator:
+  """The flax BAR generator from its typed config (``BarGeneratorConfig.from_config(cfg)``) or the same as
+  flat fields (``bar_config.bar_fields(cfg)``)."""
+  fields = config.fields() if isinstance(config, BarGeneratorConfig) else config
   validate_bar_fields(fields)
   kwargs = {k: fields[k] for k in BAR_FIELDS}
   kwargs = {k: float(v) if k == "dropout" else int(v) for k, v in kwargs.items()}

@@ -14,10 +14,9 @@ condition ``z`` [N, W]. It is a per-row MLP (no attention across bits):
 * a final modulated RMSNorm (chunks scale | shift, no gate) and
   ``Linear(W -> 2 k)``: two logits per bit, columns ``2j, 2j+1`` for bit j.
 
-Training masks a logit-normal fraction of the bits and weights the per-bit
-cross-entropy 1.0 on masked bits, 0.1 on visible ones; both live in
-``maskbit_jax.losses`` (``bar_masking.mbm_masking``, ``bar_mbm_loss.mbm_loss``)
-and are re-exported here. Parameter names follow the PyTorch module (see
+Training masks a logit-normal fraction of the bits (``models.mbm_masking``)
+and weights the per-bit cross-entropy 1.0 on masked bits, 0.1 on visible ones
+(``losses.bar_mbm_loss``). Parameter names follow the PyTorch module (see
 ``maskbit_jax.convert.bar_mapping``).
 """
 
@@ -32,16 +31,14 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from maskbit_jax.losses import bar_masking, bar_mbm_loss
-from maskbit_jax.models import initializers
+# BAR's init_weights (trunc_normal_(0.02) on every Linear and Embedding, zero biases, norms at one)
+# are these layers' defaults.
+from maskbit_jax.models.layers import RMSNorm, dense, embed
 
-RMS_NORM_EPS = 1e-6
 FOURIER_SIZE = 256
 # Suffix of a sow name that would clash with a sub-module of the same name (e.g. the output of the
 # ``input_proj`` Linear, sown from its parent); ``collect_intermediates`` strips it.
 OUT = "__out"
-# BAR's init_weights: trunc_normal_(0.02) on every Linear and Embedding, zero biases, norms at one.
-_INIT = initializers.trunc_normal_02
 
 
 def swiglu_hidden(dim: int) -> int:
@@ -49,37 +46,8 @@ def swiglu_hidden(dim: int) -> int:
   return int(2 / 3 * int(dim * 4.0))
 
 
-def dense(features: int, axes: tuple[str, str], name: str, *, dtype, param_dtype, precision,
-          zero_init: bool = False) -> nn.Dense:
-  """A Linear with bias and logical axis names; ``zero_init`` for the adaLN-Zero output layers."""
-  kernel_init = initializers.zeros if zero_init else _INIT
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
-                  kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                  bias_init=nn.with_logical_partitioning(initializers.zeros, (axes[1],)))
-
-
-def embed(rows: int, features: int, axes: tuple[str, str], name: str, *, dtype, param_dtype) -> nn.Embed:
-  return nn.Embed(rows, features, dtype=dtype, param_dtype=param_dtype, name=name,
-                  embedding_init=nn.with_logical_partitioning(_INIT, axes))
-
-
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale) + shift
-
-
-class RMSNorm(nn.Module):
-  """``x * rsqrt(mean(x^2) + eps) * weight`` over the last axis, always computed in float32."""
-
-  eps: float = RMS_NORM_EPS
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.with_logical_partitioning(initializers.ones, ("norm",)),
-                       (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * scale.astype(jnp.float32)).astype(x.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -236,14 +204,3 @@ class MBMHead(nn.Module):
     x = AdaLNFinalLayer(self.width, self.zero_init, name="adaln_before_head", **kw)(x, s)
     logits = dense(self.bits * self.num_classes, ("embed", "vocab"), "output_embed", **kw)(x)
     return logits.astype(jnp.float32).reshape(n, self.bits, self.num_classes)
-
-
-# ---- training-time masking and loss: one implementation, in maskbit_jax.losses ----
-
-mbm_masking = bar_masking.mbm_masking
-
-
-def mbm_loss(logits_nkc: jax.Array, target_nk: jax.Array, masks_nk: jax.Array):
-  """``losses.bar_mbm_loss.mbm_loss`` as ``(loss [], per_bit_ce [N, k], weights [N, k])`` (the generator's aux)."""
-  loss, aux = bar_mbm_loss.mbm_loss(logits_nkc, target_nk, masks_nk, return_aux=True)
-  return loss, aux["per_bit_ce"], aux["loss_weights"]

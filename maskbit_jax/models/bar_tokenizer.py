@@ -14,7 +14,7 @@ SigLIP2 vision config, Hugging Face key names) and ``model.vit_decoder``
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +24,8 @@ from maskbit_jax.models import layers
 from maskbit_jax.models.bar_encoder import BarSiglip2Encoder
 from maskbit_jax.models.bar_fsq import LEVELS, BinaryFSQ, unpack_bits
 from maskbit_jax.models.bar_vit_decoder import CLIP_TARGET_WIDTH, BarViTDecoder
-
-# The SigLIP2 so400m-patch16-naflex vision tower (Hugging Face config keys).
-SIGLIP2_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                      num_channels=3, patch_size=16, num_patches=256, layer_norm_eps=1e-6,
-                      hidden_act="gelu_pytorch_tanh")
-# SigLIP2Decoder's hard-coded ViT-L size.
-VIT_DECODER_L = dict(width=1024, num_layers=24, num_heads=16)
-
-_MISSING = object()
-
+# The released sizes live with the typed config; imported here for their users.
+from maskbit_jax.models.model_config import SIGLIP2_SO400M, VIT_DECODER_L, BarTokenizerConfig  # noqa: F401
 
 class BarTokenizer(nn.Module):
   """``BAR_FSQ``: submodules ``encoder``, ``quantize``, ``decoder`` (the reference's names)."""
@@ -141,52 +133,15 @@ class BarTokenizer(nn.Module):
     return self.decode(self.quantize.get_codebook_entry(bits))[0]
 
 
-def _get(node: Any, key: str, default: Any = _MISSING) -> Any:
-  for i, part in enumerate(key.split(".")):
-    value = node.get(part, _MISSING) if hasattr(node, "get") else _MISSING
-    if value is _MISSING:
-      if default is not _MISSING:
-        return default
-      raise KeyError(f"config key {key!r} is missing (no {'.'.join(key.split('.')[:i + 1])!r})")
-    node = value
-  return node
-
-
-def _section(config: Any, key: str, defaults: Mapping[str, Any]) -> dict:
-  given = _get(config, key, None)
-  given = {} if given is None else dict(given.to_dict() if hasattr(given, "to_dict") else given)
-  unknown = set(given) - set(defaults) - {"attention_dropout", "_attn_implementation", "image_size"}
-  if unknown:
-    raise KeyError(f"unknown keys in {key}: {sorted(unknown)}")
-  return {**defaults, **given}
-
-
 def bar_tokenizer_from_config(config: Any, *, with_encoder: bool = True, dtype: Any = jnp.float32,
                               param_dtype: Any = jnp.float32, precision: Any = None) -> BarTokenizer:
-  """A ``BarTokenizer`` from a config with the reference's nesting (see the module docstring)."""
-  token_size = int(_get(config, "model.vq_model.token_size"))
-  codebook_size = _get(config, "model.vq_model.codebook_size", None)
-  if codebook_size is not None and int(codebook_size) != LEVELS ** token_size:
-    raise ValueError(f"codebook_size {codebook_size} != {LEVELS} ** token_size {token_size}")
-  siglip = _section(config, "model.siglip2", SIGLIP2_SO400M)
-  if float(siglip.get("attention_dropout", 0.0)) != 0.0:
-    raise ValueError("SigLIP2 attention_dropout is not implemented (the released model has 0)")
-  dec = _section(config, "model.vit_decoder", VIT_DECODER_L)
-  image_size = int(_get(config, "dataset.preprocessing.crop_size"))
-  patch = int(_get(config, "model.vq_model.vit_dec_patch_size"))
-  if with_encoder and int(siglip["patch_size"]) != patch:
-    raise ValueError(f"encoder patch {siglip['patch_size']} != decoder patch {patch}: the token grids differ")
-  return BarTokenizer(
-      token_size=token_size, image_size=image_size,
-      dec_width=int(dec["width"]), dec_layers=int(dec["num_layers"]), dec_heads=int(dec["num_heads"]),
-      dec_patch_size=patch, clip_align=float(_get(config, "losses.clip_loss_weight", 0.0)) > 0.0,
-      clip_align_layer_id=int(_get(config, "model.vq_model.clip_align_layer_id", 2)),
-      clip_target_width=int(siglip["hidden_size"]),  # clip_gt is the SigLIP2 stack's output (1152 as released)
-      with_encoder=with_encoder, enc_width=int(siglip["hidden_size"]), enc_layers=int(siglip["num_hidden_layers"]),
-      enc_heads=int(siglip["num_attention_heads"]), enc_mlp_dim=int(siglip["intermediate_size"]),
-      enc_num_patches=int(siglip["num_patches"]), enc_patch_size=int(siglip["patch_size"]),
-      enc_layer_norm_eps=float(siglip["layer_norm_eps"]), enc_hidden_act=str(siglip["hidden_act"]),
-      num_channels=int(siglip["num_channels"]), dtype=dtype, param_dtype=param_dtype, precision=precision)
+  """A ``BarTokenizer`` from its typed config (``BarTokenizerConfig.from_config(cfg)``) or a config with the
+  reference's nesting (see the module docstring)."""
+  c = config if isinstance(config, BarTokenizerConfig) else BarTokenizerConfig.from_config(config)
+  if with_encoder and c.enc_patch_size != c.dec_patch_size:
+    raise ValueError(f"encoder patch {c.enc_patch_size} != decoder patch {c.dec_patch_size}: the token grids differ")
+  return BarTokenizer(**c.fields(), with_encoder=with_encoder, dtype=dtype, param_dtype=param_dtype,
+                      precision=precision)
 
 
 def _init_images(module: BarTokenizer) -> jax.ShapeDtypeStruct:

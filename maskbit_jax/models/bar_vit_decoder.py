@@ -34,35 +34,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from maskbit_jax.models import layers
+from maskbit_jax.models.layers import dense, layer_norm
+from maskbit_jax.models.vit_block import DECODER_LN_EPS, DecoderBlock
 
-DECODER_LN_EPS = 1e-5  # torch.nn.LayerNorm default
 CLIP_TARGET_WIDTH = 1152  # SigLIP2 so400m width, hard-coded in the reference
 CLIP_HIDDEN = 2048
-_INIT = nn.initializers.normal(0.02)
-
-
-def dense(features: int, axes: tuple[Any, Any], *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-          precision: Any = None, use_bias: bool = True, name: str | None = None) -> nn.Dense:
-  """A Linear with logical axis names on kernel ``[in, out]`` and bias ``[out]``."""
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                  name=name, kernel_init=nn.with_logical_partitioning(_INIT, axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
-
-
-def layer_norm(epsilon: float, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               name: str | None = None) -> nn.LayerNorm:
-  """``torch.nn.LayerNorm`` (two-pass variance) with logical axis names."""
-  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
-
-
-def dot_product_attention(q_bnhd: jax.Array, k_bnhd: jax.Array, v_bnhd: jax.Array, precision: Any = None) -> jax.Array:
-  """Unmasked ``softmax(q k^T / sqrt(hd)) v`` per head (softmax in float32). ``[B, N, H, hd]`` in and out."""
-  scale = q_bnhd.shape[-1] ** -0.5
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q_bnhd * jnp.asarray(scale, q_bnhd.dtype), k_bnhd, precision=precision)
-  weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v_bnhd.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v_bnhd, precision=precision)
 
 
 def depth_to_space(x_bhwc: jax.Array, patch_size: int, channels: int) -> jax.Array:
@@ -70,66 +46,6 @@ def depth_to_space(x_bhwc: jax.Array, patch_size: int, channels: int) -> jax.Arr
   b, h, w, _ = x_bhwc.shape
   x = x_bhwc.reshape(b, h, w, patch_size, patch_size, channels)
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * patch_size, w * patch_size, channels)
-
-
-class ViTAttention(nn.Module):
-  """Packed-``qkv`` self-attention (reshape ``[B, N, 3, H, hd]``: q, k, v are consecutive blocks)."""
-
-  width: int
-  num_heads: int
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x_bnd: jax.Array) -> jax.Array:
-    b, n, _ = x_bnd.shape
-    hd = self.width // self.num_heads
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-    qkv = dense(3 * self.width, ("embed", "qkv"), name="qkv", **kw)(x_bnd).reshape(b, n, 3, self.num_heads, hd)
-    out = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.precision)
-    return dense(self.width, ("attn_out", "embed"), name="proj", **kw)(out.reshape(b, n, self.width))
-
-
-class _Mlp(nn.Module):
-  """Holds ``fc1`` / ``fc2`` under the name ``mlp`` (the reference's ``block.mlp.fc1``)."""
-
-  width: int
-  hidden: int
-  approximate_gelu: bool = False
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-    x = dense(self.hidden, ("embed", "mlp"), name="fc1", **kw)(x)
-    return dense(self.width, ("mlp", "embed"), name="fc2", **kw)(nn.gelu(x, approximate=self.approximate_gelu))
-
-
-class DecoderBlock(nn.Module):
-  """``ViTBlock`` with the reference's parameter layout (``norm1``, ``attn``, ``norm2``, ``mlp.fc1/fc2``).
-
-  ``norm_eps`` and ``approximate_gelu`` are the decoder's by default; the DINO backbone of BAR-FSQ
-  training's discriminator is this block with its own (``models.dino_discriminator``)."""
-
-  width: int
-  num_heads: int
-  mlp_ratio: float = 4.0
-  norm_eps: float = DECODER_LN_EPS
-  approximate_gelu: bool = False
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-    norm = lambda name: layer_norm(self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    x = x + ViTAttention(self.width, self.num_heads, name="attn", **kw)(norm("norm1")(x))
-    mlp = _Mlp(self.width, int(self.width * self.mlp_ratio), self.approximate_gelu, name="mlp", **kw)
-    return x + mlp(norm("norm2")(x))
 
 
 class BarViTDecoder(nn.Module):

@@ -10,7 +10,7 @@ Layout (torchvision ``ConvNeXt``; ``convnext_small`` is stages (96, 3), (192, 3)
 * global average pool, ``classifier.0`` LayerNorm, ``classifier.2`` Linear to the classes.
 
 Every LayerNorm has eps 1e-6. Parameter names map to the torchvision keys through
-:func:`convnext_param_mapping` (the IMAGENET1K_V1 file loads strictly).
+``convert.convnext_mapping.convnext_param_mapping`` (the IMAGENET1K_V1 file loads strictly).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from maskbit_jax.convert.param_mapping import ParamMapping
 
 LN_EPS = 1e-6
 CONVNEXT_SMALL = ((96, 3), (192, 3), (384, 27), (768, 3))
@@ -75,14 +74,6 @@ class ConvNeXt(nn.Module):
     x = _ln("classifier_0", jnp.float32, self.param_dtype)(x)
     return nn.Dense(self.num_classes, name="classifier_2", dtype=jnp.float32, param_dtype=self.param_dtype,
                     precision=self.precision)(x)
-
-
-def convnext_param_mapping() -> ParamMapping:
-  """flax ``ConvNeXt`` params <-> torchvision keys (``features.1.0.block.3.weight``, ``classifier.2.bias``)."""
-  return ParamMapping(module_rules=(
-      (r"(^|\.)features_(\d+)_(\d+)(?=\.|$)", r"\1features.\2.\3"),
-      (r"(^|\.)(block|classifier)_(\d+)(?=\.|$)", r"\1\2.\3"),
-  ))
 
 
 def stages_from_block_setting(block_setting: Sequence[Sequence[Any]]) -> tuple[tuple[int, int], ...]:

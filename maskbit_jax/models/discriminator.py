@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax.convert.param_mapping import Buffer, ParamMapping
 from maskbit_jax.models import layers
 
 GROUP_NORM_EPS = 1e-5  # torch.nn.GroupNorm's default; the tokenizer uses 1e-6
@@ -41,16 +40,6 @@ NAME = "VQGAN+Discriminator"
 
 # 1-d binomial taps per blur kernel size (reference BLUR_KERNEL_MAP).
 BLUR_TAPS = {3: (1, 2, 1), 4: (1, 3, 3, 1), 5: (1, 4, 6, 4, 1)}
-
-# flax module path -> PyTorch module path (leaf renames are ParamMapping's).
-DISCRIMINATOR_RULES = (
-    (r"(^|\.)block_in(?=\.|$)", r"\1block_in.0"),
-    (r"(^|\.)blocks_(\d+)\.conv(?=\.|$)", r"\1blocks.\2.0"),
-    (r"(^|\.)blocks_(\d+)\.norm(?=\.|$)", r"\1blocks.\2.2"),
-    (r"(^|\.)to_logits_hidden(?=\.|$)", r"\1to_logits.0"),
-    (r"(^|\.)to_logits_out(?=\.|$)", r"\1to_logits.2"),
-)
-
 
 def blur_kernel(kernel_size: int) -> np.ndarray:
   """The ``[k, k]`` float32 blur kernel: outer product of the binomial taps over its sum."""
@@ -176,7 +165,8 @@ class NLayerDiscriminatorV2(nn.Module):
     return logits_bhw1.astype(jnp.float32)
 
 
-def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+def config_get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+  """``cfg[key]`` of a dict or ConfigDict, ``default`` when absent."""
   try:
     value = cfg[key]
   except (KeyError, AttributeError):
@@ -186,17 +176,17 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 def validate_discriminator_config(cfg: Mapping[str, Any]) -> None:
   """Raises ValueError naming the first ``model.discriminator`` value that cannot build the model."""
-  name = _get(cfg, "name", NAME)
+  name = config_get(cfg, "name", NAME)
   if name != NAME:
     raise ValueError(f"model.discriminator.name={name!r} is not supported; only {NAME!r} is ported")
-  stages = int(_get(cfg, "num_stages", 3))
+  stages = int(config_get(cfg, "num_stages", 3))
   if stages < 1:
     raise ValueError(f"model.discriminator.num_stages must be >= 1, got {stages}")
-  if bool(_get(cfg, "blur_resample", False)):
-    k = int(_get(cfg, "blur_kernel_size", 4))
+  if bool(config_get(cfg, "blur_resample", False)):
+    k = int(config_get(cfg, "blur_kernel_size", 4))
     if k not in BLUR_TAPS:
       raise ValueError(f"model.discriminator.blur_kernel_size must be one of {sorted(BLUR_TAPS)}, got {k}")
-  hidden = int(_get(cfg, "hidden_channels", 64))
+  hidden = int(config_get(cfg, "hidden_channels", 64))
   if hidden % 32:
     raise ValueError(f"model.discriminator.hidden_channels={hidden} is not divisible by 32 (GroupNorm groups)")
 
@@ -210,11 +200,11 @@ def build_discriminator(cfg: Mapping[str, Any], *, dtype: Any = jnp.float32, par
   """
   validate_discriminator_config(cfg)
   return NLayerDiscriminatorV2(
-      num_channels=int(_get(cfg, "num_channels", 3)),
-      hidden_channels=int(_get(cfg, "hidden_channels", 64)),
-      num_stages=int(_get(cfg, "num_stages", 3)),
-      blur_resample=bool(_get(cfg, "blur_resample", False)),
-      blur_kernel_size=int(_get(cfg, "blur_kernel_size", 4)),
+      num_channels=int(config_get(cfg, "num_channels", 3)),
+      hidden_channels=int(config_get(cfg, "hidden_channels", 64)),
+      num_stages=int(config_get(cfg, "num_stages", 3)),
+      blur_resample=bool(config_get(cfg, "blur_resample", False)),
+      blur_kernel_size=int(config_get(cfg, "blur_kernel_size", 4)),
       dtype=dtype, param_dtype=param_dtype, precision=precision,
   )
 
@@ -230,12 +220,3 @@ def init_discriminator_params(module: NLayerDiscriminatorV2, rng: jax.Array, ima
   return nn.meta.unbox(layers.init_params(module, rng, x))
 
 
-def discriminator_param_mapping(cfg: Mapping[str, Any]) -> ParamMapping:
-  """flax <-> PyTorch names; with ``blur_resample`` the ``blocks.i.1.kernel`` buffers are checked on load."""
-  validate_discriminator_config(cfg)
-  buffers = {}
-  if bool(_get(cfg, "blur_resample", False)):
-    k = int(_get(cfg, "blur_kernel_size", 4))
-    make = lambda: blur_kernel(k)[None, None]  # [1, 1, k, k], as the reference stores it
-    buffers = {f"blocks.{i}.1.kernel": Buffer(make) for i in range(int(_get(cfg, "num_stages", 3)))}
-  return ParamMapping(DISCRIMINATOR_RULES, buffers=buffers)

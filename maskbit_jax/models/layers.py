@@ -1,8 +1,9 @@
-"""Small building blocks shared by the convolutional tokenizers.
+"""Small building blocks shared by every model: Linear, Embedding, LayerNorm, RMSNorm, GroupNorm, Conv.
 
-Parameters are created with logical axis names (see ``maskbit_jax.sharding``).
-Convolution kernels are ``[kh, kw, in, out]``; the converter transposes the
-PyTorch ``[out, in, kh, kw]`` layout.
+Parameters are created with logical axis names (see ``maskbit_jax.sharding``)
+and the initialisers of ``models.initializers``. Dense kernels are
+``[in, out]``, convolution kernels ``[kh, kw, in, out]``; the converter
+transposes the PyTorch ``[out, in]`` / ``[out, in, kh, kw]`` layouts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,59 @@ from maskbit_jax.models import initializers
 
 Dtype = Any
 KERNEL_AXES = ("kernel_height", "kernel_width", "conv_in", "conv_out")
+
+
+def dense(features: int, axes: tuple[Any, Any], name: str | None = None, *, dtype: Dtype = jnp.float32,
+          param_dtype: Dtype = jnp.float32, precision: Any = None, use_bias: bool = True,
+          kernel_init: Any = initializers.trunc_normal_02, zero_init: bool = False) -> nn.Dense:
+  """A Linear with logical axis names on kernel ``[in, out]`` and bias ``[out]`` (zeros).
+
+  The kernel starts at ``trunc_normal_(0.02)`` (the transformers' re-init) unless
+  ``kernel_init`` says otherwise; ``zero_init`` for the adaLN-Zero output layers.
+  """
+  kernel_init = initializers.zeros if zero_init else kernel_init
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                  name=name, kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+                  bias_init=nn.with_logical_partitioning(initializers.zeros, (axes[1],)))
+
+
+def embed(rows: int, features: int, axes: tuple[Any, Any], name: str | None = None, *, dtype: Dtype = jnp.float32,
+          param_dtype: Dtype = jnp.float32, embedding_init: Any = initializers.trunc_normal_02) -> nn.Embed:
+  """An Embedding table ``[rows, features]`` with logical axis names."""
+  return nn.Embed(rows, features, dtype=dtype, param_dtype=param_dtype, name=name,
+                  embedding_init=nn.with_logical_partitioning(embedding_init, axes))
+
+
+def layer_norm(epsilon: float, name: str | None = None, *, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+  """``torch.nn.LayerNorm`` over the last axis with logical axis names.
+
+  ``use_fast_variance=False``: the two-pass variance E[(x - mean)^2] of torch.
+  """
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name,
+                      scale_init=nn.with_logical_partitioning(initializers.ones, ("norm",)),
+                      bias_init=nn.with_logical_partitioning(initializers.zeros, ("norm",)))
+
+
+RMS_NORM_EPS = 1e-6
+
+
+class RMSNorm(nn.Module):
+  """``x * rsqrt(mean(x^2) + eps) * weight`` over the last axis, always computed in float32.
+
+  Returns the input's dtype (a float32 residual stream stays float32 under a bf16 compute dtype).
+  """
+
+  eps: float = RMS_NORM_EPS
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.with_logical_partitioning(initializers.ones, ("norm",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
 
 
 class Conv(nn.Module):

@@ -6,35 +6,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from maskbit_jax.bits import MAX_TOKEN_BITS, bits_to_indices, indices_to_bits
+from maskbit_jax.bits import codebook as lfq_codebook
 from maskbit_jax.models.entropy import grouped_terms, lfq_entropy_terms
 
-MAX_TOKEN_BITS = 30  # indices are int32
-
-
-def bits_to_indices(bits_bhwk: jax.Array) -> jax.Array:
-  """Bits ``[..., K]`` (any real values; > 0 means 1) -> int32 indices ``[...]``.
-
-  Channel k carries weight 2^k (channel 0 is the least significant bit); a value
-  of exactly 0 counts as -1, as in the reference.
-  """
-  k = bits_bhwk.shape[-1]
-  if k > MAX_TOKEN_BITS:
-    raise ValueError(f"{k} bits do not fit an int32 index (at most {MAX_TOKEN_BITS})")
-  weights = jnp.left_shift(jnp.int32(1), jnp.arange(k, dtype=jnp.int32))
-  return jnp.sum(jnp.where(bits_bhwk > 0, weights, 0), axis=-1, dtype=jnp.int32)
-
-
-def indices_to_bits(indices: jax.Array, token_bits: int, dtype=jnp.float32) -> jax.Array:
-  """Indices ``[...]`` -> bits ``[..., K]`` as -1/+1 (bit k = channel k)."""
-  shifts = jnp.arange(token_bits, dtype=jnp.int32)
-  bits = jnp.right_shift(indices.astype(jnp.int32)[..., None], shifts) & 1
-  return (bits * 2 - 1).astype(dtype)
-
-
-def lfq_codebook(token_bits: int) -> jax.Array:
-  """All ``2^K`` codes as -1/+1 rows ``[2^K, K]`` (the reference's ``codebook`` buffer)."""
-  return indices_to_bits(jnp.arange(2**token_bits, dtype=jnp.int32), token_bits)
-
+# bits_to_indices / indices_to_bits / lfq_codebook stay importable from here (maskbit_jax re-exports them).
+__all__ = ["MAX_TOKEN_BITS", "LookupFreeQuantizer", "bits_to_indices", "indices_to_bits", "lfq_codebook"]
 
 class LookupFreeQuantizer(nn.Module):
   """``z [B, h, w, K]`` -> (``z_q`` in {-1, +1} with straight-through gradient, results).

@@ -20,25 +20,14 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from maskbit_jax.bits import indices_to_bits
 from maskbit_jax.models import initializers, layers, stack
+from maskbit_jax.models.attention import dot_product_attention
+from maskbit_jax.models.model_config import MaskBitGeneratorConfig
 
 LAYER_NORM_EPS = 1e-12
 # The reference's _init_weights: trunc_normal_(0.02) on every Linear and Embedding (and pos_emb), zero biases.
 _INIT = initializers.trunc_normal_02
-
-
-def _dense(features: int, axes: tuple[str, str], name: str, dtype, param_dtype, precision,
-           kernel_init=_INIT) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
-                  kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                  bias_init=nn.with_logical_partitioning(initializers.zeros, (axes[1],)))
-
-
-def _layer_norm(name: str, dtype, param_dtype) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
-                      use_fast_variance=False,
-                      scale_init=nn.with_logical_partitioning(initializers.ones, ("norm",)),
-                      bias_init=nn.with_logical_partitioning(initializers.zeros, ("norm",)))
 
 
 def token_bits_features(tokens_bnm: jax.Array, bits_per_split: int, mask_token: int) -> jax.Array:
@@ -46,21 +35,9 @@ def token_bits_features(tokens_bnm: jax.Array, bits_per_split: int, mask_token: 
 
   Feature m*b + j is bit j of split m, i.e. channel m*b + j of the tokenizer latent.
   """
-  shifts = jnp.arange(bits_per_split, dtype=jnp.int32)
-  bits = (jnp.right_shift(tokens_bnm.astype(jnp.int32)[..., None], shifts) & 1).astype(jnp.float32) * 2.0 - 1.0
+  bits = indices_to_bits(tokens_bnm, bits_per_split, jnp.float32)
   bits = jnp.where((tokens_bnm == mask_token)[..., None], 0.0, bits)
   return bits.reshape(*tokens_bnm.shape[:-1], -1)
-
-
-def _attend(q_bnhd: jax.Array, k_bnhd: jax.Array, v_bnhd: jax.Array, precision, dtype,
-            weights_fn=lambda w: w) -> jax.Array:
-  """softmax(q k^T) v per head; q is already scaled. ``[B, N, H, D]`` -> ``[B, N, H, D]``.
-
-  ``weights_fn`` transforms the attention weights (attention dropout in training).
-  """
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q_bnhd, k_bnhd, precision=precision)
-  weights = weights_fn(jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype))
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v_bnhd, precision=precision)
 
 
 def resolve_attention_impl(impl: str) -> str:
@@ -91,18 +68,19 @@ class MultiheadSelfAttention(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
     # in_proj_weight is a Parameter of nn.MultiheadAttention, not a Linear: the reference's
     # _init_weights leaves it at MHA's xavier_uniform (bias zeros); out_proj is a Linear (0.02).
-    qkv = _dense(3 * self.dim, ("embed", "qkv"), "in_proj", kernel_init=initializers.mha_in_proj_kernel,
+    qkv = layers.dense(3 * self.dim, ("embed", "qkv"), "in_proj", kernel_init=initializers.mha_in_proj_kernel,
                  **kw)(x_bnd)
     q, k, v = (t.reshape(b, n, self.heads, head_dim) for t in jnp.split(qkv, 3, axis=-1))
-    q = q * (head_dim ** -0.5)
+    attend = lambda *qkv_bnhd, weights_fn=None: dot_product_attention(*qkv_bnhd, precision=self.precision,
+                                                                      weights_fn=weights_fn)
     if train and self.dropout > 0.0:
       dropout = nn.Dropout(self.dropout)
-      out = _attend(q, k, v, self.precision, self.dtype, lambda w: dropout(w, deterministic=False))
+      out = attend(q, k, v, weights_fn=lambda w: dropout(w, deterministic=False))
     elif resolve_attention_impl(self.attention_impl) == "per_example":
-      out = jax.lax.map(lambda t: _attend(*(a[None] for a in t), self.precision, self.dtype)[0], (q, k, v))
+      out = jax.lax.map(lambda t: attend(*(a[None] for a in t))[0], (q, k, v))
     else:
-      out = _attend(q, k, v, self.precision, self.dtype)
-    return _dense(self.dim, ("attn_out", "embed"), "out_proj", **kw)(out.reshape(b, n, self.dim))
+      out = attend(q, k, v)
+    return layers.dense(self.dim, ("attn_out", "embed"), "out_proj", **kw)(out.reshape(b, n, self.dim))
 
 
 class AttentionBlock(nn.Module):
@@ -119,7 +97,7 @@ class AttentionBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     mha = MultiheadSelfAttention(self.dim, self.heads, self.dropout, self.dtype, self.param_dtype, self.precision,
                                  self.attention_impl, name="mha")
-    norm = _layer_norm("norm", self.dtype, self.param_dtype)
+    norm = layers.layer_norm(LAYER_NORM_EPS, "norm", dtype=self.dtype, param_dtype=self.param_dtype)
     drop = nn.Dropout(self.dropout)
     if self.use_prenorm:
       return x + drop(mha(norm(x), train), deterministic=not train)
@@ -138,12 +116,12 @@ class FeedForwardBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-    norm = _layer_norm("norm", self.dtype, self.param_dtype)
+    norm = layers.layer_norm(LAYER_NORM_EPS, "norm", dtype=self.dtype, param_dtype=self.param_dtype)
 
     def net(y):
-      y = _dense(self.mlp_dim, ("embed", "mlp"), "net_0", **kw)(y)
+      y = layers.dense(self.mlp_dim, ("embed", "mlp"), "net_0", **kw)(y)
       y = nn.gelu(y, approximate=False)
-      y = _dense(self.dim, ("mlp", "embed"), "net_2", **kw)(y)
+      y = layers.dense(self.dim, ("mlp", "embed"), "net_2", **kw)(y)
       return nn.Dropout(self.dropout)(y, deterministic=not train)
 
     if self.use_prenorm:
@@ -245,7 +223,7 @@ class MaskBitTransformer(nn.Module):
       labels = jnp.where(drop_label_mask.reshape(b), self.null_label, labels)
 
     bits = token_bits_features(tokens_bnm, self.bits_per_split, self.mask_token).astype(self.dtype)
-    x = _dense(self.hidden_dim, ("bits", "embed"), "input_proj", **kw)(bits)
+    x = layers.dense(self.hidden_dim, ("bits", "embed"), "input_proj", **kw)(bits)
     class_emb = nn.Embed(self.nclass + 1, self.hidden_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                          embedding_init=nn.with_logical_partitioning(_INIT, ("classes", "embed")), name="class_emb")
     x = jnp.concatenate([x, class_emb(labels)[:, None, :]], axis=1)
@@ -254,7 +232,7 @@ class MaskBitTransformer(nn.Module):
     x = x + pos_emb.astype(self.dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     self.sow("intermediates", "embeddings", x)
-    x = _layer_norm("first_layer_0", self.dtype, self.param_dtype)(x)
+    x = layers.layer_norm(LAYER_NORM_EPS, "first_layer_0", dtype=self.dtype, param_dtype=self.param_dtype)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     self.sow("intermediates", "first_layer", x)
 
@@ -262,14 +240,14 @@ class MaskBitTransformer(nn.Module):
     x, _ = layers_cls(self.hidden_dim, self.heads, self.mlp_dim, self.dropout, self.use_prenorm, train,
                       attention_impl=self.attention_impl, name="transformer_layers", **kw)(x, None)
     if self.use_prenorm:
-      x = _layer_norm("final_norm", self.dtype, self.param_dtype)(x)
+      x = layers.layer_norm(LAYER_NORM_EPS, "final_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
       self.sow("intermediates", "norm_after_transformer", x)
 
-    x = _dense(self.hidden_dim, ("embed", "mlp"), "last_layer_0", **kw)(x)
+    x = layers.dense(self.hidden_dim, ("embed", "mlp"), "last_layer_0", **kw)(x)
     x = nn.gelu(x, approximate=False)
-    x = _layer_norm("last_layer_2", self.dtype, self.param_dtype)(x)
+    x = layers.layer_norm(LAYER_NORM_EPS, "last_layer_2", dtype=self.dtype, param_dtype=self.param_dtype)(x)
     self.sow("intermediates", "last_layer", x)
-    logits = _dense(self.codebook_splits * self.num_classes_per_split, ("embed", "vocab"), "prediction_layer",
+    logits = layers.dense(self.codebook_splits * self.num_classes_per_split, ("embed", "vocab"), "prediction_layer",
                     **kw)(x)
     logits = logits[:, : self.seq_len].astype(jnp.float32)
     return logits.reshape(b, self.seq_len, self.codebook_splits, self.num_classes_per_split)
@@ -294,9 +272,11 @@ def validate_generator_fields(fields: Mapping[str, Any]) -> None:
     raise ValueError("nclass must be >= 1")
 
 
-def build_generator_module(fields: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                           precision: Any = None) -> MaskBitTransformer:
-  """The flax generator from flat fields (``img_size``, ``hidden_dim``, ..., ``token_size``)."""
+def build_generator_module(config: MaskBitGeneratorConfig | Mapping[str, Any], *, dtype: Any = jnp.float32,
+                           param_dtype: Any = jnp.float32, precision: Any = None) -> MaskBitTransformer:
+  """The flax generator from its typed config (``MaskBitGeneratorConfig.from_config(cfg)``) or the same as
+  flat fields (``img_size``, ``hidden_dim``, ..., ``token_size``)."""
+  fields = config.fields() if isinstance(config, MaskBitGeneratorConfig) else config
   validate_generator_fields(fields)
   kwargs = {k: fields[k] for k in GENERATOR_FIELDS}
   kwargs = {k: (bool(v) if k == "use_prenorm" else float(v) if k == "dropout" else int(v)) for k, v in kwargs.items()}

@@ -9,7 +9,7 @@ of each stage, global average pool, and a 2048 -> 1000 linear classifier.
 BatchNorm always runs in inference mode (running statistics, eps 1e-5), as
 the reference puts the perceptual network in ``eval()`` and never trains it.
 The running statistics live in the ``batch_stats`` collection (flax's
-convention) and the affine terms in ``params``; ``resnet50_param_mapping()``
+convention) and the affine terms in ``params``; ``convert.resnet50_mapping.resnet50_param_mapping()``
 maps both collections onto the PyTorch keys (``bn.running_mean`` <->
 ``batch_stats/.../bn/mean``, ``bn.running_var`` <-> ``.../var``). PyTorch's
 ``num_batches_tracked`` counters have no flax counterpart (an eval-mode
@@ -26,11 +26,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
-from maskbit_jax.convert.param_mapping import Buffer, ParamMapping
-from maskbit_jax.models import layers
+from maskbit_jax.models import initializers, layers
 
 Dtype = Any
 
@@ -41,25 +39,14 @@ STAGES: tuple[tuple[int, int, int], ...] = ((64, 3, 1), (128, 4, 2), (256, 6, 2)
 NUM_CLASSES = 1000
 FEATURES = STAGES[-1][0] * EXPANSION  # 2048
 
-RESNET50_RULES = (
-    (r"^(params|batch_stats)\.", ""),
-    (r"(^|\.)(layer\d+)_(\d+)(?=\.|$)", r"\1\2.\3"),
-    (r"(^|\.)downsample_(\d+)(?=\.|$)", r"\1downsample.\2"),
-)
-RESNET50_KEY_RULES = (
-    (r"\.mean$", ".running_mean"),
-    (r"\.var$", ".running_var"),
-)
-
-
 def _batch_norm(dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
   return nn.BatchNorm(
       use_running_average=True,
       epsilon=BN_EPS,
       dtype=dtype,
       param_dtype=param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+      scale_init=nn.with_logical_partitioning(initializers.ones, ("norm",)),
+      bias_init=nn.with_logical_partitioning(initializers.zeros, ("norm",)),
       name=name,
   )
 
@@ -121,35 +108,9 @@ class ResNet50(nn.Module):
     logits = nn.Dense(
         self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, precision=self.precision,
         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "vocab")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+        bias_init=nn.with_logical_partitioning(initializers.zeros, ("vocab",)),
         name="fc")(pooled)
     return {"logits": logits, "pooled": pooled, "layer4": layer4}
-
-
-def batch_norm_names() -> list[str]:
-  """PyTorch module names of every BatchNorm of ResNet50, in state-dict order."""
-  names = ["bn1"]
-  for stage, (_, blocks, _) in enumerate(STAGES, start=1):
-    for block in range(blocks):
-      names += [f"layer{stage}.{block}.bn{i}" for i in (1, 2, 3)]
-      if block == 0:
-        names.append(f"layer{stage}.{block}.downsample.1")
-  return names
-
-
-def _zero_count() -> np.ndarray:
-  return np.zeros((), np.int64)
-
-
-def resnet50_param_mapping() -> ParamMapping:
-  """flax ResNet50 variables (``{"params", "batch_stats"}``) <-> torchvision ``resnet50`` keys.
-
-  Convert the whole variables dict (not ``params`` alone): paths start with the
-  collection name, which the mapping drops. ``num_batches_tracked`` appear as
-  zero buffers (see the module docstring).
-  """
-  buffers = {f"{name}.num_batches_tracked": Buffer(_zero_count) for name in batch_norm_names()}
-  return ParamMapping(module_rules=RESNET50_RULES, buffers=buffers, key_rules=RESNET50_KEY_RULES)
 
 
 def abstract_resnet50_variables(model: ResNet50 | None = None, image_size: int = 224):

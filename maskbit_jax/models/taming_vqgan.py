@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from maskbit_jax.models import layers
+from maskbit_jax.models.attention import dot_product_attention
 
 GROUP_NORM_EPS = 1e-6
 # The attention placement follows the reference's nominal 256 px resolution,
@@ -50,10 +50,8 @@ class TamingAttnBlock(nn.Module):
     b, h, w, c = x_bhwc.shape
     n = layers.group_norm(GROUP_NORM_EPS, name="norm")(x_bhwc)
     proj = lambda name: layers.conv(c, 1, padding="VALID", precision=self.precision, name=name)(n).reshape(b, h * w, c)
-    q, k, v = proj("q"), proj("k"), proj("v")
-    weights = jnp.einsum("bqc,bkc->bqk", q, k, precision=self.precision) * (c ** -0.5)
-    weights = jax.nn.softmax(weights, axis=-1)
-    out = jnp.einsum("bqk,bkc->bqc", weights, v, precision=self.precision).reshape(b, h, w, c)
+    q, k, v = (proj(name)[:, :, None] for name in ("q", "k", "v"))   # one head: [B, h*w, 1, C]
+    out = dot_product_attention(q, k, v, precision=self.precision).reshape(b, h, w, c)
     return x_bhwc + layers.conv(c, 1, padding="VALID", precision=self.precision, name="proj_out")(out)
 
 

@@ -15,14 +15,15 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from maskbit_jax.models import layers
-from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS, LookupFreeQuantizer
+from maskbit_jax.models.lfq_quantizer import LookupFreeQuantizer
+# The config reading (validation, derived sizes) lives with the typed config; imported here for its users.
+from maskbit_jax.models.model_config import (MODEL_CLASSES, QUANTIZER_TYPES, TokenizerConfig,  # noqa: F401
+                                             codebook_size_of, latent_stride_of, validate_vq_config)
 from maskbit_jax.models.taming_vqgan import TamingDecoder, TamingEncoder
 from maskbit_jax.models.vq_quantizer import VectorQuantizer
 from maskbit_jax.models.vqgan_decoder import ConvDecoder
 from maskbit_jax.models.vqgan_encoder import ConvEncoder
 
-MODEL_CLASSES = ("vqgan+", "maskgit", "taming")
-QUANTIZER_TYPES = ("lookup-free", "lookup")
 # Parameter shapes do not depend on the image size; init traces a small image.
 INIT_IMAGE_SIZE = 64
 
@@ -103,94 +104,30 @@ class TamingVQModel(nn.Module):
     return self.decode(z_q), result
 
 
-def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
-  try:
-    return cfg[key]
-  except (KeyError, AttributeError):
-    return default
-
-
-def _require(cfg: Mapping[str, Any], key: str) -> Any:
-  value = _get(cfg, key)
-  if value is None:
-    raise ValueError(f"model.vq_model.{key} is required but missing from the config")
-  return value
-
-
-def codebook_size_of(vq_cfg: Mapping[str, Any]) -> int:
-  """The codebook size the model really uses (LFQ: 2^token_size, whatever the config says)."""
-  if _get(vq_cfg, "quantizer_type") == "lookup-free":
-    return 2 ** int(_require(vq_cfg, "token_size"))
-  return int(_require(vq_cfg, "codebook_size"))
-
-
-def latent_stride_of(vq_cfg: Mapping[str, Any]) -> int:
-  if _get(vq_cfg, "model_class") == "taming":
-    return 16
-  return 2 ** (int(_require(vq_cfg, "num_resolutions")) - 1)
-
-
-def validate_vq_config(vq_cfg: Mapping[str, Any]) -> None:
-  """Raises ValueError naming the first config value that cannot build a tokenizer."""
-  model_class = _get(vq_cfg, "model_class")
-  if model_class not in MODEL_CLASSES:
-    raise ValueError(f"model.vq_model.model_class={model_class!r} is not supported; use one of {MODEL_CLASSES}")
-  quantizer_type = _get(vq_cfg, "quantizer_type", "lookup")
-  if quantizer_type not in QUANTIZER_TYPES:
-    raise ValueError(f"model.vq_model.quantizer_type={quantizer_type!r} is not supported; use one of {QUANTIZER_TYPES}")
-  if model_class == "taming":
-    if quantizer_type != "lookup":
-      raise ValueError("model_class 'taming' only exists with quantizer_type 'lookup'")
-    return
-  token_size = int(_require(vq_cfg, "token_size"))
-  if token_size < 1:
-    raise ValueError(f"model.vq_model.token_size must be >= 1, got {token_size}")
-  if quantizer_type == "lookup-free" and token_size > MAX_TOKEN_BITS:
-    raise ValueError(f"model.vq_model.token_size={token_size} bits is out of range for LFQ (1..{MAX_TOKEN_BITS})")
-  if codebook_size_of(vq_cfg) < 1:
-    raise ValueError("model.vq_model.codebook_size must be >= 1")
-  mult = list(_require(vq_cfg, "channel_mult"))
-  num_res = int(_require(vq_cfg, "num_resolutions"))
-  if len(mult) != num_res:
-    raise ValueError(f"model.vq_model.channel_mult has {len(mult)} entries but num_resolutions is {num_res}")
-  hidden = int(_require(vq_cfg, "hidden_channels"))
-  for m in mult:
-    if (hidden * m) % 32:
-      raise ValueError(f"model.vq_model.hidden_channels * channel_mult = {hidden * m} is not divisible by 32 (GroupNorm groups)")
-  if int(_require(vq_cfg, "num_res_blocks")) < 1:
-    raise ValueError("model.vq_model.num_res_blocks must be >= 1")
-
-
-def build_tokenizer_module(vq_cfg: Mapping[str, Any], *, dtype: Any = jnp.float32,
+def build_tokenizer_module(config: TokenizerConfig | Mapping[str, Any], *, dtype: Any = jnp.float32,
                            param_dtype: Any = jnp.float32, precision: Any = None) -> nn.Module:
-  """The flax module for a ``model.vq_model`` config (reference key names)."""
-  validate_vq_config(vq_cfg)
-  model_class = vq_cfg["model_class"]
-  if model_class == "taming":
-    return TamingVQModel(codebook_size=int(_get(vq_cfg, "codebook_size", 1024)),
-                         token_size=int(_get(vq_cfg, "token_size", 256)), precision=precision)
-  common = dict(
-      commitment_cost=float(_get(vq_cfg, "commitment_cost", 0.25)),
-      entropy_loss_weight=float(_get(vq_cfg, "entropy_loss_weight", 0.0)),
-      entropy_loss_temperature=float(_get(vq_cfg, "entropy_loss_temperature", 0.01)),
-      entropy_gamma=float(_get(vq_cfg, "entropy_gamma", 1.0)),
-  )
-  if vq_cfg["quantizer_type"] == "lookup-free":
-    quantizer = LookupFreeQuantizer(int(vq_cfg["token_size"]), **common)
+  """The flax module for its typed config (``TokenizerConfig.from_config(cfg)``) or a ``model.vq_model``
+  section (reference key names)."""
+  c = config if isinstance(config, TokenizerConfig) else TokenizerConfig.from_vq_model(config)
+  if c.model_class == "taming":
+    return TamingVQModel(codebook_size=c.codebook_size, token_size=c.token_size, precision=precision)
+  common = dict(commitment_cost=c.commitment_cost, entropy_loss_weight=c.entropy_loss_weight,
+                entropy_loss_temperature=c.entropy_loss_temperature, entropy_gamma=c.entropy_gamma)
+  if c.quantizer_type == "lookup-free":
+    quantizer = LookupFreeQuantizer(c.token_size, **common)
   else:
-    quantizer = VectorQuantizer(codebook_size_of(vq_cfg), int(vq_cfg["token_size"]),
-                                use_l2_normalisation=bool(_get(vq_cfg, "use_l2_normalisation", False)),
+    quantizer = VectorQuantizer(c.codebook_size, c.token_size, use_l2_normalisation=c.use_l2_normalisation,
                                 param_dtype=param_dtype, **common)
   return ConvVQModel(
-      hidden_channels=int(vq_cfg["hidden_channels"]),
-      channel_mult=tuple(int(m) for m in vq_cfg["channel_mult"]),
-      num_res_blocks=int(vq_cfg["num_res_blocks"]),
-      token_size=int(vq_cfg["token_size"]),
+      hidden_channels=c.hidden_channels,
+      channel_mult=c.channel_mult,
+      num_res_blocks=c.num_res_blocks,
+      token_size=c.token_size,
       quantize=quantizer,
-      num_channels=int(_get(vq_cfg, "num_channels", 3)),
-      sample_with_conv=bool(_get(vq_cfg, "sample_with_conv", True)),
-      legacy_decoder=model_class == "maskgit",
-      num_res_blocks_decoder=_get(vq_cfg, "num_res_blocks_decoder"),
+      num_channels=c.num_channels,
+      sample_with_conv=c.sample_with_conv,
+      legacy_decoder=c.model_class == "maskgit",
+      num_res_blocks_decoder=c.num_res_blocks_decoder,
       dtype=dtype, param_dtype=param_dtype, precision=precision,
   )
 

@@ -20,7 +20,7 @@ The reference uses it as the evaluator's LPIPS metric and as the optional
    in the eval mode the reference always uses), average over height and width.
 4. the five per-layer values are summed (in layer order).
 
-Parameter names follow the PyTorch keys through ``lpips_param_mapping()``:
+Parameter names follow the PyTorch keys through ``convert.lpips_mapping.lpips_param_mapping()``:
 the trunk is torchvision's ``features.<i>.weight|bias`` (as in the torchvision
 VGG16 file and the fixtures' recipe manifest), the heads are
 ``lin<k>.model.1.weight`` (as in the repository's ``pretrained/vgg_lpips.pth``;
@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax.convert.param_mapping import ParamMapping
 from maskbit_jax.models import layers
 
 Dtype = Any
@@ -54,12 +53,6 @@ LPIPS_CHANNELS = tuple(stage[-1][1] for stage in VGG16_STAGES)  # (64, 128, 256,
 LPIPS_SHIFT = np.asarray([-0.030, -0.088, -0.188], np.float32)
 LPIPS_SCALE = np.asarray([0.458, 0.448, 0.450], np.float32)
 NORMALIZE_EPS = 1e-10
-
-LPIPS_RULES = (
-    (r"(^|\.)features_(\d+)(?=\.|$)", r"\1features.\2"),
-    (r"(^|\.)heads_(\d+)(?=\.|$)", r"\1lin\2.model.1"),
-)
-
 
 def lpips_scale_inputs(images_bhwc: jax.Array) -> jax.Array:
   """The reference ``ScalingLayer``: [0, 1] RGB -> ``(2x - 1 - shift) / scale`` (float32)."""
@@ -142,16 +135,6 @@ class LPIPS(nn.Module):
       value = jnp.mean(head(diff)[..., 0], axis=(1, 2))
       total = value if total is None else total + value
     return total
-
-
-def lpips_param_mapping() -> ParamMapping:
-  """flax ``LPIPS`` params <-> PyTorch keys ``features.<i>.{weight,bias}`` + ``lin<k>.model.1.weight``.
-
-  A bare ``VGG16Features`` (params ``features_<i>``) maps onto the same
-  ``features.<i>.*`` keys, so the ``features.*`` tensors of a torchvision VGG16 file load
-  into it directly.
-  """
-  return ParamMapping(module_rules=(((r"^net\.", ""),) + LPIPS_RULES))
 
 
 def abstract_lpips_variables(model: LPIPS | None = None, image_size: int = 64):

@@ -31,6 +31,7 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax import paths
+from maskbit_jax.convert import dino_mapping
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.train import observe
@@ -116,8 +117,8 @@ class BarFsqTask(_Task):
     if self.disc is not None:
       path = str(self.cfg.model.discriminator.get("dino_ckpt_path", "") or "")
       if not path:
-        raise ValueError(f"model.discriminator.dino_ckpt_path is not set: {dd.DINO_FILE_HINT}")
-      frozen["dino"] = dd.load_dino_backbone(path, self.disc)
+        raise ValueError(f"model.discriminator.dino_ckpt_path is not set: {dino_mapping.DINO_FILE_HINT}")
+      frozen["dino"] = dino_mapping.load_dino_backbone(path, self.disc)
     return jax.device_put(frozen)
 
   def _perceptual_fn(self):

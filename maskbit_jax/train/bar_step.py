@@ -35,9 +35,11 @@ import optax
 from flax import linen as nn
 
 from maskbit_jax import sharding
-from maskbit_jax.bar_config import bar_fields
+from maskbit_jax.bits import indices_to_flat_bits
 from maskbit_jax.losses.bar_masking import drop_labels, rar_random_ratio, sample_orders
+from maskbit_jax.losses.bar_mbm_loss import generator_mbm_loss
 from maskbit_jax.models.bar_generator import BarGenerator, abstract_bar_params
+from maskbit_jax.models.model_config import BarGeneratorConfig
 from maskbit_jax.train import microbatch
 from maskbit_jax.train.bar_optim import rar_anneal_steps
 from maskbit_jax.train.optim import ema_update
@@ -73,7 +75,7 @@ class BarSettings:
   def from_config(cls, cfg) -> "BarSettings":
     training = cfg.get("training", None) or {}
     start, end = rar_anneal_steps(cfg)
-    settings = cls(class_label_dropout=float(bar_fields(cfg)["class_label_dropout"]), anneal_start=start,
+    settings = cls(class_label_dropout=BarGeneratorConfig.from_config(cfg).class_label_dropout, anneal_start=start,
                    anneal_end=end, use_ema=bool(training.get("use_ema", False)),
                    ema_decay=float(training.get("ema_decay", DEFAULT_EMA_DECAY)),
                    accumulation=int(training.get("gradient_accumulation_steps", 1)),
@@ -102,11 +104,8 @@ def init_train_state(tx: optax.GradientTransformation, params: Any, rng: jax.Arr
                        ema_params=jax.tree.map(jnp.copy, params) if use_ema else None, rng=rng)
 
 
-def indices_to_bit_rows(indices: jax.Array, token_bits: int) -> jax.Array:
-  """LFQ token indices ``[B, h, w]`` -> BAR bits ``[B, h*w*K]`` int32 (bit j = channel j, LSB first)."""
-  shifts = jnp.arange(token_bits, dtype=jnp.int32)
-  bits = jnp.right_shift(indices.astype(jnp.int32)[..., None], shifts) & 1
-  return bits.reshape(indices.shape[0], -1)
+# LFQ token indices [B, h, w] -> BAR bits [B, h*w*K] int32 (the name tests and callers use)
+indices_to_bit_rows = indices_to_flat_bits
 
 
 def masked_bit_accuracy(logits_nkc: jax.Array, target_nk: jax.Array, masks_nk: jax.Array) -> jax.Array:
@@ -135,8 +134,9 @@ def bar_train_step(state: BarTrainState, batch: dict, *, module: BarGenerator, t
 
   def micro_step(mb):
     def loss_fn(params):
-      loss, aux = module.apply({"params": params}, mb["bits"], mb["cond"], mb["orders"], train=True,
-                               rngs={"masking": mb["mask_key"], "dropout": mb["dropout_key"]})
+      loss, aux = generator_mbm_loss(module.apply({"params": params}, mb["bits"], mb["cond"], mb["orders"],
+                                                  train=True, rngs={"masking": mb["mask_key"],
+                                                                    "dropout": mb["dropout_key"]}))
       acc = masked_bit_accuracy(aux["logits"], aux["target"], aux["masks"])
       return loss, dict(mbm_loss=loss, masked_bit_acc=acc, mask_ratio=jnp.mean(aux["mask_ratio"]))
 

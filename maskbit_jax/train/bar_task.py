@@ -28,6 +28,7 @@ import numpy as np
 
 from maskbit_jax import bar, paths, sharding
 from maskbit_jax.bar_config import bar_fields
+from maskbit_jax.bits import unpack_bits_np
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.train.tasks import _Task, compute_dtype  # runtime.training
@@ -56,8 +57,7 @@ def record_bits(ex: dict, flip: bool, token_bits: int) -> np.ndarray:
   if "tokens" not in ex:
     raise KeyError(f"a pretokenized record needs 'bits' or 'tokens', got keys {sorted(ex)}")
   tokens = np.asarray(ex["tokens_flipped" if flip else "tokens"], np.int64)
-  bits = (tokens[..., None] >> np.arange(token_bits)) & 1
-  return bits.astype(np.uint8).reshape(-1)
+  return unpack_bits_np(tokens, token_bits).astype(np.uint8).reshape(-1)
 
 
 def bit_train_dataset(token_source, *, batch_size: int, seed: int, token_bits: int, process_index: int = 0,

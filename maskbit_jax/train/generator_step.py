@@ -19,7 +19,7 @@ from maskbit_jax import sharding
 from maskbit_jax.losses.masking import mask_tokens
 from maskbit_jax.losses.mlm import mlm_loss
 from maskbit_jax.models.maskbit_transformer import MaskBitTransformer, abstract_generator_params
-from maskbit_jax.sampling.factorization import split_tokens
+from maskbit_jax.bits import split_tokens
 from maskbit_jax.train import microbatch
 from maskbit_jax.train.optim import ema_update
 from maskbit_jax.train.tokenizer_step import GRAD_NORMS, parameter_grad_norms
