@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from maskbit_jax.losses import torch_resize
+from maskbit_jax import torch_resize
 from maskbit_jax.losses.perceptual import IMAGENET_MEAN, IMAGENET_STD
 from maskbit_jax.models import layers
 
