@@ -1,4 +1,5 @@
-"""Streaming evaluation metrics against the reference evaluators (``metrics.npz``).
+"""Streaming evaluation metrics against the reference evaluators (``metrics.npz``): ``evaluation/`` ``fid``,
+``inception_score``, ``reconstruction``, ``codebook``, ``accumulator`` (multi-host merge) and ``adm_samples``.
 
 Every value comes from ``metrics.npz`` (README section 6): the reference
 ``TokenizerEvaluator`` (rFID, IS, MAE, MSE, PSNR, SSIM, codebook usage/entropy)
