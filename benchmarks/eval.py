@@ -34,7 +34,7 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
 
-  from maskbit_jax.evaluation import metrics as M
+  from maskbit_jax.evaluation.fid import FeatureStats, fid_from_stats
   from maskbit_jax.evaluation.inception import InceptionV3
 
   batch = args.batch or (8 if jax.default_backend() == "cpu" else 32)
@@ -46,12 +46,12 @@ def main() -> None:
   img_s = batch / t
 
   feats = np.random.default_rng(1).normal(size=(batch, 2048)).astype(np.float32)
-  stats = M.FeatureStats()
+  stats = FeatureStats()
   t_update = time_call(lambda: stats.update(feats), repeats=args.repeats)["median_s"]
-  a = M.FeatureStats().update(np.random.default_rng(2).normal(size=(4096, 2048)))
-  b = M.FeatureStats().update(np.random.default_rng(3).normal(size=(4096, 2048)) * 1.1)
+  a = FeatureStats().update(np.random.default_rng(2).normal(size=(4096, 2048)))
+  b = FeatureStats().update(np.random.default_rng(3).normal(size=(4096, 2048)) * 1.1)
   start = time.perf_counter()
-  M.fid_from_stats(a, b)
+  fid_from_stats(a, b)
   t_fid = time.perf_counter() - start
   total = FID_IMAGES / img_s + FID_IMAGES / batch * t_update + t_fid
   record = dict(benchmark="eval", batch=batch, size=args.size, inception_images_per_s=img_s,

@@ -38,7 +38,7 @@ import sys
 import jax
 
 from maskbit_jax import distributed, hub, paths, registry, sharding
-from maskbit_jax.evaluation import metrics as M
+from maskbit_jax.evaluation.fid import load_reference_stats
 from maskbit_jax.sampling import api as sampling_api
 # the evaluation library's names, also under this command's module (where they were first)
 from maskbit_jax.evaluation_runs import (IMAGE_SLACK, Progress, check_batch_size, class_balanced_labels,  # noqa: F401
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     inception = _inception(_require(hub.resolve_file(args.inception, "inception"), "--inception", "FID and IS"),
                            args.precision)
     ref_stats = hub.resolve_file(args.ref_stats, "ref_stats", resolution=resolution)
-    ref = M.load_reference_stats(ref_stats, expected_dim=2048) if ref_stats else None
+    ref = load_reference_stats(ref_stats, expected_dim=2048) if ref_stats else None
     result = evaluate_generator(gen, tok, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
                                 inception=inception, ref_stats=ref, samples_npz=args.samples_npz,
                                 settings=settings)

@@ -14,7 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskbit_jax import distributed, image_io, sharding
-from maskbit_jax.evaluation import metrics as M
+from maskbit_jax.evaluation import accumulator
+from maskbit_jax.evaluation.adm_samples import AdmSamplesWriter
+from maskbit_jax.evaluation.codebook import CodebookStats
+from maskbit_jax.evaluation.fid import FeatureStats, fid_from_stats
+from maskbit_jax.evaluation.inception_score import ADM_IS_SPLIT_SIZE, InceptionScore, InceptionScoreSplits
+from maskbit_jax.evaluation.reconstruction import (RECONSTRUCTION_METRICS, ReconstructionMetrics,
+                                                   reconstruction_metrics_per_image)
 from maskbit_jax.sampling import api as sampling_api
 
 IMAGE_SLACK = 1e-6
@@ -68,7 +74,7 @@ def tokenizer_eval_step(tok, inception=None, lpips=None):
   def step(tok_params, inc_vars, lpips_vars, images):
     z_q, result = tok.module.apply({"params": tok_params}, images, method="encode")
     recon = jnp.clip(tok.module.apply({"params": tok_params}, z_q, method="decode"), 0.0, 1.0)
-    out = dict(indices=result["min_encoding_indices"], per_image=M.reconstruction_metrics_per_image(images, recon))
+    out = dict(indices=result["min_encoding_indices"], per_image=reconstruction_metrics_per_image(images, recon))
     if inception is not None:
       fake = inception[0].apply(inc_vars, to_uint8(recon))
       real = inception[0].apply(inc_vars, to_uint8(images))
@@ -99,11 +105,11 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
     raise ValueError(f"rFID needs at least 2 images, the data has {total}")
 
   step = tokenizer_eval_step(tok, inception, lpips)
-  real_stats, fake_stats = M.FeatureStats(), M.FeatureStats()
-  inception_score = M.InceptionScore()
-  names = M.RECONSTRUCTION_METRICS + (("LPIPS",) if lpips is not None else ())
-  recon = M.ReconstructionMetrics(names)
-  codebook = M.CodebookStats(tok.codebook_size)
+  real_stats, fake_stats = FeatureStats(), FeatureStats()
+  inception_score = InceptionScore()
+  names = RECONSTRUCTION_METRICS + (("LPIPS",) if lpips is not None else ())
+  recon = ReconstructionMetrics(names)
+  codebook = CodebookStats(tok.codebook_size)
   start, done, complete = time.perf_counter(), 0, False
   progress = Progress(total) if progress else None
 
@@ -129,13 +135,13 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
     complete = True
   except KeyboardInterrupt:
     print("interrupted: the partial metrics are written with complete=false", flush=True)
-  recon, codebook = M.allgather_merge(recon), M.allgather_merge(codebook)
+  recon, codebook = accumulator.allgather_merge(recon), accumulator.allgather_merge(codebook)
   result = dict(recon.compute())
   result.update({"CodebookUsage": codebook.usage(), "CodebookEntropy": codebook.entropy()})
   if inception is not None:
-    real_stats, fake_stats = M.allgather_merge(real_stats), M.allgather_merge(fake_stats)
-    inception_score = M.allgather_merge(inception_score)
-    result["rFID"] = M.fid_from_stats(real_stats, fake_stats)
+    real_stats, fake_stats = accumulator.allgather_merge(real_stats), accumulator.allgather_merge(fake_stats)
+    inception_score = accumulator.allgather_merge(inception_score)
+    result["rFID"] = fid_from_stats(real_stats, fake_stats)
     result["InceptionScore"] = inception_score.compute()
   result["num_images"] = int(recon.count)
   result["complete"] = complete
@@ -181,21 +187,21 @@ def process_generation_batches(num_images: int, batch_size: int, process_index: 
   return distributed.process_batch_ids(-(-num_images // batch_size), process_index, process_count)
 
 
-def merge_is_parts(parts: list) -> M.InceptionScoreSplits:
+def merge_is_parts(parts: list) -> InceptionScoreSplits:
   """ADM Inception Score splits from per-split accumulators (``parts[k]``: this process's images of global
   split ``k``), merged over processes: split ``k`` holds the images ``[k * S, (k + 1) * S)`` of the sample
   order whichever process made them, so the score equals one process's on the same samples."""
   counts, sums, plogp = [], [], []
   for part in parts:
-    state = M.allgather_merge(part).state_dict()
+    state = accumulator.allgather_merge(part).state_dict()
     if not state["split_counts"].sum():  # a split an interrupted run never reached
       continue
     counts.append(int(state["split_counts"].sum()))
     sums.append(state["split_prob_sums"].sum(axis=0))
     plogp.append(float(state["split_plogp"].sum()))
   if not counts:
-    return M.InceptionScoreSplits()
-  return M.InceptionScoreSplits().with_state(dict(split_counts=np.asarray(counts, np.int64),
+    return InceptionScoreSplits()
+  return InceptionScoreSplits().with_state(dict(split_counts=np.asarray(counts, np.int64),
                                                   split_prob_sums=np.stack(sums), split_plogp=np.asarray(plogp)))
 
 
@@ -218,9 +224,9 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
   everything = np.arange(num_images)
   count, me = jax.process_count(), jax.process_index()
   features = jax.jit(lambda v, x: inception[0].apply(v, to_uint8(x)))
-  stats = M.FeatureStats()
-  split = M.ADM_IS_SPLIT_SIZE
-  is_parts = [M.InceptionScoreSplits(split) for _ in range(-(-num_images // split))]
+  stats = FeatureStats()
+  split = ADM_IS_SPLIT_SIZE
+  is_parts = [InceptionScoreSplits(split) for _ in range(-(-num_images // split))]
   key = jax.random.key(seed)
   writer = None
   start, complete = time.perf_counter(), False
@@ -249,7 +255,7 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
           u8 = u8[:valid]
         if me == 0:
           if writer is None:
-            writer = M.AdmSamplesWriter(samples_npz, num_images, u8.shape[1], u8.shape[2], u8.shape[3])
+            writer = AdmSamplesWriter(samples_npz, num_images, u8.shape[1], u8.shape[2], u8.shape[3])
           if len(u8):
             writer.write(u8)
       if progress:
@@ -263,12 +269,12 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
         writer.close()
       else:
         writer.__exit__(KeyboardInterrupt, None, None)
-  stats = M.allgather_merge(stats)
+  stats = accumulator.allgather_merge(stats)
   is_splits = merge_is_parts(is_parts)
   result = dict(num_images=int(stats.count), InceptionScore=is_splits.compute(), complete=complete,
                 seconds=round(time.perf_counter() - start, 3))
   if ref_stats is not None:
-    result["FID"] = M.fid_from_stats(stats, ref_stats)
+    result["FID"] = fid_from_stats(stats, ref_stats)
   return result
 
 

@@ -120,10 +120,10 @@ def run_generator_eval(num_images: int, batch_size: int, samples_npz: str | None
   from unittest import mock
 
   from maskbit_jax import evaluate
-  from maskbit_jax.evaluation import metrics as M
+  from maskbit_jax.evaluation import accumulator
 
   merged = []
-  real_merge = M.allgather_merge
+  real_merge = accumulator.allgather_merge
 
   def recording_merge(acc):
     out = real_merge(acc)
@@ -132,7 +132,7 @@ def run_generator_eval(num_images: int, batch_size: int, samples_npz: str | None
 
   gen = SimpleNamespace(num_classes=1000, module=SimpleNamespace(img_size=4))
   fake = mock.patch("maskbit_jax.sampling.api.sample", _fake_sample) if patch_sample else contextlib.nullcontext()
-  with fake, mock.patch.object(M, "allgather_merge", recording_merge):
+  with fake, mock.patch.object(accumulator, "allgather_merge", recording_merge):
     result = evaluate.evaluate_generator(gen, None, num_images=num_images, batch_size=batch_size, seed=0,
                                          inception=(_FakeInception(), {}), samples_npz=samples_npz, progress=False)
   return result, merged[0]
@@ -382,7 +382,7 @@ def test_generator_evaluation_with_more_processes_than_images(monkeypatch):
 
   import jax
 
-  from maskbit_jax.evaluation import metrics as M
+  from maskbit_jax.evaluation import accumulator
 
   count, me, barrier, slots = 3, threading.local(), threading.Barrier(3, timeout=60), {}
 
@@ -401,7 +401,7 @@ def test_generator_evaluation_with_more_processes_than_images(monkeypatch):
 
   original_sample = sample_module.sample
   monkeypatch.setattr(sample_module, "sample", _fake_sample)  # once, for all threads
-  monkeypatch.setattr(M, "allgather_merge", allgather_merge)
+  monkeypatch.setattr(accumulator, "allgather_merge", allgather_merge)
   monkeypatch.setattr(jax, "process_count", lambda: count)
   monkeypatch.setattr(jax, "process_index", lambda: me.pid)
   results, errors = {}, []

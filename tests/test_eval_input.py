@@ -11,7 +11,8 @@ from conftest import tokenizer_config
 from maskbit_jax.data.sources import SyntheticSource, eval_batches, eval_dataset
 from maskbit_jax.distributed import one_batch_behind
 from maskbit_jax.evaluate import _mesh_and_batch_sharding, evaluate_tokenizer, tokenizer_eval_step
-from maskbit_jax.evaluation import metrics as M
+from maskbit_jax.evaluation.codebook import CodebookStats
+from maskbit_jax.evaluation.reconstruction import ReconstructionMetrics
 
 
 @pytest.mark.parametrize("num,batch,procs", [(11, 4, 1), (11, 4, 2), (2, 4, 3), (9, 8, 2)])
@@ -37,7 +38,7 @@ def test_grain_evaluation_equals_a_plain_loop(golden, fixture_configs):
     return step(tok.params, None, None, jax.device_put(batch["image"].astype(np.float32), batch_sh(4)))
 
   # one image at a time on the main thread, one blocking transfer per batch: the input the evaluation had
-  recon, codebook, plain = M.ReconstructionMetrics(), M.CodebookStats(tok.codebook_size), []
+  recon, codebook, plain = ReconstructionMetrics(), CodebookStats(tok.codebook_size), []
   for batch in eval_batches(source, 8):
     out = jax.device_get(dispatch(batch))
     recon.update_per_image(out["per_image"], mask=batch["mask"])

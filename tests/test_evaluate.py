@@ -13,7 +13,9 @@ from conftest import REPO, load_npz, tokenizer_config
 from maskbit_jax.convert.checkpoint_files import write_state_dict
 from maskbit_jax.data.sources import SyntheticSource
 from maskbit_jax.evaluate import class_balanced_labels, evaluate_tokenizer, main as evaluate_main
-from maskbit_jax.evaluation import metrics as M
+from maskbit_jax.evaluation.codebook import CodebookStats
+from maskbit_jax.evaluation.fid import FeatureStats, fid_from_stats, save_reference_stats
+from maskbit_jax.evaluation.reconstruction import ReconstructionMetrics
 from recipe_weights import recipe_state_dict
 
 
@@ -56,16 +58,16 @@ def test_tokenizer_evaluation_counts_every_image_once(golden, fixture_configs, w
   images = np.stack([source[i]["image"] for i in range(11)])
   z_q, res = tok.quantize(images)
   recon = np.clip(np.asarray(tok.decode(z_q)), 0, 1)
-  direct = M.ReconstructionMetrics().update(images, recon).compute()
+  direct = ReconstructionMetrics().update(images, recon).compute()
   for k, v in direct.items():
     np.testing.assert_allclose(result[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
   apply = lambda x: jax.device_get(inception[0].apply(inception[1], (np.clip(x, 0, 1) * 255).astype(np.uint8)))
   real, fake = apply(images), apply(recon)
-  fid = M.fid_from_stats(M.FeatureStats().update(real["2048"]), M.FeatureStats().update(fake["2048"]))
+  fid = fid_from_stats(FeatureStats().update(real["2048"]), FeatureStats().update(fake["2048"]))
   # float32 Inception features differ by ~1e-6 between batch shapes; 11 samples in 2048-d make FID
   # ill-conditioned, so the comparison allows 1e-4 relative
   np.testing.assert_allclose(result["rFID"], fid, rtol=1e-4)
-  usage = M.CodebookStats(tok.codebook_size).update(np.asarray(res["min_encoding_indices"])).usage()
+  usage = CodebookStats(tok.codebook_size).update(np.asarray(res["min_encoding_indices"])).usage()
   assert result["CodebookUsage"] == pytest.approx(usage)
 
 
@@ -99,7 +101,7 @@ def test_generator_cli_writes_adm_samples(tmp_path, weights):
   stats = tmp_path / "ref.npz"
   rng = np.random.default_rng(0)
   feats = rng.normal(size=(64, 2048))
-  M.save_reference_stats(stats, M.FeatureStats().update(feats))
+  save_reference_stats(stats, FeatureStats().update(feats))
   out, samples = tmp_path / "g.json", tmp_path / "samples.npz"
   rc = evaluate_main(["generator", "--config", str(REPO / "configs/generator_tiny.py"), "--random_init",
                       "--num_images", "10", "--batch_size", "8", "--num_steps", "2",

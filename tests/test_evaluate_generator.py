@@ -23,7 +23,7 @@ import pytest
 import proc_wait
 from maskbit_jax.convert.checkpoint_files import write_state_dict
 from maskbit_jax.evaluate import generation_batch_indices, process_generation_batches
-from maskbit_jax.evaluation import metrics as M
+from maskbit_jax.evaluation.fid import FeatureStats, save_reference_stats
 from recipe_weights import recipe_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def eval_files(golden, tmp_path_factory):
   """(Inception weights rebuilt from the fixtures' recipe, ADM-style reference statistics)."""
   d = tmp_path_factory.mktemp("eval_files")
   write_state_dict(d / "inception.safetensors", recipe_state_dict(golden / "recipe_manifests" / "inception.json"))
-  M.save_reference_stats(d / "ref.npz", M.FeatureStats().update(np.random.default_rng(0).normal(size=(64, 2048))))
+  save_reference_stats(d / "ref.npz", FeatureStats().update(np.random.default_rng(0).normal(size=(64, 2048))))
   return d / "inception.safetensors", d / "ref.npz"
 
 

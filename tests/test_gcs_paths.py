@@ -185,7 +185,8 @@ def test_weights_and_conversions_read_and_write_the_bucket(gcs, tmp_path, monkey
 def test_reconstruct_and_evaluation_outputs_land_in_the_bucket(gcs, tmp_path, monkeypatch):
   """reconstruct's folder (grid, tokens.npz, summary.json), an ADM samples .npz and reference statistics,
   written to and read from gs://."""
-  from maskbit_jax.evaluation import metrics
+  from maskbit_jax.evaluation.adm_samples import AdmSamplesWriter
+  from maskbit_jax.evaluation.fid import load_reference_stats, save_reference_stats
   from maskbit_jax.reconstruct import main as reconstruct_main
 
   monkeypatch.chdir(tmp_path)
@@ -194,13 +195,13 @@ def test_reconstruct_and_evaluation_outputs_land_in_the_bucket(gcs, tmp_path, mo
   assert _names(gcs, "recon/") == ["reconstructions.png", "summary.json", "tokens.npz"]
 
   images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
-  with metrics.AdmSamplesWriter(f"gs://{BUCKET}/eval/samples.npz", 2, 4, 4) as writer:
+  with AdmSamplesWriter(f"gs://{BUCKET}/eval/samples.npz", 2, 4, 4) as writer:
     writer.write(images)
   (tmp_path / "samples.npz").write_bytes(gcs.blob("eval/samples.npz").download_as_bytes())
   np.testing.assert_array_equal(np.load(tmp_path / "samples.npz")["arr_0"], images)
   mu, sigma = np.arange(3.0), np.eye(3)
-  metrics.save_reference_stats(f"gs://{BUCKET}/eval/ref.npz", mu, sigma)
-  got_mu, got_sigma = metrics.load_reference_stats(f"gs://{BUCKET}/eval/ref.npz")
+  save_reference_stats(f"gs://{BUCKET}/eval/ref.npz", mu, sigma)
+  got_mu, got_sigma = load_reference_stats(f"gs://{BUCKET}/eval/ref.npz")
   np.testing.assert_array_equal(got_mu, mu)
   np.testing.assert_array_equal(got_sigma, sigma)
   assert not any(p.name.startswith("gs:") for p in tmp_path.iterdir())

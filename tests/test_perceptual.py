@@ -1,4 +1,5 @@
-"""ResNet50 perceptual loss, LPIPS (VGG16 + linear heads) and the antialiased resize against the golden fixtures.
+"""ResNet50 perceptual loss, LPIPS (VGG16 + linear heads) and its antialiased resize (``torch_resize``) against
+the golden fixtures.
 
 Weights: the recipe weights of ``recipe_manifests/{resnet50,vgg16}.json`` rebuilt
 with numpy; the LPIPS heads are the real ones, stored in
@@ -29,7 +30,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from conftest import load_npz, nhwc
-from maskbit_jax import sharding
+from maskbit_jax import sharding, torch_resize
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, expected_torch_shapes, torch_state_to_flax
@@ -109,11 +110,12 @@ def lpips(lpips_state):
 def test_antialiased_resize_matches_torch(losses_io):
   images = nhwc(losses_io["resize_input_u8"]).astype(np.float32) / np.float32(255)
   want = nhwc(losses_io["resize_224_antialias"])
-  got = perceptual.antialiased_resize(images, tuple(want.shape[1:3]))
+  got = torch_resize.resize(images, tuple(want.shape[1:3]), "bilinear_aa")
   assert got.shape == want.shape and got.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(got), want, **IMAGE_TOL)
   if want.shape[1] == want.shape[2]:  # torch's `size=224` form
-    np.testing.assert_array_equal(np.asarray(perceptual.antialiased_resize(images, want.shape[1])), np.asarray(got))
+    np.testing.assert_array_equal(np.asarray(torch_resize.resize(images, want.shape[1], "bilinear_aa")),
+                                  np.asarray(got))
 
 
 def test_antialiased_resize_agrees_with_jax_image_resize(losses_io):
@@ -122,7 +124,7 @@ def test_antialiased_resize_agrees_with_jax_image_resize(losses_io):
   b, h, w, c = images.shape
   for size in [(h // 3 + 1, w + 9), (h, w)]:
     want = jax.image.resize(images, (b, *size, c), method="linear", antialias=True)
-    np.testing.assert_allclose(np.asarray(perceptual.antialiased_resize(images, size)), np.asarray(want),
+    np.testing.assert_allclose(np.asarray(torch_resize.resize(images, size, "bilinear_aa")), np.asarray(want),
                                err_msg=str(size), **IMAGE_TOL)
 
 

@@ -21,7 +21,7 @@ from conftest import REPO, drop_simulated_devices, load_npz
 from maskbit_jax import checkpointing
 from maskbit_jax.convert.checkpoint_files import write_state_dict
 from maskbit_jax.evaluate import main as evaluate_main
-from maskbit_jax.evaluation import metrics as M
+from maskbit_jax.evaluation.fid import FeatureStats, load_reference_stats, save_reference_stats
 from maskbit_jax.train.loop import train
 from recipe_weights import recipe_state_dict
 
@@ -77,7 +77,7 @@ def run_stage(stage: str, tmp: pathlib.Path, weights: dict) -> dict:
     tok_dir = tmp / "tokenizer"
     checkpointing.save_params(tok_dir, tok.params, kind="tokenizer", config=tok.config.to_dict())
     ref = tmp / "ref.npz"
-    M.save_reference_stats(ref, M.FeatureStats().update(np.random.default_rng(0).normal(size=(64, 2048))))
+    save_reference_stats(ref, FeatureStats().update(np.random.default_rng(0).normal(size=(64, 2048))))
     overrides += ["--config.experiment.eval_images=10", f"--config.experiment.vqgan_checkpoint={tok_dir}",
                   "--config.model.mlm_model.num_steps=2", f"--config.evaluation.ref_stats={ref}"]
     cfg = maskbit_jax.load_config(GEN, overrides)
@@ -85,7 +85,7 @@ def run_stage(stage: str, tmp: pathlib.Path, weights: dict) -> dict:
     # what `python -m maskbit_jax.evaluate generator --num_images 10 --batch_size 8 --seed 0` computes
     cli = evaluate_generator(maskbit_jax.load_generator(cfg, summary["export"]), maskbit_jax.load_tokenizer(cfg),
                              num_images=10, batch_size=8, seed=0, inception=_inception(weights["inception"], None),
-                             ref_stats=M.load_reference_stats(ref), progress=False)
+                             ref_stats=load_reference_stats(ref), progress=False)
   work = tmp / ("tok" if stage == "tokenizer" else "gen")
   tb = {k: tb_scalars(work, k) for k in summary["eval"]}
   return {"logged": summary["eval"], "tensorboard": tb, "cli": cli}

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from maskbit_jax import evaluate, image_io
-from maskbit_jax.evaluation import metrics as M
+from maskbit_jax.evaluation.adm_samples import images_to_uint8
 
 
 def _grid() -> np.ndarray:
@@ -55,7 +55,7 @@ def test_every_writer_uses_it(tmp_path):
   np.testing.assert_array_equal(np.asarray(image_io.to_uint8(jnp.asarray(x))), want)  # on the device
   np.testing.assert_array_equal(np.asarray(jax.jit(image_io.to_uint8)(jnp.asarray(x))), want)  # traced
   np.testing.assert_array_equal(np.asarray(evaluate.to_uint8(jnp.asarray(x))), want)  # Inception's input
-  np.testing.assert_array_equal(M.images_to_uint8(x), want)  # the ADM samples .npz
+  np.testing.assert_array_equal(images_to_uint8(x), want)  # the ADM samples .npz
   image_io.save_png(str(tmp_path / "x.png"), x[0])
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.png")), want[0])
   image_io.save_labelled_grid(str(tmp_path / "g.png"), x[:1], ["a"], ncols=1, min_cell_px=1)  # no upscaling

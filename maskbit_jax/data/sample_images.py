@@ -8,6 +8,9 @@ is labelled and fully determined by its seed.
 from __future__ import annotations
 
 import numpy as np
+import skimage.data
+
+from maskbit_jax.data.augment import resize_center_crop
 
 # skimage.data loaders whose files are inside the wheel (no network).
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -21,16 +24,12 @@ def eval_preprocess(image_hwc: np.ndarray, size: int, interpolation: str = "bili
   ``interpolation`` is ``dataset.preprocessing.interpolation`` (MaskBit; the reference's default, bilinear)
   or bicubic (BAR's evaluation): see :func:`maskbit_jax.data.sources.eval_interpolation`.
   """
-  from maskbit_jax.data.augment import resize_center_crop
-
   image = np.ascontiguousarray(np.asarray(image_hwc, np.uint8)[..., :3])
   return resize_center_crop(image, size, interpolation).astype(np.float32) / np.float32(255.0)
 
 
 def photo_arrays(names: tuple[str, ...] = PHOTOS) -> list[np.ndarray]:
   """The embedded photos at their stored sizes, uint8 ``[H, W, 3]``."""
-  import skimage.data
-
   return [np.ascontiguousarray(getattr(skimage.data, n)()[..., :3]) for n in names]
 
 

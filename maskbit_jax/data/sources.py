@@ -21,13 +21,16 @@ has no 8-bit reading, raises :class:`CorruptImageError` naming it.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 
 import numpy as np
 
-from maskbit_jax.data.sample_images import eval_preprocess, photo_arrays, synthetic_images
+from maskbit_jax.data import augment
+from maskbit_jax.data.sample_images import PHOTOS, eval_preprocess, photo_arrays, synthetic_images
 from maskbit_jax.image_io import IMAGE_SUFFIXES, CorruptImageError, array_to_rgb_uint8, read_rgb, to_uint8
+from maskbit_jax.tensorflow_guard import tensorflow_on_cpu_only
 
 __all__ = ["AdmCropSource", "CorruptImageError", "ImageFolderSource", "PhotoSource", "SyntheticSource",
            "RandomResizedCropsSource", "TfdsSource", "eval_batches", "eval_dataset", "eval_interpolation",
@@ -38,13 +41,11 @@ def eval_interpolation(cfg) -> str:
   """The resize filter the reference evaluates ``cfg``'s images with: MaskBit's ``Resize`` takes
   ``dataset.preprocessing.interpolation`` (bilinear when unset, its default); BAR's configs (``crop_size``, no
   interpolation) evaluate bicubic, as BAR's ``eval_transform`` hard-codes."""
-  from maskbit_jax.data.augment import interpolation as check
-
   pre = (cfg.get("dataset", {}) or {}).get("preprocessing", {}) or {}
   name = pre.get("interpolation")
   if name is None:
     name = "bicubic" if "crop_size" in pre else "bilinear"
-  check(str(name))
+  augment.interpolation(str(name))
   return str(name)
 
 
@@ -96,8 +97,6 @@ class SyntheticSource:
 
 class PhotoSource:
   def __init__(self, size: int, interpolation: str = "bilinear"):
-    from maskbit_jax.data.sample_images import PHOTOS
-
     self.size, self.interpolation = size, interpolation
     self.photos, self.names = photo_arrays(), list(PHOTOS)
 
@@ -118,8 +117,6 @@ TENSORFLOW_FOR_TFDS = "this needs TensorFlow: pip install 'maskbit_jax[tensorboa
 class TfdsSource:
   def __init__(self, name: str, split: str, size: int, data_dir: str | None = None,
                interpolation: str = "bilinear"):
-    from maskbit_jax.tensorflow_guard import tensorflow_on_cpu_only
-
     tensorflow_on_cpu_only()  # tensorflow-datasets imports TensorFlow
     import tensorflow_datasets as tfds
 
@@ -143,8 +140,6 @@ class TfdsSource:
     ex = self.source[index]
     image, name = ex["image"], f"example {index} of the tfds source"
     if isinstance(image, (bytes, bytearray)):
-      import io
-
       image = read_rgb(io.BytesIO(image), name)
     # not np.asarray(image, np.uint8): that would wrap 16-bit pixels around instead of scaling them
     image = array_to_rgb_uint8(image, name)
@@ -163,9 +158,7 @@ def make_source(spec: str, size: int, *, seed: int = 0, interpolation: str = "bi
   filter of the evaluation preprocessing (:func:`eval_interpolation` of the
   config); the synthetic set is drawn at ``size`` and never resized.
   """
-  from maskbit_jax.data.augment import interpolation as check
-
-  check(interpolation)
+  augment.interpolation(interpolation)
   if spec == "photos":
     return PhotoSource(size, interpolation)
   if spec.startswith("synthetic:"):
@@ -243,7 +236,7 @@ def eval_dataset(source, batch_size: int, *, num: int | None = None, process_ind
                  prefetch: int | None = None):
   """:func:`eval_batches` (the same batches, values and ``mask``) read by a grain pipeline: ``num_threads``
   threads decode and resize ``prefetch`` examples (default two batches) ahead of the consumer."""
-  import grain
+  import grain  # here, not at the top: importing it takes seconds, and the sources need it only for this
 
   num = len(source) if num is None else min(num, len(source))
   rows = eval_rows(num, batch_size, process_index=process_index, process_count=process_count,
@@ -274,10 +267,8 @@ class AdmCropSource:
     return len(self.source)
 
   def __getitem__(self, index: int) -> dict:
-    from maskbit_jax.data.augment import adm_center_crop
-
     ex = self.source.raw(index)
-    image = adm_center_crop(ex["image"], self.size).astype(np.float32) / 255.0
+    image = augment.adm_center_crop(ex["image"], self.size).astype(np.float32) / 255.0
     return {"image": image, "label": ex["label"]}
 
 
@@ -288,8 +279,6 @@ class RandomResizedCropsSource:
   ``(seed, image, crop)`` alone, so any shard (process) makes the same crops."""
 
   def __init__(self, source, size: int, crops: int, preprocessing=None, *, seed: int = 0):
-    from maskbit_jax.data import augment
-
     if not hasattr(source, "raw"):
       raise TypeError(f"{type(source).__name__} has no raw(index): cannot crop its stored images")
     if crops < 1:
@@ -309,8 +298,6 @@ class RandomResizedCropsSource:
     return self.num_images * self.crops
 
   def __getitem__(self, index: int) -> dict:
-    from maskbit_jax.data import augment
-
     if not 0 <= index < len(self):
       raise IndexError(index)
     image, crop = divmod(int(index), self.crops)

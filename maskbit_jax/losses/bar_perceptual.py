@@ -23,11 +23,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from maskbit_jax import paths
+from maskbit_jax import paths, torch_resize
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.convnext_mapping import convnext_param_mapping
 from maskbit_jax.convert.param_mapping import torch_state_to_flax
-from maskbit_jax.losses import torch_resize
 from maskbit_jax.losses.perceptual import IMAGENET_MEAN, IMAGENET_STD
 from maskbit_jax.models import convnext as convnext_lib
 from maskbit_jax.models import vgg_lpips

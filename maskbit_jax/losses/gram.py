@@ -19,6 +19,7 @@ file loads through ``convert.lpips_mapping.lpips_param_mapping``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,9 +27,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from maskbit_jax.losses import torch_resize
-from maskbit_jax.losses.perceptual import IMAGENET_MEAN, IMAGENET_STD
-from maskbit_jax.models import layers
+from maskbit_jax import paths, torch_resize
+from maskbit_jax.convert.checkpoint_files import read_state_dict
+from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
+from maskbit_jax.convert.param_mapping import torch_state_to_flax
+from maskbit_jax.losses.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGG16_FILE_HINT
+from maskbit_jax.models import layers, vgg_lpips
 
 VGG16_CFG: tuple[Any, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                               512, 512, 512, "M")
@@ -90,14 +94,6 @@ def load_gram_vgg_params(path, *, model: VGGLayerOutputs | None = None) -> dict:
 
   The classifier (never run) is ignored; any other missing / extra / mis-shaped tensor is an error.
   """
-  import os
-
-  from maskbit_jax import paths
-  from maskbit_jax.convert.checkpoint_files import read_state_dict
-  from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
-  from maskbit_jax.convert.param_mapping import torch_state_to_flax
-  from maskbit_jax.losses.perceptual import VGG16_FILE_HINT
-
   path = os.fspath(path)
   if not paths.isfile(path):
     raise FileNotFoundError(f"{path} not found: put {VGG16_FILE_HINT} there (maskbit_jax never downloads weights)")

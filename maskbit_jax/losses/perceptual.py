@@ -5,8 +5,8 @@ Reference ``PerceptualLoss(model_name="resnet50")`` in eval mode, for inputs
 ``(inputs, reconstructions)``):
 
 1. both are resized to 224 x 224 with ``F.interpolate(mode="bilinear",
-   antialias=True, align_corners=False)`` (``antialiased_resize``; it also
-   up-samples smaller images, e.g. 64 -> 224, where the filter is plain
+   antialias=True, align_corners=False)`` (``torch_resize``'s ``bilinear_aa``;
+   it also up-samples smaller images, e.g. 64 -> 224, where the filter is plain
    bilinear);
 2. normalised with the ImageNet mean (0.485, 0.456, 0.406) and std
    (0.229, 0.224, 0.225);
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax import paths
+from maskbit_jax import paths, torch_resize
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, torch_state_to_flax
@@ -54,67 +54,12 @@ LPIPS_HEADS_FILE_HINT = (
     "the LPIPS linear heads 'vgg_lpips.pth' (shipped in the MaskBit repository as pretrained/vgg_lpips.pth)")
 
 
-# --------------------------------------------------------------------------- resize
-
-
-@functools.lru_cache(maxsize=64)
-def _aa_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """``[out_size, in_size]`` weights of torch's antialiased bilinear resize along one axis.
-
-  torch (``align_corners=False``, output size given): ``scale = in / out``; the
-  triangle filter is widened by ``scale`` when down-sampling (support
-  ``scale``, argument divided by ``scale``) and is the plain bilinear tent when
-  up-sampling (support 1). Output ``i`` is centred at ``scale * (i + 0.5)``,
-  reads input pixels ``[trunc(center - support + 0.5), trunc(center + support + 0.5))``
-  clipped to the image, and its weights are normalised to sum to 1 (which is
-  how the borders are handled). Bounds are computed in float32 like torch.
-  """
-  f32 = np.float32
-  scale = f32(in_size) / f32(out_size)
-  support = scale if scale >= 1 else f32(1.0)
-  invscale = f32(1.0) / scale if scale >= 1 else f32(1.0)
-  matrix = np.zeros((out_size, in_size), np.float64)
-  for i in range(out_size):
-    center = f32(float(scale) * (i + 0.5))
-    lo = max(int(float(f32(center - support)) + 0.5), 0)
-    hi = min(int(float(f32(center + support)) + 0.5), in_size)
-    taps = np.arange(lo, hi, dtype=np.float64)
-    weights = np.maximum(1.0 - np.abs((taps - float(center) + 0.5) * float(invscale)), 0.0)
-    total = weights.sum()
-    if total > 0:
-      matrix[i, lo:hi] = weights / total
-  return matrix.astype(np.float32)
-
-
-def antialiased_resize(images_bhwc: jax.Array, size: int | tuple[int, int]) -> jax.Array:
-  """Antialiased bilinear resize, as torch's
-  ``F.interpolate(x, size, mode="bilinear", antialias=True, align_corners=False)``.
-
-  Args:
-    images_bhwc: ``[B, H, W, C]`` float images (any range).
-    size: output ``(height, width)``, or one int for both (as torch's ``size=224``).
-  Returns:
-    ``[B, height, width, C]`` float32. Separable: width first, then height (as
-    torch's CPU kernel); each pass is one matmul with a static weight matrix
-    (float32, highest precision).
-  """
-  out_h, out_w = (size, size) if isinstance(size, int) else tuple(size)
-  _, in_h, in_w, _ = images_bhwc.shape
-  x = jnp.asarray(images_bhwc, jnp.float32)
-  hp = jax.lax.Precision.HIGHEST
-  if out_w != in_w:
-    x = jnp.einsum("pw,bhwc->bhpc", _aa_bilinear_matrix(in_w, out_w), x, precision=hp)
-  if out_h != in_h:
-    x = jnp.einsum("oh,bhwc->bowc", _aa_bilinear_matrix(in_h, out_h), x, precision=hp)
-  return x
-
-
 # --------------------------------------------------------------------------- ResNet50 perceptual loss
 
 
 def resnet50_preprocess(images_bhwc: jax.Array, size: int = PERCEPTUAL_IMAGE_SIZE) -> jax.Array:
   """[0, 1] images -> the ResNet50 input of the reference loss: antialiased resize, ImageNet normalisation."""
-  x = antialiased_resize(images_bhwc, size)
+  x = torch_resize.resize(images_bhwc, size, "bilinear_aa")
   return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 

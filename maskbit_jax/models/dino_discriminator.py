@@ -5,7 +5,7 @@ Images ``[B, H, W, 3]`` in [-1, 1] -> logits ``[B, n_heads * L]``:
 1. ImageNet normalisation written for [-1, 1] inputs (``x * 0.5 / std + (0.5 - mean) / std``), then to
    224 x 224: when both sides exceed 224, half of the calls (training) take one random 224 crop for the
    whole batch and the rest average-pool ("area"); larger images otherwise area-pool, smaller ones are
-   up-sampled bicubically (``losses.torch_resize``).
+   up-sampled bicubically (``maskbit_jax.torch_resize``).
 2. The frozen DINO ViT (patch 8, width 384, 6 heads, 12 blocks, LayerNorm eps 1e-6, tanh-GELU MLP): a
    "readout" ``patch_tokens + cls_token`` ``[B, L, C]`` is taken after the position embedding and after
    each block in ``key_depths`` (2, 5, 8, 11). The final LayerNorm is never applied.
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax.losses import torch_resize
+from maskbit_jax import torch_resize
 from maskbit_jax.models.vit_block import DecoderBlock
 
 DINO_IMAGE_SIZE = 224

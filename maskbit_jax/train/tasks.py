@@ -195,7 +195,7 @@ class _Task:
       elif not paths.exists(path):
         raise FileNotFoundError(f"evaluation.ref_stats={path!r}: file not found (FID during training)")
       else:
-        from maskbit_jax.evaluation.metrics import load_reference_stats
+        from maskbit_jax.evaluation.fid import load_reference_stats
 
         self._ref_stats = load_reference_stats(path, expected_dim=2048)
     if skipped and self.process_index == 0:

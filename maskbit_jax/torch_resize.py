@@ -1,20 +1,32 @@
-"""The torch ``F.interpolate`` modes BAR's tokenizer losses use, as static ``[out, in]`` matrices (NHWC, float32).
+"""torch ``F.interpolate`` on NHWC images (float32), each mode one static ``[out, in]`` matrix per axis.
 
+The modes the ported losses and networks resize with:
+
+* ``bilinear_aa``: ``mode="bilinear", antialias=True, align_corners=False``.
+  The ResNet50 perceptual loss (MaskBit) resizes to 224 with it.
+* ``bicubic_aa``: ``mode="bicubic", antialias=True``. The ConvNeXt perceptual
+  term (BAR) resizes with it.
 * ``bicubic``: ``mode="bicubic", align_corners=False`` (no antialias): source
   ``scale * (i + 0.5) - 0.5`` (not clamped), Keys cubic with ``A = -0.75`` on the
   four taps around it, taps past the border read the border pixel. The DINO
   discriminator up-samples small images this way.
-* ``bicubic_aa``: ``mode="bicubic", antialias=True``: torch's separable
-  antialiasing kernel with the cubic of ``a = -0.5`` (PIL's), support widened by
-  the scale when down-sampling, weights renormalised at the borders. The
-  ConvNeXt perceptual term resizes with it.
 * ``bilinear``: ``mode="bilinear", align_corners=False`` (no antialias): source
   clamped at 0, two taps. The Gram loss resizes with it.
 * ``area``: ``mode="area"`` (adaptive average pooling): output ``i`` averages
   inputs ``[floor(i * in / out), ceil((i + 1) * in / out))``. The DINO
   discriminator down-samples large images this way.
 
-Every resize is separable: one matmul per axis (highest precision), width first.
+The two antialiased modes are torch's one separable antialiasing filter with
+different kernels: the triangle (support 1) for bilinear, the cubic of
+``a = -0.5`` (PIL's; support 2) for bicubic. When down-sampling by ``scale =
+in / out`` the kernel is widened by ``scale``; output ``i`` is centred at
+``scale * (i + 0.5)``, reads the inputs ``[trunc(center - support + 0.5),
+trunc(center + support + 0.5))`` clipped to the image, and its weights are
+renormalised to sum to 1 (which is how the borders are handled). The bounds are
+computed in float32 as torch does.
+
+Every resize is separable: one matmul per axis (highest precision), width first
+(as torch's CPU kernel).
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-MODES = ("bicubic", "bicubic_aa", "bilinear", "area")
+MODES = ("bilinear_aa", "bicubic_aa", "bicubic", "bilinear", "area")
 _CUBIC_A = -0.75
 _CUBIC_A_AA = -0.5
 
@@ -52,10 +64,15 @@ def _bicubic(in_size: int, out_size: int) -> np.ndarray:
   return m
 
 
-def _bicubic_aa(in_size: int, out_size: int) -> np.ndarray:
+def _triangle(x: np.ndarray) -> np.ndarray:
+  return np.maximum(1.0 - np.abs(x), 0.0)
+
+
+def _antialiased(in_size: int, out_size: int, kernel, radius: float) -> np.ndarray:
+  """torch's antialiased resampling along one axis for ``kernel`` of support ``radius`` (module docstring)."""
   f32 = np.float32
   scale = f32(in_size) / f32(out_size)
-  support = f32(2.0) * scale if scale >= 1 else f32(2.0)
+  support = f32(radius) * scale if scale >= 1 else f32(radius)
   invscale = f32(1.0) / scale if scale >= 1 else f32(1.0)
   m = np.zeros((out_size, in_size), np.float64)
   for i in range(out_size):
@@ -63,10 +80,18 @@ def _bicubic_aa(in_size: int, out_size: int) -> np.ndarray:
     lo = max(int(float(f32(center - support)) + 0.5), 0)
     hi = min(int(float(f32(center + support)) + 0.5), in_size)
     taps = np.arange(lo, hi, dtype=np.float64)
-    w = _keys_cubic((taps - float(center) + 0.5) * float(invscale), _CUBIC_A_AA)
+    w = kernel((taps - float(center) + 0.5) * float(invscale))
     if w.sum() != 0:
       m[i, lo:hi] = w / w.sum()
   return m
+
+
+def _bilinear_aa(in_size: int, out_size: int) -> np.ndarray:
+  return _antialiased(in_size, out_size, _triangle, 1.0)
+
+
+def _bicubic_aa(in_size: int, out_size: int) -> np.ndarray:
+  return _antialiased(in_size, out_size, lambda x: _keys_cubic(x, _CUBIC_A_AA), 2.0)
 
 
 def _bilinear(in_size: int, out_size: int) -> np.ndarray:
@@ -94,7 +119,8 @@ def _area(in_size: int, out_size: int) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def resize_matrix(mode: str, in_size: int, out_size: int) -> np.ndarray:
   """``[out_size, in_size]`` float32 weights of one axis of ``mode`` (see the module docstring)."""
-  makers = dict(bicubic=_bicubic, bicubic_aa=_bicubic_aa, bilinear=_bilinear, area=_area)
+  makers = dict(bilinear_aa=_bilinear_aa, bicubic_aa=_bicubic_aa, bicubic=_bicubic, bilinear=_bilinear,
+                area=_area)
   if mode not in makers:
     raise ValueError(f"unknown resize mode {mode!r}; choose one of {MODES}")
   return makers[mode](int(in_size), int(out_size)).astype(np.float32)
