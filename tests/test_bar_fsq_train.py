@@ -201,6 +201,42 @@ def test_eight_devices_follow_the_rules_and_equal_one(tmp_path):
   jax.tree.map(close, s8.disc_spectral, s1.disc_spectral)
 
 
+@pytest.mark.slow  # 80 CPU-s: two tasks, three step programs
+def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
+  """``training.gradient_accumulation_steps=2`` over micro-batches of 4 makes the optimizer step one batch
+  of 8 makes (the reference's Accelerate accumulation: mean gradient, clipped once, one update, one EMA
+  move): the logged terms, Adam's moments (linear in the clipped gradient), params and EMA agree within
+  float tolerance, and both optimizers count one step."""
+  import optax
+
+  from maskbit_jax.train.bar_fsq_task import BarFsqTask
+  from maskbit_jax.train.loop import make_mesh
+
+  src = make_source("synthetic:8", int(tiny_config().dataset.preprocessing.crop_size))
+  batch = {"image": np.stack([src[i]["image"] for i in range(8)]), "label": np.arange(8, dtype=np.int32)}
+  results = []
+  for per_device, accumulation in ((8, 1), (4, 2)):
+    cfg = tiny_config(f"--config.training.per_gpu_batch_size={per_device}",
+                      f"--config.training.gradient_accumulation_steps={accumulation}")
+    mesh = make_mesh(cfg)
+    task = BarFsqTask(cfg, mesh, str(tmp_path))
+    assert task.global_batch == 8 and task.spec.accumulation == accumulation
+    with jax.set_mesh(mesh):
+      state, metrics = task.step(task.init_state(), task.to_device(batch), 0)
+    results.append((jax.device_get(state), jax.device_get(metrics)))
+  (big, m_big), (acc, m_acc) = results
+  for key in ("total_loss", "reconstruction_loss", "clip_loss", "grad_norm"):
+    np.testing.assert_allclose(m_acc[key], m_big[key], rtol=1e-5, err_msg=key)
+  adam = lambda s: [x for x in jax.tree.leaves(s.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+                    if isinstance(x, optax.ScaleByAdamState)][0]
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
+  jax.tree.map(close, adam(acc).mu, adam(big).mu)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-14), adam(acc).nu, adam(big).nu)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), acc.params, big.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), acc.ema_params, big.ema_params)
+  assert int(adam(acc).count) == int(adam(big).count) == 1 and int(acc.step) == 1
+
+
 def test_encoder_starts_from_the_published_siglip2_file(tmp_path):
   """A file in the hub's SigLIP2 layout (``vision_model.*`` plus a text tower) fills ``encoder.siglip`` and
   both trainable copies, as the reference's deep copy does; a missing file names where it is published."""

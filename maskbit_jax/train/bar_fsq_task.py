@@ -60,13 +60,11 @@ class BarFsqTask(_Task):
     from maskbit_jax.train import bar_optim
 
     cfg = self.cfg
-    if int(cfg.training.gradient_accumulation_steps) != 1:
-      raise ValueError("training.gradient_accumulation_steps > 1 is not implemented for BAR-FSQ training "
-                       "(the released recipe uses 1)")
     dtype, precision = compute_dtype(cfg)
     self.model = bar_tokenizer_from_config(cfg, dtype=dtype, precision=precision)
     self.settings = bar_fsq_loss.BarFsqLossSettings.from_config(cfg.losses)
     opt = bar_optim.bar_optimizer_settings(cfg)
+    opt["gradient_accumulation_steps"] = 1  # the step accumulates over micro-batches itself
     self.tx = bar_optim.make_bar_optimizer(**opt, frozen_fn=bar_optim.bar_tokenizer_not_optimised)
     self.schedule = bar_optim.bar_schedule_from_config(cfg)
     d_opt = dict(opt, learning_rate=float(cfg.optimizer.params.get("discriminator_learning_rate",
@@ -81,7 +79,8 @@ class BarFsqTask(_Task):
     self.frozen = self._frozen_networks()
     self.spec = fs.BarFsqStep(model=self.model, disc=self.disc, settings=self.settings, tx=self.tx,
                               disc_tx=self.disc_tx, perceptual_fn=self._perceptual_fn(), gram_fn=self._gram_fn(),
-                              use_ema=bool(cfg.training.get("use_ema", True)))
+                              use_ema=bool(cfg.training.get("use_ema", True)),
+                              accumulation=int(cfg.training.gradient_accumulation_steps))
     disc_abstract = None if self.disc is None else dd.abstract_discriminator_variables(self.disc)
     self._disc_abstract = disc_abstract
     self.step_fn = fs.JittedBarFsqStep(self.spec, mesh, self.frozen, self._heads_only(disc_abstract))
