@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from maskbit_jax.models import initializers
+
 LEVELS = 2
 FSQ_EPS = 1e-3
 MAX_PACKED_BITS = 30  # packed indices are int32
@@ -38,8 +40,6 @@ MAX_PACKED_BITS = 30  # packed indices are int32
 HALF_L = np.float32(np.float32(LEVELS - 1) * np.float32(1.0 + FSQ_EPS)) / np.float32(2.0)
 OFFSET = np.float32(0.5)
 SHIFT = np.float32(np.arctanh(np.float64(OFFSET / HALF_L)))
-
-_INIT = nn.initializers.normal(0.02)
 
 
 def fsq_bound(z: jax.Array) -> jax.Array:
@@ -100,10 +100,13 @@ def unpack_bits(indices: jax.Array, token_size: int) -> jax.Array:
   return jnp.right_shift(jnp.asarray(indices).astype(jnp.int32)[..., None], shifts) & 1
 
 
-def _dense(features: int, axes: tuple[str, str], dtype, param_dtype, precision, name: str | None = None) -> nn.Dense:
+def _dense(features: int, fan_in: int, axes: tuple[str, str], dtype, param_dtype, precision,
+           name: str | None = None) -> nn.Dense:
+  # The reference builds FSQ after its trunc-normal re-initialisation, so both projections keep
+  # torch's nn.Linear defaults: kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
   return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, precision=precision, name=name,
-                  kernel_init=nn.with_logical_partitioning(_INIT, axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+                  kernel_init=nn.with_logical_partitioning(initializers.torch_kernel, axes),
+                  bias_init=nn.with_logical_partitioning(initializers.torch_bias(fan_in), (axes[1],)))
 
 
 class BinaryFSQ(nn.Module):
@@ -125,9 +128,9 @@ class BinaryFSQ(nn.Module):
   def setup(self):
     kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype, precision=self.precision)
     if self.in_features is not None and self.with_in_proj:
-      self.in_proj = _dense(self.token_size, ("embed", "bits"), **kw)
+      self.in_proj = _dense(self.token_size, self.in_features, ("embed", "bits"), **kw)
     if self.out_features is not None:
-      self.out_proj = _dense(self.out_features, ("bits", "embed"), **kw)
+      self.out_proj = _dense(self.out_features, self.token_size, ("bits", "embed"), **kw)
 
   def _project_out(self, codes: jax.Array) -> jax.Array:
     return codes if self.out_features is None else self.out_proj(codes)
