@@ -74,26 +74,26 @@ def test_released_config_names_the_missing_frozen_network(tmp_path):
 @pytest.mark.slow  # about 2-3 minutes on 2 CPU cores
 def test_tiny_tokenizer_learns_and_exports(tmp_path):
   """The tiny config as shipped (200 steps): the logged total loss falls by more than 70 % (measured
-  1.10 -> 0.14) and the held-out PSNR of the EMA weights exceeds 15.5 dB (measured 15.96); the export
-  loads with load_bar_tokenizer (encoder included, as pretokenize takes it) and its bits decode to the
-  same reconstructions.
+  0.61 -> 0.14) and the held-out PSNR of the EMA weights exceeds 18 dB (measured 18.91 on these 32
+  images, 19.2 on 256; the mean image scores 16.4 on 64), so the bits carry the image, not only its mean; the
+  export loads with load_bar_tokenizer (encoder included, as pretokenize takes it) and its bits decode
+  to the same reconstructions.
 
-  15.96 dB is the mean image's: binary FSQ's sign threshold sits at z = -3.8 (models/bar_fsq.py), so a
-  freshly initialised encoder gives every bit 1 and 200 steps do not move it; the release starts its
-  encoder from pretrained SigLIP2. The bar catches a run that stops learning the mean."""
+  Without the tiny config's start (a fresh SigLIP2 tower's embeddings, the FSQ bias on the threshold;
+  configs/bar_fsq_tiny.py) the same run stays at the mean image (16.2 dB on 256)."""
   cfg = tiny_config("--config.experiment.eval_images=32")
   work = str(tmp_path / "run")
   summary = train(cfg, work)
   assert summary["finished"] and summary["end_step"] == 200
   losses = tb_scalars(work, "total_loss")
   assert losses[-1] < 0.3 * losses[0], losses
-  assert summary["eval"]["eval_psnr"] > 15.5, summary["eval"]
+  assert summary["eval"]["eval_psnr"] > 18.0, summary["eval"]
   assert os.path.isfile(summary["image_grid"])
   tok = bar.load_bar_tokenizer(cfg, summary["export"], with_encoder=True)
-  src = make_source(cfg.dataset.eval_source, 32)
+  src = make_source(cfg.dataset.eval_source, int(cfg.dataset.preprocessing.crop_size))
   images = np.stack([src[i]["image"] for i in range(32)])
   bits = tok.module.apply({"params": tok.params}, images * 2.0 - 1.0, method="encode_bits")
-  assert bits.shape == (32, 16, 12)
+  assert bits.shape == (32, 16, 12)  # 4x4 tokens of 12 bits
   recon = np.clip((np.asarray(tok.decode_bits(bits)) + 1.0) / 2.0, 0.0, 1.0)
   psnr = np.mean(10 * np.log10(1.0 / np.mean((recon - images) ** 2, axis=(1, 2, 3))))
   assert abs(psnr - summary["eval"]["eval_psnr"]) < 0.05
