@@ -74,26 +74,26 @@ def test_released_config_names_the_missing_frozen_network(tmp_path):
 @pytest.mark.slow  # about 2-3 minutes on 2 CPU cores
 def test_tiny_tokenizer_learns_and_exports(tmp_path):
   """The tiny config as shipped (200 steps): the logged total loss falls by more than 70 % (measured
-  1.10 -> 0.14) and the held-out PSNR of the EMA weights exceeds 15.5 dB (measured 15.96); the export
-  loads with load_bar_tokenizer (encoder included, as pretokenize takes it) and its bits decode to the
-  same reconstructions.
+  0.61 -> 0.14) and the held-out PSNR of the EMA weights exceeds 18 dB (measured 18.91 on these 32
+  images, 19.2 on 256; the mean image scores 16.4 on 64), so the bits carry the image, not only its mean; the
+  export loads with load_bar_tokenizer (encoder included, as pretokenize takes it) and its bits decode
+  to the same reconstructions.
 
-  15.96 dB is the mean image's: binary FSQ's sign threshold sits at z = -3.8 (models/bar_fsq.py), so a
-  freshly initialised encoder gives every bit 1 and 200 steps do not move it; the release starts its
-  encoder from pretrained SigLIP2. The bar catches a run that stops learning the mean."""
+  Without the tiny config's start (a fresh SigLIP2 tower's embeddings, the FSQ bias on the threshold;
+  configs/bar_fsq_tiny.py) the same run stays at the mean image (16.2 dB on 256)."""
   cfg = tiny_config("--config.experiment.eval_images=32")
   work = str(tmp_path / "run")
   summary = train(cfg, work)
   assert summary["finished"] and summary["end_step"] == 200
   losses = tb_scalars(work, "total_loss")
   assert losses[-1] < 0.3 * losses[0], losses
-  assert summary["eval"]["eval_psnr"] > 15.5, summary["eval"]
+  assert summary["eval"]["eval_psnr"] > 18.0, summary["eval"]
   assert os.path.isfile(summary["image_grid"])
   tok = bar.load_bar_tokenizer(cfg, summary["export"], with_encoder=True)
-  src = make_source(cfg.dataset.eval_source, 32)
+  src = make_source(cfg.dataset.eval_source, int(cfg.dataset.preprocessing.crop_size))
   images = np.stack([src[i]["image"] for i in range(32)])
   bits = tok.module.apply({"params": tok.params}, images * 2.0 - 1.0, method="encode_bits")
-  assert bits.shape == (32, 16, 12)
+  assert bits.shape == (32, 16, 12)  # 4x4 tokens of 12 bits
   recon = np.clip((np.asarray(tok.decode_bits(bits)) + 1.0) / 2.0, 0.0, 1.0)
   psnr = np.mean(10 * np.log10(1.0 / np.mean((recon - images) ** 2, axis=(1, 2, 3))))
   assert abs(psnr - summary["eval"]["eval_psnr"]) < 0.05
@@ -199,6 +199,42 @@ def test_eight_devices_follow_the_rules_and_equal_one(tmp_path):
   jax.tree.map(close, s8.params, s1.params)
   jax.tree.map(close, s8.disc_params, s1.disc_params)
   jax.tree.map(close, s8.disc_spectral, s1.disc_spectral)
+
+
+@pytest.mark.slow  # 80 CPU-s: two tasks, three step programs
+def test_accumulated_micro_batches_equal_one_big_batch(tmp_path):
+  """``training.gradient_accumulation_steps=2`` over micro-batches of 4 makes the optimizer step one batch
+  of 8 makes (the reference's Accelerate accumulation: mean gradient, clipped once, one update, one EMA
+  move): the logged terms, Adam's moments (linear in the clipped gradient), params and EMA agree within
+  float tolerance, and both optimizers count one step."""
+  import optax
+
+  from maskbit_jax.train.bar_fsq_task import BarFsqTask
+  from maskbit_jax.train.loop import make_mesh
+
+  src = make_source("synthetic:8", int(tiny_config().dataset.preprocessing.crop_size))
+  batch = {"image": np.stack([src[i]["image"] for i in range(8)]), "label": np.arange(8, dtype=np.int32)}
+  results = []
+  for per_device, accumulation in ((8, 1), (4, 2)):
+    cfg = tiny_config(f"--config.training.per_gpu_batch_size={per_device}",
+                      f"--config.training.gradient_accumulation_steps={accumulation}")
+    mesh = make_mesh(cfg)
+    task = BarFsqTask(cfg, mesh, str(tmp_path))
+    assert task.global_batch == 8 and task.spec.accumulation == accumulation
+    with jax.set_mesh(mesh):
+      state, metrics = task.step(task.init_state(), task.to_device(batch), 0)
+    results.append((jax.device_get(state), jax.device_get(metrics)))
+  (big, m_big), (acc, m_acc) = results
+  for key in ("total_loss", "reconstruction_loss", "clip_loss", "grad_norm"):
+    np.testing.assert_allclose(m_acc[key], m_big[key], rtol=1e-5, err_msg=key)
+  adam = lambda s: [x for x in jax.tree.leaves(s.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+                    if isinstance(x, optax.ScaleByAdamState)][0]
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
+  jax.tree.map(close, adam(acc).mu, adam(big).mu)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-14), adam(acc).nu, adam(big).nu)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), acc.params, big.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), acc.ema_params, big.ema_params)
+  assert int(adam(acc).count) == int(adam(big).count) == 1 and int(acc.step) == 1
 
 
 def test_encoder_starts_from_the_published_siglip2_file(tmp_path):

@@ -78,6 +78,18 @@ def _source_of(key: str) -> str | None:
   return None
 
 
+TRAINING_ONLY_PART = "decoder.clip_projector."  # the CLIP-alignment head only the tokenizer's training uses
+
+
+def _in_part(key: tuple[str, ...], path: tuple[str, ...]) -> bool:
+  """Whether the flattened param ``key`` lies in the part at ``path`` (``clip_projector_0`` stands for every
+  ``clip_projector_<i>``)."""
+  head, last = path[:-1], path[-1]
+  if len(key) <= len(head) or key[:len(head)] != head:
+    return False
+  return key[len(head)] == last or (last.endswith("_0") and key[len(head)].startswith(last[:-1]))
+
+
 def _has_path(tree, path: tuple[str, ...]) -> bool:
   node = tree
   for part in path:
@@ -217,7 +229,17 @@ def load_bar_tokenizer_params(checkpoint: str | os.PathLike, abstract_params, *,
 
   checkpoint = os.fspath(checkpoint)
   if checkpointing.is_params_checkpoint(checkpoint):
-    return loading.load_params(checkpoint, abstract_params, bar_tokenizer_param_mapping(), kind="bar_tokenizer")
+    # a training export holds every part; a model built without some (a BAR config's tokenizer has no
+    # training-only clip projector, a decode-only one no encoder) reads the rest, as from a released file
+    absent = [path for prefix, path in OPTIONAL_PARTS if not _has_path(abstract_params, path)
+              and (skip_unbuilt_parts or prefix == TRAINING_ONLY_PART)]
+    stored = traverse_util.flatten_dict(checkpointing.params_metadata(checkpoint)) if absent else {}
+    extra = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in stored.items()
+             if any(_in_part(k, path) for path in absent)}
+    full = traverse_util.unflatten_dict({**traverse_util.flatten_dict(abstract_params), **extra})
+    params = loading.load_params(checkpoint, full, bar_tokenizer_param_mapping(), kind="bar_tokenizer")
+    return traverse_util.unflatten_dict({k: v for k, v in traverse_util.flatten_dict(params).items()
+                                         if k not in extra}) if extra else params
   params = bar_tokenizer_state_to_flax(read_state_dict(checkpoint), abstract_params, source=checkpoint,
                                        skip_unbuilt_parts=skip_unbuilt_parts)
   return jax.tree.map(jnp.asarray, params)

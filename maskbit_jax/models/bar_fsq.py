@@ -32,6 +32,7 @@ from flax import linen as nn
 
 # The bit helpers live in maskbit_jax.bits; imported here so bar_fsq.pack_bits etc. keep working.
 from maskbit_jax.bits import bits_to_codes, codes_to_bits, flatten_bits, pack_bits, unflatten_bits, unpack_bits
+from maskbit_jax.models import initializers
 from maskbit_jax.models.layers import dense
 
 LEVELS = 2
@@ -59,6 +60,12 @@ def fsq_codes(z: jax.Array) -> jax.Array:
   return round_ste(fsq_bound(z)) * 2.0 + 1.0
 
 
+def _torch_linear(features: int, fan_in: int, axes: tuple[str, str], **kw) -> nn.Dense:
+  # The reference builds FSQ after its trunc-normal re-initialisation, so both projections keep
+  # torch's nn.Linear defaults: kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  return dense(features, axes, kernel_init=initializers.torch_kernel, bias_init=initializers.torch_bias(fan_in), **kw)
+
+
 __all__ = ["BinaryFSQ", "HALF_L", "LEVELS", "OFFSET", "SHIFT", "bits_to_codes", "codes_to_bits", "flatten_bits",
            "fsq_bound", "fsq_codes", "pack_bits", "round_ste", "unflatten_bits", "unpack_bits"]
 
@@ -82,9 +89,9 @@ class BinaryFSQ(nn.Module):
   def setup(self):
     kw = dict(dtype=jnp.float32, param_dtype=self.param_dtype, precision=self.precision)
     if self.in_features is not None and self.with_in_proj:
-      self.in_proj = dense(self.token_size, ("embed", "bits"), **kw)
+      self.in_proj = _torch_linear(self.token_size, self.in_features, ("embed", "bits"), **kw)
     if self.out_features is not None:
-      self.out_proj = dense(self.out_features, ("bits", "embed"), **kw)
+      self.out_proj = _torch_linear(self.out_features, self.token_size, ("bits", "embed"), **kw)
 
   def _project_out(self, codes: jax.Array) -> jax.Array:
     return codes if self.out_features is None else self.out_proj(codes)

@@ -22,8 +22,9 @@ KERNEL_AXES = ("kernel_height", "kernel_width", "conv_in", "conv_out")
 
 def dense(features: int, axes: tuple[Any, Any], name: str | None = None, *, dtype: Dtype = jnp.float32,
           param_dtype: Dtype = jnp.float32, precision: Any = None, use_bias: bool = True,
-          kernel_init: Any = initializers.trunc_normal_02, zero_init: bool = False) -> nn.Dense:
-  """A Linear with logical axis names on kernel ``[in, out]`` and bias ``[out]`` (zeros).
+          kernel_init: Any = initializers.trunc_normal_02, bias_init: Any = initializers.zeros,
+          zero_init: bool = False) -> nn.Dense:
+  """A Linear with logical axis names on kernel ``[in, out]`` and bias ``[out]`` (zeros unless ``bias_init``).
 
   The kernel starts at ``trunc_normal_(0.02)`` (the transformers' re-init) unless
   ``kernel_init`` says otherwise; ``zero_init`` for the adaLN-Zero output layers.
@@ -31,7 +32,7 @@ def dense(features: int, axes: tuple[Any, Any], name: str | None = None, *, dtyp
   kernel_init = initializers.zeros if zero_init else kernel_init
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision,
                   name=name, kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                  bias_init=nn.with_logical_partitioning(initializers.zeros, (axes[1],)))
+                  bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)))
 
 
 def embed(rows: int, features: int, axes: tuple[Any, Any], name: str | None = None, *, dtype: Dtype = jnp.float32,

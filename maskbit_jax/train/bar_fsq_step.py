@@ -35,6 +35,7 @@ from maskbit_jax import sharding
 from maskbit_jax.losses import bar_fsq_loss
 from maskbit_jax.models import dino_discriminator as dd
 from maskbit_jax.models.bar_tokenizer import BarTokenizer, abstract_bar_tokenizer_params
+from maskbit_jax.train import microbatch
 from maskbit_jax.train.optim import ema_update
 
 PHASES = ("generator", "generator_gan", "discriminator")
@@ -67,6 +68,11 @@ class BarFsqStep:
   gram_fn: FrozenFn | None = None
   use_ema: bool = True
   ema_decay: float = 0.999
+  accumulation: int = 1  # micro-batches per optimizer step (training.gradient_accumulation_steps)
+
+  def __post_init__(self):
+    if int(self.accumulation) < 1:
+      raise ValueError(f"training.gradient_accumulation_steps must be >= 1, got {self.accumulation}")
 
   def phase(self, step_number: int) -> str:
     start = self.settings.discriminator_start
@@ -93,13 +99,28 @@ def _disc_fn(spec: BarFsqStep, backbone: Any, crop_key: jax.Array):
   return fn
 
 
+def _micro_crop_keys(crop_key: jax.Array, k: int) -> jax.Array:
+  """One DINO crop key per micro-batch ``[k]``; without accumulation the step's own key, unchanged."""
+  if k == 1:
+    return crop_key[None]
+  return jax.vmap(lambda i: jax.random.fold_in(crop_key, i))(jnp.arange(k))
+
+
 def train_step(state: BarFsqTrainState, batch: dict, frozen: dict, *, spec: BarFsqStep,
                phase: str) -> tuple[BarFsqTrainState, dict]:
-  """``batch["image"]``: float32 ``[B, H, W, 3]`` in [0, 1]; ``frozen``: ``{"perceptual", "gram", "dino"}``."""
-  images = batch["image"].astype(jnp.float32) * 2.0 - 1.0
+  """``batch["image"]``: float32 ``[B, H, W, 3]`` in [0, 1]; ``frozen``: ``{"perceptual", "gram", "dino"}``.
+
+  With ``spec.accumulation = k`` the batch is ``k`` micro-batches of ``B / k`` (the reference's
+  Accelerate accumulation): each is its own forward (its own virtual batches in the discriminator's
+  norm, one spectral-norm iteration per D call, threaded micro-batch to micro-batch), the update uses
+  the mean gradient, clipped once, and the step counter, both schedules, the phase and the EMA count
+  optimizer steps. Logged terms are micro-batch means.
+  """
+  k = spec.accumulation
   step = state.step
-  crop_key = jax.random.fold_in(state.rng, step)
-  disc_fn = _disc_fn(spec, frozen.get("dino"), crop_key) if spec.disc is not None else None
+  micro = {"image": microbatch.split(batch["image"].astype(jnp.float32) * 2.0 - 1.0, k),
+           "crop_key": _micro_crop_keys(jax.random.fold_in(state.rng, step), k)}
+  disc_fn = (lambda key: _disc_fn(spec, frozen.get("dino"), key)) if spec.disc is not None else (lambda key: None)
   zero = jnp.zeros((), jnp.float32)
   metrics = {name: zero for name in METRICS}
   params, opt_state = state.params, state.opt_state
@@ -108,28 +129,36 @@ def train_step(state: BarFsqTrainState, batch: dict, frozen: dict, *, spec: BarF
     perceptual = functools.partial(spec.perceptual_fn, frozen.get("perceptual"))
     gram = functools.partial(spec.gram_fn, frozen.get("gram")) if spec.gram_fn is not None else None
 
-    def loss_fn(p):
-      recon, result = spec.model.apply({"params": p}, images)
-      total, terms, new_spectral = bar_fsq_loss.generator_loss(
-          spec.settings, images, recon, step, perceptual_fn=perceptual, gram_fn=gram,
-          clip_pred=result.get("clip_pred"), clip_gt=result.get("clip_gt"), disc_fn=disc_fn, disc_params=heads,
-          disc_spectral=spectral, gan_active=phase == "generator_gan")
-      return total, (terms, new_spectral)
+    def generator_micro(spectral, mb):
+      def loss_fn(p):
+        recon, result = spec.model.apply({"params": p}, mb["image"])
+        total, terms, new_spectral = bar_fsq_loss.generator_loss(
+            spec.settings, mb["image"], recon, step, perceptual_fn=perceptual, gram_fn=gram,
+            clip_pred=result.get("clip_pred"), clip_gt=result.get("clip_gt"), disc_fn=disc_fn(mb["crop_key"]),
+            disc_params=heads, disc_spectral=spectral, gan_active=phase == "generator_gan")
+        return total, (terms, new_spectral)
 
-    (_, (terms, spectral)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      (_, (terms, spectral)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      return spectral, (grads, terms)
+
+    spectral, (grads, terms) = microbatch.mean_over_micro_with_carry(generator_micro, spectral, micro, k)
     updates, opt_state = spec.tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     metrics.update(terms, grad_norm=optax.tree.norm(grads))
   elif phase == "discriminator":
-    recon = jax.lax.stop_gradient(spec.model.apply({"params": params}, images)[0])
+    def discriminator_micro(spectral, mb):
+      recon = jax.lax.stop_gradient(spec.model.apply({"params": params}, mb["image"])[0])
 
-    def d_loss_fn(h):
-      loss, terms, new_spectral = bar_fsq_loss.discriminator_loss(spec.settings, images, recon, step,
-                                                                  disc_fn=disc_fn, disc_params=h,
-                                                                  disc_spectral=spectral)
-      return loss, (terms, new_spectral)
+      def d_loss_fn(h):
+        loss, terms, new_spectral = bar_fsq_loss.discriminator_loss(
+            spec.settings, mb["image"], recon, step, disc_fn=disc_fn(mb["crop_key"]), disc_params=h,
+            disc_spectral=spectral)
+        return loss, (terms, new_spectral)
 
-    (_, (terms, spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(heads)
+      (_, (terms, spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(heads)
+      return spectral, (d_grads, terms)
+
+    spectral, (d_grads, terms) = microbatch.mean_over_micro_with_carry(discriminator_micro, spectral, micro, k)
     d_updates, disc_opt_state = spec.disc_tx.update(d_grads, disc_opt_state, heads)
     heads = optax.apply_updates(heads, d_updates)
     metrics.update(terms, discriminator_grad_norm=optax.tree.norm(d_grads))

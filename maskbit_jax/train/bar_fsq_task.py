@@ -16,7 +16,17 @@ from torchvision's cache and ``assets/``:
   export); otherwise
 * ``experiment.siglip2_checkpoint``: the published SigLIP2 file the reference's encoder starts from
   (both stacks; quantiser and decoder start random). ``random`` starts the encoder random too (tiny
-  configs, tests).
+  configs, tests). A random tower's embeddings start as a fresh Hugging Face SigLIP2 model's do
+  (``patch_embedding`` lecun-normal with a zero bias, ``position_embedding`` normal with std
+  ``1/sqrt(width)``): the tower is frozen, and with the port's generic init (patch kernel normal(0.02),
+  positions normal(1)) the frozen features carry the patch position about ten times louder than its
+  content, so the bits would code positions only;
+* ``experiment.fsq_bias_at_threshold`` (default False, the reference's init): start ``quantize.in_proj``'s
+  bias shifted by ``-atanh(0.5 / half_l)`` (about -3.8), binary FSQ's threshold. A random encoder's
+  pre-quantiser values sit near 0, where every bit is 1 and the straight-through gradient is
+  ``1 - tanh^2(3.8)``, about 0.002, so a from-scratch run learns only the mean image; centred on the
+  threshold each bit flips with its input and the gradient is about 1. Pretrained SigLIP2 features
+  straddle the threshold by themselves, so only the tiny configs set it.
 
 Only the files a configured term needs are read; a missing one fails before the first step.
 """
@@ -44,6 +54,29 @@ def _with_resolution(cfg):
   return with_resolution(cfg)
 
 
+def _bias_at_threshold(params: dict) -> dict:
+  """``quantize.in_proj.bias`` shifted onto binary FSQ's threshold ``z = -SHIFT`` (see the module docstring)."""
+  from maskbit_jax.models.bar_fsq import SHIFT
+
+  in_proj = params["quantize"]["in_proj"]
+  quantize = dict(params["quantize"], in_proj=dict(in_proj, bias=in_proj["bias"] - SHIFT))
+  return dict(params, quantize=quantize)
+
+
+def _fresh_siglip_embeddings(params: dict, key: jax.Array) -> dict:
+  """``encoder.siglip.embeddings`` drawn as a fresh Hugging Face SigLIP2 vision model draws them (see the
+  module docstring): patch kernel lecun-normal, zero bias, positions normal(1/sqrt(width))."""
+  emb = params["encoder"]["siglip"]["embeddings"]
+  kernel, table = emb["patch_embedding"]["kernel"], emb["position_embedding"]["embedding"]
+  k_patch, k_pos = jax.random.split(key)
+  emb = dict(emb, patch_embedding=dict(kernel=nn.initializers.lecun_normal()(k_patch, kernel.shape, kernel.dtype),
+                                       bias=jnp.zeros_like(emb["patch_embedding"]["bias"])),
+             position_embedding=dict(embedding=jax.random.normal(k_pos, table.shape, table.dtype)
+                                     * table.shape[-1] ** -0.5))
+  siglip = dict(params["encoder"]["siglip"], embeddings=emb)
+  return dict(params, encoder=dict(params["encoder"], siglip=siglip))
+
+
 class BarFsqTask(_Task):
   """Stage ``bar_fsq``: SigLIP2 encoder + binary FSQ + ViT decoder, with the DINO discriminator."""
 
@@ -61,13 +94,11 @@ class BarFsqTask(_Task):
     from maskbit_jax.train import bar_optim
 
     cfg = self.cfg
-    if int(cfg.training.gradient_accumulation_steps) != 1:
-      raise ValueError("training.gradient_accumulation_steps > 1 is not implemented for BAR-FSQ training "
-                       "(the released recipe uses 1)")
     dtype, precision = compute_dtype(cfg)
     self.model = bar_tokenizer_from_config(cfg, dtype=dtype, precision=precision)
     self.settings = bar_fsq_loss.BarFsqLossSettings.from_config(cfg.losses)
     opt = bar_optim.bar_optimizer_settings(cfg)
+    opt["gradient_accumulation_steps"] = 1  # the step accumulates over micro-batches itself
     self.tx = bar_optim.make_bar_optimizer(**opt, frozen_fn=bar_optim.bar_tokenizer_not_optimised)
     self.schedule = bar_optim.bar_schedule_from_config(cfg)
     d_opt = dict(opt, learning_rate=float(cfg.optimizer.params.get("discriminator_learning_rate",
@@ -82,7 +113,8 @@ class BarFsqTask(_Task):
     self.frozen = self._frozen_networks()
     self.spec = fs.BarFsqStep(model=self.model, disc=self.disc, settings=self.settings, tx=self.tx,
                               disc_tx=self.disc_tx, perceptual_fn=self._perceptual_fn(), gram_fn=self._gram_fn(),
-                              use_ema=bool(cfg.training.get("use_ema", True)))
+                              use_ema=bool(cfg.training.get("use_ema", True)),
+                              accumulation=int(cfg.training.gradient_accumulation_steps))
     disc_abstract = None if self.disc is None else dd.abstract_discriminator_variables(self.disc)
     self._disc_abstract = disc_abstract
     self.step_fn = fs.JittedBarFsqStep(self.spec, mesh, self.frozen, self._heads_only(disc_abstract))
@@ -169,9 +201,16 @@ class BarFsqTask(_Task):
                          "(or set experiment.init_checkpoint, or 'random')")
       encoder = siglip2_encoder_params(siglip, nn.meta.unbox(abstract_bar_tokenizer_params(self.model)))
 
+    at_threshold = bool(self.cfg.experiment.get("fsq_bias_at_threshold", False)) and start_params is None
+    random_tower = start_params is None and siglip == "random"
+
     def make(key):
       k_tok, k_disc, k_state = jax.random.split(key, 3)
       params = nn.meta.unbox(init_bar_tokenizer_params(self.model, k_tok)) if start_params is None else start_params
+      if random_tower:
+        params = _fresh_siglip_embeddings(params, jax.random.fold_in(k_tok, 1))
+      if at_threshold:
+        params = _bias_at_threshold(params)
       if encoder is not None:
         params = dict(params, encoder=encoder)
       disc = None

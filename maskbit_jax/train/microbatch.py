@@ -50,6 +50,28 @@ def mean_over_micro(fn: Callable[[Any], tuple[Any, Any]], micro: Any, k: int) ->
   return jax.tree.map(lambda x: x / k, total), kept
 
 
+def mean_over_micro_with_carry(fn: Callable[[Any, Any], tuple[Any, Any]], carry: Any, micro: Any,
+                               k: int) -> tuple[Any, Any]:
+  """``fn(carry, micro_batch) -> (carry', averaged)`` over the ``k`` micro-batches of ``micro``, in order.
+
+  For state that every forward moves (a spectral-norm power iteration per discriminator call): the
+  carry goes from one micro-batch to the next, as it does over the reference's successive forwards.
+  Returns the last carry and the mean of ``averaged``, summed in the scan's carry (no ``[k, ...]`` copy
+  of the gradients). ``k == 1`` calls ``fn`` once.
+  """
+  if k == 1:
+    return fn(carry, jax.tree.map(lambda x: x[0], micro))
+
+  def body(acc, mb):
+    state, total = acc
+    state, averaged = fn(state, mb)
+    return (state, jax.tree.map(jnp.add, total, averaged)), None
+
+  carry, first = fn(carry, jax.tree.map(lambda x: x[0], micro))
+  (carry, total), _ = jax.lax.scan(body, (carry, first), jax.tree.map(lambda x: x[1:], micro))
+  return carry, jax.tree.map(lambda x: x / k, total)
+
+
 def merge(tree: Any) -> Any:
   """Inverse of :func:`split`: ``[k, B // k, ...]`` -> ``[B, ...]`` in the original row order."""
   return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:]), tree)
