@@ -74,7 +74,8 @@ def main() -> None:
   p.add_argument("--no-save", action="store_true")
   args = p.parse_args()
 
-  import maskbit_jax.pretokenize as new
+  import maskbit_jax.cli.pretokenize as new
+  from maskbit_jax.data.token_dataset import TokenDataset
 
   old = load_old(args.old_commit)
   work = tempfile.mkdtemp(prefix="bench_pretokenize-")
@@ -102,7 +103,7 @@ def main() -> None:
                 size=args.size, batch=args.batch, threads=args.threads, source="320x240 JPEG folder",
                 old_commit=args.old_commit, seconds={f"{k[0]}_{k[1]}": v for k, v in best.items()},
                 old_images_per_s=rate["old"], new_images_per_s=rate["new"], speedup=rate["new"] / rate["old"],
-                grid=new.TokenDataset(os.path.join(work, f"new{n2}_0")).meta["token_grid"],
+                grid=TokenDataset(os.path.join(work, f"new{n2}_0")).meta["token_grid"],
                 records_byte_equal=same, load_average=os.getloadavg(), machine=machine())
   print({k: v for k, v in record.items() if k != "machine"})
   if not args.no_save:

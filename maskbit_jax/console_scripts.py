@@ -13,12 +13,12 @@ from maskbit_jax import cli_errors
 
 # console script -> the module whose main(argv=None) returns its exit code
 COMMANDS = {
-    "maskbit-train": "maskbit_jax.train.__main__",
+    "maskbit-train": "maskbit_jax.cli.train",
     "maskbit-sample": "maskbit_jax.cli.sample",
-    "maskbit-evaluate": "maskbit_jax.evaluate",
-    "maskbit-convert": "maskbit_jax.convert.cli",
-    "maskbit-pretokenize": "maskbit_jax.pretokenize",
-    "maskbit-reconstruct": "maskbit_jax.reconstruct",
+    "maskbit-evaluate": "maskbit_jax.cli.evaluate",
+    "maskbit-convert": "maskbit_jax.cli.convert",
+    "maskbit-pretokenize": "maskbit_jax.cli.pretokenize",
+    "maskbit-reconstruct": "maskbit_jax.cli.reconstruct",
     "maskbit-edit": "maskbit_jax.cli.edit",
 }
 

@@ -13,7 +13,8 @@ from flax import linen as nn
 import maskbit_jax
 from maskbit_jax import bar, sharding
 from maskbit_jax.data.sources import AdmCropSource, SyntheticSource
-from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main
+from maskbit_jax.cli.pretokenize import main as pretokenize_main
+from maskbit_jax.data.token_dataset import TokenDataset
 from maskbit_jax.train.bar_task import BarTask
 from maskbit_jax.train.loop import train
 from maskbit_jax.train.tasks import make_task

@@ -20,7 +20,9 @@ from conftest import REPO, bar_tokenizer_config, task_on_token_set
 from maskbit_jax import bar, sharding
 from maskbit_jax.data.sources import AdmCropSource, SyntheticSource
 from maskbit_jax.models.bar_fsq import SHIFT
-from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main, pretokenize
+from maskbit_jax.cli.pretokenize import main as pretokenize_main
+from maskbit_jax.data.pretokenize import pretokenize
+from maskbit_jax.data.token_dataset import TokenDataset
 from maskbit_jax.train.bar_task import BarTask
 from maskbit_jax.train.tasks import make_task
 

@@ -168,7 +168,7 @@ def test_bits_made_in_the_step_equal_pretokenized_bits(tmp_path, random_tokenize
   """One step on images (tokenizer inside the step) == one step on the bits of their tokens; and a task on a
   ``pretokenize`` token set trains on those bits."""
   from maskbit_jax.data.sources import make_source
-  from maskbit_jax.pretokenize import pretokenize
+  from maskbit_jax.data.pretokenize import pretokenize
   from maskbit_jax.train import bar_step as bs
 
   cfg = bar_config(random_tokenizer)
@@ -215,7 +215,7 @@ def test_convert_cli_bar_round_trip(tmp_path, name):
   tables, regenerated from the config, within ROPE_ATOL)."""
   from maskbit_jax.convert.bar_mapping import ROPE_ATOL
   from maskbit_jax.convert.checkpoint_files import read_state_dict
-  from maskbit_jax.convert.cli import main as convert_main
+  from maskbit_jax.cli.convert import main as convert_main
 
   golden, configs = _golden_bar()
   cfg = json.loads(json.dumps(configs[name]))

@@ -19,7 +19,8 @@ import pytest
 
 import maskbit_jax
 from maskbit_jax import checkpointing
-from maskbit_jax.convert import cli as convert_cli
+from maskbit_jax.cli import convert as convert_cli
+from maskbit_jax.convert import conversion
 from maskbit_jax.convert import torch_pickle as tp
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
 from conftest import tokenizer_config
@@ -247,11 +248,11 @@ def test_half_precision_files_widen_losslessly_with_a_note(tmp_path, small_token
   tp.write_torch_file(tmp_path / "half.bin", half)
   tok = maskbit_jax.load_tokenizer(cfg, tmp_path / "half.bin")
   assert "widened to float32 (lossless)" in capsys.readouterr().out
-  got = convert_cli.converter(maskbit_jax.load_config(cfg), "tokenizer").to_torch(
+  got = conversion.converter(maskbit_jax.load_config(cfg), "tokenizer").to_torch(
       jax_to_numpy(tok.params), list(half))
   for key, value in half.items():
     assert np.array_equal(got[key], value.astype(np.float32)), key
-  out = convert_cli.import_checkpoint(maskbit_jax.load_config(cfg), str(tmp_path / "half.bin"), str(tmp_path / "ck"))
+  out = conversion.import_checkpoint(maskbit_jax.load_config(cfg), str(tmp_path / "half.bin"), str(tmp_path / "ck"))
   assert checkpointing.read_meta(out)["kind"] == "tokenizer"
 
 
@@ -270,13 +271,13 @@ def test_other_dtypes_are_refused_by_key_and_dtype(tmp_path, small_tokenizer, dt
   with pytest.raises(maskbit_jax.CheckpointMismatchError, match=want):
     maskbit_jax.load_tokenizer(cfg, tmp_path / "bad.bin")
   with pytest.raises(maskbit_jax.CheckpointMismatchError, match=want):
-    convert_cli.import_checkpoint(maskbit_jax.load_config(cfg), str(tmp_path / "bad.bin"), str(tmp_path / "ck"))
+    conversion.import_checkpoint(maskbit_jax.load_config(cfg), str(tmp_path / "bad.bin"), str(tmp_path / "ck"))
   assert not (tmp_path / "ck").exists()
 
 
 def test_round_trip_names_the_dtype():
-  with pytest.raises(convert_cli.RoundTripError, match="'w' is float64 in the file but float32"):
-    convert_cli.verify_round_trip({"w": np.zeros(2, np.float64)}, {"w": np.zeros(2, np.float32)}, "f.bin")
+  with pytest.raises(conversion.RoundTripError, match="'w' is float64 in the file but float32"):
+    conversion.verify_round_trip({"w": np.zeros(2, np.float64)}, {"w": np.zeros(2, np.float32)}, "f.bin")
 
 
 # ---------------------------------------------------------------------------

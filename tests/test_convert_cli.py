@@ -11,7 +11,7 @@ import pytest
 
 from conftest import golden_path, tokenizer_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict
-from maskbit_jax.convert.cli import main as convert_main
+from maskbit_jax.cli.convert import main as convert_main
 
 
 def _names():

@@ -119,7 +119,7 @@ def run_generator_eval(num_images: int, batch_size: int, samples_npz: str | None
   from types import SimpleNamespace
   from unittest import mock
 
-  from maskbit_jax import evaluate
+  from maskbit_jax.evaluation import runs as evaluate
   from maskbit_jax.evaluation import accumulator
 
   merged = []
@@ -362,7 +362,7 @@ def test_local_launcher_stops_everything_when_one_process_fails(tmp_path):
 
 def test_generation_batches_cover_every_image_once_with_more_processes_than_images():
   from maskbit_jax.data.sources import num_eval_batches, shard_indices
-  from maskbit_jax.evaluate import generation_batch_indices
+  from maskbit_jax.evaluation.runs import generation_batch_indices
 
   for num, count, batch in ((2, 3, 4), (5, 2, 2), (7, 8, 1), (11, 3, 4)):
     seen = []

@@ -10,7 +10,7 @@ import maskbit_jax
 from conftest import tokenizer_config
 from maskbit_jax.data.sources import SyntheticSource, eval_batches, eval_dataset
 from maskbit_jax.distributed import one_batch_behind
-from maskbit_jax.evaluate import _mesh_and_batch_sharding, evaluate_tokenizer, tokenizer_eval_step
+from maskbit_jax.evaluation.runs import _mesh_and_batch_sharding, evaluate_tokenizer, tokenizer_eval_step
 from maskbit_jax.evaluation.codebook import CodebookStats
 from maskbit_jax.evaluation.reconstruction import ReconstructionMetrics
 

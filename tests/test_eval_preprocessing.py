@@ -126,11 +126,11 @@ def test_the_clis_pass_the_configs_interpolation(cli, monkeypatch, tmp_path):
   monkeypatch.setattr(sources, "make_source", fake_make_source)
   config = ["--config", str(REPO / "configs/tokenizer_tiny.py"), "--config.dataset.preprocessing.interpolation=bicubic"]
   if cli == "evaluate":
-    from maskbit_jax.evaluate import main
+    from maskbit_jax.cli.evaluate import main
 
     args = ["tokenizer", *config, "--random_init", "--skip", "fid,lpips", "--data", "photos"]
   else:
-    from maskbit_jax.pretokenize import main
+    from maskbit_jax.cli.pretokenize import main
 
     args = [*config, "--random_init", "--data", "photos", "--out", str(tmp_path / "t")]
   with pytest.raises(Stop):

@@ -12,7 +12,8 @@ import maskbit_jax
 from conftest import REPO, load_npz, tokenizer_config
 from maskbit_jax.convert.checkpoint_files import write_state_dict
 from maskbit_jax.data.sources import SyntheticSource
-from maskbit_jax.evaluate import class_balanced_labels, evaluate_tokenizer, main as evaluate_main
+from maskbit_jax.cli.evaluate import main as evaluate_main
+from maskbit_jax.evaluation.runs import class_balanced_labels, evaluate_tokenizer
 from maskbit_jax.evaluation.codebook import CodebookStats
 from maskbit_jax.evaluation.fid import FeatureStats, fid_from_stats, save_reference_stats
 from maskbit_jax.evaluation.reconstruction import ReconstructionMetrics
@@ -46,7 +47,7 @@ def test_class_balanced_labels():
 
 
 def test_tokenizer_evaluation_counts_every_image_once(golden, fixture_configs, weights):
-  from maskbit_jax.evaluate import _inception
+  from maskbit_jax.evaluation.runs import load_inception as _inception
 
   tok = maskbit_jax.load_tokenizer(tokenizer_config(fixture_configs, "tokenizer_tiny"), golden / "tokenizer_tiny.bin")
   source = SyntheticSource(11, 32, seed=5)  # 11 images: the last of 2 batches of 8 is padded

@@ -22,7 +22,7 @@ import pytest
 
 import proc_wait
 from maskbit_jax.convert.checkpoint_files import write_state_dict
-from maskbit_jax.evaluate import generation_batch_indices, process_generation_batches
+from maskbit_jax.evaluation.runs import generation_batch_indices, process_generation_batches
 from maskbit_jax.evaluation.fid import FeatureStats, save_reference_stats
 from recipe_weights import recipe_state_dict
 
@@ -109,7 +109,7 @@ def test_maskbit_generator_evaluation_two_processes_equal_one(tmp_path, eval_fil
 
 
 def test_bar_rejects_maskbit_settings(tmp_path, eval_files):
-  from maskbit_jax.evaluate import main
+  from maskbit_jax.cli.evaluate import main
 
   with pytest.raises(SystemExit, match="--num_steps is a MaskBit setting"):
     main(["generator", "--config", str(REPO / "configs/bar_tiny.py"), "--random_init", "--num_steps", "4",

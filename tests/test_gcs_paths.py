@@ -157,7 +157,7 @@ def test_weights_and_conversions_read_and_write_the_bucket(gcs, tmp_path, monkey
   """load_tokenizer and convert take a PyTorch file in the bucket, convert writes its Orbax folder and
   its export there, and every tensor comes back."""
   from maskbit_jax.convert.checkpoint_files import read_state_dict
-  from maskbit_jax.convert.cli import main as convert_main
+  from maskbit_jax.cli.convert import main as convert_main
 
   monkeypatch.chdir(tmp_path)
   cfg = tokenizer_config(fixture_configs, "tokenizer_tiny")
@@ -187,7 +187,7 @@ def test_reconstruct_and_evaluation_outputs_land_in_the_bucket(gcs, tmp_path, mo
   written to and read from gs://."""
   from maskbit_jax.evaluation.adm_samples import AdmSamplesWriter
   from maskbit_jax.evaluation.fid import load_reference_stats, save_reference_stats
-  from maskbit_jax.reconstruct import main as reconstruct_main
+  from maskbit_jax.cli.reconstruct import main as reconstruct_main
 
   monkeypatch.chdir(tmp_path)
   assert reconstruct_main(["--config", TOK, "--random_init", "--size", "32", "--num_images", "2",

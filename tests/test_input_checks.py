@@ -143,7 +143,7 @@ def test_sample_out_is_checked_before_sampling(tmp_path, capsys):
 
 
 def test_reconstruct_flags_are_named(tmp_path, capsys):
-  from maskbit_jax.reconstruct import main as reconstruct_main
+  from maskbit_jax.cli.reconstruct import main as reconstruct_main
 
   stride = _stride(TOK_TINY)
   base = ["--config", TOK_TINY, "--random_init", "--out", str(tmp_path / "out")]
@@ -165,7 +165,8 @@ def test_reconstruct_flags_are_named(tmp_path, capsys):
 
 def test_evaluate_batch_size_zero_is_named(tok, capsys, tmp_path):
   from maskbit_jax.data.sources import SyntheticSource
-  from maskbit_jax.evaluate import evaluate_tokenizer, main as evaluate_main
+  from maskbit_jax.cli.evaluate import main as evaluate_main
+  from maskbit_jax.evaluation.runs import evaluate_tokenizer
 
   with pytest.raises(SystemExit):
     evaluate_main(["tokenizer", "--config", TOK_TINY, "--random_init", "--batch_size", "0", "--skip", "fid,lpips"])

@@ -9,7 +9,9 @@ import maskbit_jax
 from conftest import REPO, task_on_token_set, tokenizer_config
 from maskbit_jax.data.sources import SyntheticSource
 from maskbit_jax.models.tokenizer import latent_stride_of
-from maskbit_jax.pretokenize import TokenDataset, main as pretokenize_main, pretokenize
+from maskbit_jax.cli.pretokenize import main as pretokenize_main
+from maskbit_jax.data.pretokenize import pretokenize
+from maskbit_jax.data.token_dataset import TokenDataset
 
 
 def test_pretokenized_tokens_equal_on_the_fly(tmp_path, golden, fixture_configs):
@@ -80,7 +82,7 @@ def test_an_interrupted_run_resumes_shard_by_shard_to_the_same_bytes(tmp_path, g
 
 
 def test_progress_line():
-  from maskbit_jax.pretokenize import progress_line
+  from maskbit_jax.data.pretokenize import progress_line
 
   assert progress_line(300, 1000, 100.0) == "pretokenize: 300/1000 images, 100.0 images/s, ETA 00:00:07"
   assert progress_line(8, 1000, None) == "pretokenize: 8/1000 images"

@@ -11,7 +11,7 @@ from PIL import Image
 import maskbit_jax
 from conftest import REPO, tokenizer_config
 from maskbit_jax.data.sample_images import sample_photos, synthetic_images
-from maskbit_jax.reconstruct import main as reconstruct_main
+from maskbit_jax.cli.reconstruct import main as reconstruct_main
 
 
 def test_embedded_photos():

@@ -9,7 +9,7 @@ import yaml
 import maskbit_jax
 from conftest import load_npz, nhwc, tokenizer_config
 from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
-from maskbit_jax.convert.cli import main as convert_main
+from maskbit_jax.cli.convert import main as convert_main
 
 NAME = "tokenizer_tiny"
 

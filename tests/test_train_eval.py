@@ -20,7 +20,7 @@ import maskbit_jax
 from conftest import REPO, drop_simulated_devices, load_npz
 from maskbit_jax import checkpointing
 from maskbit_jax.convert.checkpoint_files import write_state_dict
-from maskbit_jax.evaluate import main as evaluate_main
+from maskbit_jax.cli.evaluate import main as evaluate_main
 from maskbit_jax.evaluation.fid import FeatureStats, load_reference_stats, save_reference_stats
 from maskbit_jax.train.loop import train
 from recipe_weights import recipe_state_dict
@@ -71,7 +71,7 @@ def run_stage(stage: str, tmp: pathlib.Path, weights: dict) -> dict:
                           "--vgg16", weights["vgg16"], "--out", str(out)]) == 0
     cli = json.loads(out.read_text())
   else:
-    from maskbit_jax.evaluate import _inception, evaluate_generator
+    from maskbit_jax.evaluation.runs import evaluate_generator, load_inception as _inception
 
     tok = maskbit_jax.load_tokenizer(TOK, random_init=True, seed=3)
     tok_dir = tmp / "tokenizer"

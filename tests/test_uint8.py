@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from maskbit_jax import evaluate, image_io
+from maskbit_jax import image_io
+from maskbit_jax.evaluation import runs as evaluation_runs
 from maskbit_jax.evaluation.adm_samples import images_to_uint8
 
 
@@ -54,7 +55,7 @@ def test_every_writer_uses_it(tmp_path):
   want = image_io.to_uint8(x)
   np.testing.assert_array_equal(np.asarray(image_io.to_uint8(jnp.asarray(x))), want)  # on the device
   np.testing.assert_array_equal(np.asarray(jax.jit(image_io.to_uint8)(jnp.asarray(x))), want)  # traced
-  np.testing.assert_array_equal(np.asarray(evaluate.to_uint8(jnp.asarray(x))), want)  # Inception's input
+  np.testing.assert_array_equal(np.asarray(evaluation_runs.to_uint8(jnp.asarray(x))), want)  # Inception's input
   np.testing.assert_array_equal(images_to_uint8(x), want)  # the ADM samples .npz
   image_io.save_png(str(tmp_path / "x.png"), x[0])
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.png")), want[0])

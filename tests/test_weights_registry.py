@@ -270,7 +270,7 @@ def test_names_are_checked(released, server):
 
 
 def test_commands_take_names(released, server, tmp_path):
-  from maskbit_jax.convert.cli import main as convert_main
+  from maskbit_jax.cli.convert import main as convert_main
   from maskbit_jax.cli.sample import _parse
 
   # --download: the release --config names, its generator and the tokenizer it pairs with

@@ -1,4 +1,9 @@
-from maskbit_jax import cli_errors
-from maskbit_jax.convert.cli import main
+"""``python -m maskbit_jax.convert``: runs the convert command, ``maskbit_jax.cli.convert`` (see its help)."""
 
-raise SystemExit(cli_errors.run(main))
+import sys
+
+from maskbit_jax import cli_errors
+from maskbit_jax.cli.convert import main
+
+if __name__ == "__main__":
+  sys.exit(cli_errors.run(main))

@@ -32,7 +32,7 @@ from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.lpips_mapping import lpips_param_mapping
 from maskbit_jax.convert.param_mapping import torch_state_to_flax
 from maskbit_jax.losses.perceptual import IMAGENET_MEAN, IMAGENET_STD, VGG16_FILE_HINT
-from maskbit_jax.models import layers, vgg_lpips
+from maskbit_jax.models import layers
 
 VGG16_CFG: tuple[Any, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                               512, 512, 512, "M")

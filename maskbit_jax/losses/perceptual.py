@@ -23,7 +23,6 @@ them strictly; they never download anything.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections import OrderedDict
 from collections.abc import Mapping

@@ -133,7 +133,6 @@ class BarFsqTask(_Task):
 
   def _frozen_networks(self) -> dict:
     from maskbit_jax.losses import bar_perceptual, gram, perceptual
-    from maskbit_jax.models import dino_discriminator as dd
 
     frozen: dict = {"perceptual": {}, "gram": None, "dino": None}
     weights = self.settings.perceptual

@@ -19,10 +19,11 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax import checkpointing, evaluation_runs, paths, registry, runtime, sharding
+from maskbit_jax import checkpointing, paths, registry, runtime, sharding
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.data import augment, pipeline
 from maskbit_jax.data.sources import eval_interpolation, make_source
+from maskbit_jax.evaluation import runs as evaluation_runs
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.sampling import api as sampling_api
