@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import linen as nn
 
-from maskbit_jax import checkpointing, hub, runtime
-from maskbit_jax import registry as families  # (the loaders' ``registry`` argument is the weights registry)
+from maskbit_jax import (checkpointing, hub,  # (the loaders' ``registry`` argument is the weights registry)
+                         registry as families, runtime)
 from maskbit_jax.bar_config import SAMPLING_KEYS, bar_fields, bar_sampling_defaults
 from maskbit_jax.bar_tokenizer_api import tokenizer_grid
 from maskbit_jax.config import ConfigLike, load_config
@@ -66,8 +67,6 @@ class BarModel:
 
 def load_bar_params(checkpoint: str | os.PathLike, module: BarGenerator) -> Any:
   """BAR params from one of our folders or a released PyTorch-format file, strictly."""
-  from flax import linen as nn
-
   abstract = nn.meta.unbox(abstract_bar_params(module))
   return checkpointing.load_weights(
       checkpoint, abstract, kind=bar_mapping.CHECKPOINT_KIND, mapping=bar_mapping.bar_param_mapping,

@@ -26,6 +26,7 @@ from flax import linen as nn
 from maskbit_jax import checkpointing, hub, runtime
 from maskbit_jax.config import ConfigLike, load_config
 from maskbit_jax.convert import bar_tokenizer_mapping as btm
+from maskbit_jax.image_io import to_uint8
 from maskbit_jax.models.bar_fsq import pack_bits, unpack_bits
 from maskbit_jax.models.bar_tokenizer import (abstract_bar_tokenizer_params, bar_tokenizer_from_config,
                                               init_bar_tokenizer_params)
@@ -162,8 +163,6 @@ def tokenizer_grid(tok, resolution: int | None = None) -> tuple[int, int]:
 
 def images_to_uint8(images_01) -> np.ndarray:
   """[0, 1] images -> uint8 as the reference sampling script writes them: ``clamp(0, 1) * 255``, truncated."""
-  from maskbit_jax.image_io import to_uint8
-
   return np.asarray(to_uint8(np.asarray(images_01, np.float32)))
 
 

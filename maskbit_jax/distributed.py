@@ -44,7 +44,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Sharding
+
+from maskbit_jax import sharding as sharding_lib
 
 ENV_SWITCH = "MASKBIT_DISTRIBUTED"
 SWITCH_VALUES = {"auto": "auto", "": "auto", "on": "on", "1": "on", "true": "on", "off": "off", "0": "off",
@@ -250,8 +255,6 @@ def _join_watchdog(plan: LaunchPlan, timeout_s: float) -> threading.Timer:
 
 
 def _check_joined(plan: LaunchPlan) -> None:
-  import jax
-
   if plan.num_processes is not None and jax.process_count() != plan.num_processes:
     raise RuntimeError(f"joined a job of {jax.process_count()} processes but expected {plan.num_processes} "
                        f"({plan.source}): the processes disagree on --num_processes")
@@ -270,8 +273,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   node under SLURM: all of them; jax's SLURM detection otherwise assumes one
   process per GPU). ``JAX_LOCAL_DEVICE_IDS`` works too.
   """
-  import jax
-
   if not timeout_s > 0:
     raise ValueError(f"timeout_s must be positive, got {timeout_s}")
   plan = plan_launch(coordinator_address, num_processes, process_id, environ=environ)
@@ -303,8 +304,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 def is_main_process() -> bool:
   """True on process 0 (the one that writes logs, checkpoint metadata and results)."""
-  import jax
-
   return jax.process_index() == 0
 
 
@@ -404,11 +403,6 @@ def global_batch_from_local(local_batch_tree, mesh, batch_sharding=None):
   order). Training data is drawn per process, so only bit-for-bit comparisons
   across topologies depend on which rows those are.
   """
-  import jax
-  from jax.sharding import Sharding
-
-  from maskbit_jax import sharding as sharding_lib
-
   local = jax.tree.map(np.asarray, local_batch_tree)
   paths_leaves = jax.tree_util.tree_flatten_with_path(local)[0]
   if not paths_leaves:
@@ -457,9 +451,6 @@ def gather_batches(steps: list[dict[str, np.ndarray]], num_items: int) -> dict[s
   batch size's rows (a short last batch is padded, e.g. by repeating its last row). Collective: every
   process calls it with as many steps, of the same shapes; every process gets the whole result.
   """
-  import jax
-  from jax.experimental import multihost_utils
-
   if not steps:
     raise ValueError("no steps to gather")
   local = {k: np.stack([np.asarray(step[k]) for step in steps]) for k in steps[0]}  # [steps, batch, ...]
@@ -479,9 +470,6 @@ def host_copy(tree: Any) -> Any:
   An array sharded over devices of several processes is gathered (a collective: every process
   must call this with the same tree); others, replicated or local, are simply fetched.
   """
-  import jax
-  from jax.experimental import multihost_utils
-
   def one(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -493,8 +481,6 @@ def host_copy(tree: Any) -> Any:
 def one_batch_behind(batches, dispatch):
   """``(batch, host result)`` of ``dispatch(batch)`` for each batch, the device work of batch i+1 dispatched
   before batch i's result is fetched, so the host never waits on an idle device."""
-  import jax
-
   pending = None
   for batch in batches:
     out = dispatch(batch)

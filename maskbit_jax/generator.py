@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax import checkpointing, runtime
+from maskbit_jax import checkpointing, hub, runtime, sharding
 from maskbit_jax.config import ConfigLike, load_config, vq_model_config
 from maskbit_jax.convert.generator_mapping import generator_param_mapping
 from maskbit_jax.convert.param_mapping import torch_state_to_flax
@@ -163,8 +163,6 @@ def sharded_forward(gen: Generator, mesh, *, pad: bool = True):
   axes), the batch split over the batch axes (``data`` x ``fsdp``) and the activation constraints of the
   same table. A batch those axes do not divide is padded by repeating its last row and the padding cut off
   again (``pad=True``, as ``sample_sharded`` does), or refused with ``sharding.BatchNotDivisibleError``."""
-  from maskbit_jax import sharding
-
   param_sh = sharding.logical_to_sharding(abstract_generator_params(gen.module), mesh)
   params = jax.device_put(gen.params, param_sh)
   batch = functools.partial(sharding.batch_sharding, mesh)
@@ -201,8 +199,6 @@ def load_generator(config: ConfigLike, checkpoint: str | os.PathLike | None = No
   ``experiment.generator_checkpoint``. Released files (``token_emb.*``) and
   files that already use ``input_proj.*`` both load.
   """
-  from maskbit_jax import hub
-
   config, checkpoint = hub.resolve_model(config, checkpoint, "generator", random_init=random_init,
                                          registry_override=registry)
   cfg = load_config(config, overrides)

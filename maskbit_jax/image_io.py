@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from maskbit_jax import paths
+from maskbit_jax.data.sample_images import eval_preprocess
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -179,8 +181,6 @@ def save_labelled_grid(path: str, images_bhwc: np.ndarray, labels: Sequence[str]
 def load_image_folder(folder: str, size: int, interpolation: str = "bilinear") -> tuple[np.ndarray, list[str]]:
   """Every image file directly in ``folder``, preprocessed to ``size`` as the reference evaluates
   (``sample_images.eval_preprocess``: shorter side resized, centre crop)."""
-  from maskbit_jax.data.sample_images import eval_preprocess
-
   root = paths.resolve(folder)
   if not root.is_dir():
     raise FileNotFoundError(f"image folder not found: {folder}")
@@ -195,7 +195,6 @@ def _read_path(path) -> np.ndarray:
   """``read_rgb`` of a local file or an object (read whole: PIL seeks, which an object stream may not)."""
   if not paths.is_url(path):
     return read_rgb(os.fspath(path))
-  import io
 
   return read_rgb(io.BytesIO(path.read_bytes()), name=os.fspath(path))
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from flax import linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -102,8 +103,6 @@ def create_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Devic
   per slice. The device order comes from ``jax.experimental.mesh_utils``
   (the TPU torus; other platforms keep ``devices``' order).
   """
-  from jax.experimental import mesh_utils
-
   devices = list(jax.devices() if devices is None else devices)
   shape = dict(shape or {"data": -1})
   sizes = _axis_sizes(shape, "mesh")

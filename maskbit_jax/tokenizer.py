@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax import checkpointing, runtime
+from maskbit_jax import checkpointing, hub, runtime
 from maskbit_jax.config import ConfigLike, load_config, vq_model_config
 from maskbit_jax.convert.param_mapping import torch_state_to_flax
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
@@ -219,8 +219,6 @@ def load_tokenizer(config: ConfigLike, checkpoint: str | os.PathLike | None = No
     dtype, precision: compute dtype ("float32", "bfloat16") and matmul/conv
       precision ("default", "highest"); default from ``runtime.*`` of the config.
   """
-  from maskbit_jax import hub
-
   config, checkpoint = hub.resolve_model(config, checkpoint, "tokenizer", random_init=random_init,
                                          registry_override=registry)
   cfg = load_config(config, overrides)

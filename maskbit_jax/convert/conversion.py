@@ -16,11 +16,15 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax import checkpointing, paths, registry
-from maskbit_jax.config import load_config, vq_model_config
-from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
+from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.checkpointing import restore_params
+from maskbit_jax.config import load_config, vq_model_config
+from maskbit_jax.convert import bar_mapping as bm, bar_tokenizer_mapping as btm
+from maskbit_jax.convert.checkpoint_files import read_state_dict, write_state_dict
 from maskbit_jax.convert.param_mapping import LOSSLESS_WIDENING, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.convert.tokenizer_mapping import tokenizer_param_mapping
+from maskbit_jax.models.bar_generator import abstract_bar_params, build_bar_module
+from maskbit_jax.models.bar_tokenizer import abstract_bar_tokenizer_params, bar_tokenizer_from_config
 from maskbit_jax.models.tokenizer import abstract_tokenizer_params, build_tokenizer_module
 
 EXPORT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".npz")
@@ -63,10 +67,6 @@ def _reordered(state, key_order):
 
 
 def _bar_generator_converter(cfg) -> Converter:
-  from maskbit_jax.bar_config import bar_fields
-  from maskbit_jax.convert import bar_mapping as bm
-  from maskbit_jax.models.bar_generator import abstract_bar_params, build_bar_module
-
   module = build_bar_module(bar_fields(cfg))
   abstract = nn.meta.unbox(abstract_bar_params(module))
   rope = set(bm.rope_buffers(module))
@@ -79,9 +79,6 @@ def _bar_generator_converter(cfg) -> Converter:
 
 
 def _bar_tokenizer_converter(cfg) -> Converter:
-  from maskbit_jax.convert import bar_tokenizer_mapping as btm
-  from maskbit_jax.models.bar_tokenizer import abstract_bar_tokenizer_params, bar_tokenizer_from_config
-
   # a tokenizer config (bar_fsq_tokenizer) converts the whole tokenizer, a BAR generator config its decoder side
   with_encoder = registry.family_of(cfg).role == registry.TOKENIZER
   module = bar_tokenizer_from_config(cfg, with_encoder=with_encoder)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax import paths, registry, shard_plan
+from maskbit_jax import distributed, paths, registry, shard_plan, sharding
 from maskbit_jax.data.token_dataset import META_FILE, encode_record
 
 DEFAULT_SHARD_SIZE = 4096  # records: a rerun redoes at most this many; ImageNet's train split is 313 shards
@@ -101,8 +101,6 @@ def pretokenize(tok, source, out_dir: str, *, batch_size: int, num_images: int |
   ``meta.json`` listing every shard once all exist. ``stop_after_shards``: end after this many new shards of
   this process, returning None (an interrupted run, for tests).
   """
-  from maskbit_jax import distributed, sharding
-
   n_dev = jax.local_device_count()
   if batch_size % n_dev:
     raise ValueError(f"--batch_size {batch_size} must be a multiple of the {n_dev} local devices")

@@ -12,15 +12,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from maskbit_jax import distributed, image_io, sharding
+from maskbit_jax.data.sources import eval_dataset
 from maskbit_jax.evaluation import accumulator
 from maskbit_jax.evaluation.adm_samples import AdmSamplesWriter
 from maskbit_jax.evaluation.codebook import CodebookStats
 from maskbit_jax.evaluation.fid import FeatureStats, fid_from_stats
+from maskbit_jax.evaluation.inception import InceptionV3, load_inception_params
 from maskbit_jax.evaluation.inception_score import ADM_IS_SPLIT_SIZE, InceptionScore, InceptionScoreSplits
 from maskbit_jax.evaluation.reconstruction import (RECONSTRUCTION_METRICS, ReconstructionMetrics,
                                                    reconstruction_metrics_per_image)
+from maskbit_jax.losses.perceptual import load_lpips_params
+from maskbit_jax.models.vgg_lpips import LPIPS
 from maskbit_jax.sampling import api as sampling_api
 
 IMAGE_SLACK = 1e-6
@@ -96,8 +101,6 @@ def evaluate_tokenizer(tok, source, *, batch_size: int, num_images: int | None, 
   the devices (:func:`~maskbit_jax.data.sources.eval_dataset`).
   Returns a dict of metrics with ``num_images`` and ``complete``.
   """
-  from maskbit_jax.data.sources import eval_dataset
-
   check_batch_size(batch_size)
   _, batch_sh = _mesh_and_batch_sharding()
   total = len(source) if num_images is None else min(num_images, len(source))
@@ -214,8 +217,6 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
   config's evaluation settings. ``samples_npz``: process 0 writes every process's samples there, one ADM
   ``.npz`` in class-balanced order (each step's images are gathered over the processes).
   """
-  from jax.experimental import multihost_utils
-
   check_batch_size(batch_size)
   if num_images < 2:
     raise ValueError(f"FID needs at least 2 images, asked for {num_images}")
@@ -282,17 +283,12 @@ def evaluate_generator(gen, tok, *, num_images: int, batch_size: int, seed: int,
 
 def load_inception(path: str, precision: str | None):
   """The FID Inception network and its weights (a published file; ``precision`` "highest" or the default)."""
-  from maskbit_jax.evaluation.inception import InceptionV3, load_inception_params
-
   module = InceptionV3(precision=jax.lax.Precision.HIGHEST if precision == "highest" else None)
   return module, jax.tree.map(jnp.asarray, load_inception_params(path, module=module))
 
 
 def load_lpips(path: str, trunk: str | None):
   """The LPIPS network and its weights (``trunk``: the VGG16 file when ``path`` holds the heads only)."""
-  from maskbit_jax.losses.perceptual import load_lpips_params
-  from maskbit_jax.models.vgg_lpips import LPIPS
-
   module = LPIPS()
   return module, jax.tree.map(jnp.asarray, load_lpips_params(path, trunk, model=module))
 

@@ -29,8 +29,12 @@ import numpy as np
 from maskbit_jax import bar, paths, sharding
 from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.bits import unpack_bits_np
+from maskbit_jax.convert.bar_mapping import CHECKPOINT_KIND, bar_param_mapping
+from maskbit_jax.data.token_dataset import TokenDataset
 from maskbit_jax.distributed import host_copy
+from maskbit_jax.models.bar_generator import build_bar_module, init_bar_params
 from maskbit_jax.models.layers import jit_init
+from maskbit_jax.train import bar_optim, bar_step as bs
 from maskbit_jax.train.tasks import _Task, compute_dtype  # runtime.training
 
 
@@ -88,10 +92,6 @@ class BarTask(_Task):
 
   def __init__(self, cfg, mesh, workdir):
     super().__init__(_with_resolution(cfg), mesh, workdir)
-    from maskbit_jax.convert.bar_mapping import bar_param_mapping
-    from maskbit_jax.models.bar_generator import build_bar_module
-    from maskbit_jax.train import bar_optim
-    from maskbit_jax.train import bar_step as bs
 
     cfg = self.cfg
     dtype, precision = compute_dtype(cfg)
@@ -140,8 +140,6 @@ class BarTask(_Task):
                        f"makes {grid} tokens at {self.size} px")
 
   def init_state(self):
-    from maskbit_jax.models.bar_generator import init_bar_params
-
     def make(key):
       k_params, k_state = jax.random.split(key)
       return self._bs.init_train_state(self.tx, init_bar_params(self.module, k_params), k_state,
@@ -152,7 +150,6 @@ class BarTask(_Task):
   def dataset(self):
     if not self.pretokenized:
       return self.image_dataset()
-    from maskbit_jax.data.token_dataset import TokenDataset
 
     data = self.cfg.dataset
     tokens = TokenDataset(self.pretokenized)
@@ -187,8 +184,6 @@ class BarTask(_Task):
     return float(self.schedule(step))
 
   def export(self, state) -> str:
-    from maskbit_jax.convert.bar_mapping import CHECKPOINT_KIND
-
     return self.export_params(self.model_params(state), "bar_generator", CHECKPOINT_KIND)
 
 

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from maskbit_jax import paths
 
@@ -204,7 +205,6 @@ def _agree_on_problem(problem: str | None, *, from_process_0: bool) -> bool:
   bad = np.int32(problem is not None)
   if jax.process_count() == 1:
     return bool(bad)
-  from jax.experimental import multihost_utils
 
   if from_process_0:
     return bool(multihost_utils.broadcast_one_to_all(bad))

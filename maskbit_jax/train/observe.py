@@ -10,9 +10,11 @@ import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from maskbit_jax import image_io, paths
+from maskbit_jax.tensorflow_guard import tensorflow_on_cpu_only
 from maskbit_jax.train.metrics_file import JsonLinesWriter
 
 
@@ -42,7 +44,6 @@ def make_writer(workdir: str, *, is_main: bool):
   extra), else JSON lines in ``workdir/metrics.jsonl``."""
   if not is_main:
     return _NullWriter()
-  from maskbit_jax.tensorflow_guard import tensorflow_on_cpu_only
 
   tensorflow_on_cpu_only()  # clu's writer imports TensorFlow
   try:
@@ -90,7 +91,6 @@ class StepProfiler:
   def stop(self, outputs=None) -> str | None:
     if not self.active:
       return None
-    import jax
 
     if outputs is not None:
       jax.block_until_ready(outputs)

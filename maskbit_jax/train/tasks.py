@@ -20,14 +20,26 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax import checkpointing, paths, registry, runtime, sharding
-from maskbit_jax.distributed import host_copy
 from maskbit_jax.data import augment, pipeline
+from maskbit_jax.data.sample_images import class_caption
 from maskbit_jax.data.sources import eval_interpolation, make_source
+from maskbit_jax.data.token_dataset import TokenDataset
+from maskbit_jax.distributed import host_copy
 from maskbit_jax.evaluation import runs as evaluation_runs
+from maskbit_jax.evaluation.synthetic_classifier import class_accuracy
+from maskbit_jax.generator import Generator, generator_fields
+from maskbit_jax.losses import perceptual, vqgan_loss as vl
+from maskbit_jax.losses.masking import mask_tokens
+from maskbit_jax.models.discriminator import build_discriminator, init_discriminator_params
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
+from maskbit_jax.models.maskbit_transformer import build_generator_module, init_generator_params
+from maskbit_jax.models.tokenizer import build_tokenizer_module, init_tokenizer_params
 from maskbit_jax.sampling import api as sampling_api
-from maskbit_jax.train import observe
+from maskbit_jax.sampling.factorization import combine_tokens, split_tokens
+from maskbit_jax.tokenizer import Tokenizer, load_tokenizer
+from maskbit_jax.train import generator_step as gs, observe, tokenizer_step as ts
+from maskbit_jax.train.optim import make_optimizer, make_schedule
 
 STAGES = ("tokenizer", "generator", "bar", "bar_fsq")
 # The classes of the reference samplers' training grids (MaskBit's sample(), BAR's sample_images): goldfish,
@@ -241,7 +253,6 @@ class _Task:
     num = self.eval_images()
     if num <= 0 or not self.trains_on_synthetic():
       return {}
-    from maskbit_jax.evaluation.synthetic_classifier import class_accuracy
 
     labels = evaluation_runs.class_balanced_labels(num, int(gen.num_classes))
     rows, key = self.eval_batch_size(), jax.random.key(int(self.evaluation_setting("seed", 0)))
@@ -284,8 +295,6 @@ class _Task:
   def class_caption(self, label: int) -> str:
     """How a grid names class ``label``: the synthetic set's names ("green triangle") when the run trains on
     it, else "class <label>"."""
-    from maskbit_jax.data.sample_images import class_caption
-
     return class_caption(label, self.cfg.dataset.get("source", ""))
 
   def export_params(self, params, name: str, kind: str) -> str | None:
@@ -307,11 +316,6 @@ class TokenizerTask(_Task):
 
   def __init__(self, cfg, mesh, workdir):
     super().__init__(cfg, mesh, workdir)
-    from maskbit_jax.losses import vqgan_loss as vl
-    from maskbit_jax.models.discriminator import build_discriminator
-    from maskbit_jax.models.tokenizer import build_tokenizer_module
-    from maskbit_jax.train import tokenizer_step as ts
-    from maskbit_jax.train.optim import make_optimizer, make_schedule
 
     dtype, precision = compute_dtype(cfg)
     if "discriminator" not in cfg.model or "losses" not in cfg:
@@ -347,16 +351,12 @@ class TokenizerTask(_Task):
           f"losses.perceptual_weight={self.loss_cfg.perceptual_weight} needs the perceptual network's weights: set "
           f"losses.perceptual_checkpoint to the converted {self.loss_cfg.perceptual_loss} file (see "
           "maskbit_jax.losses.perceptual), or losses.perceptual_weight=0 to train without it")
-    from maskbit_jax.losses import perceptual
 
     variables = (perceptual.load_resnet50_params(path) if self.loss_cfg.perceptual_loss == "resnet50"
                  else perceptual.load_lpips_params(path))
     return vl.perceptual_loss_fn(self.loss_cfg, dtype=dtype, precision=precision), variables
 
   def init_state(self):
-    from maskbit_jax.models.discriminator import init_discriminator_params
-    from maskbit_jax.models.tokenizer import init_tokenizer_params
-
     def make(key):
       k_tok, k_disc, k_state = jax.random.split(key, 3)
       return self._ts.init_state(self.spec, init_tokenizer_params(self.model, k_tok),
@@ -409,7 +409,6 @@ class TokenizerTask(_Task):
     ``experiment.eval_images`` eval images: ``python -m maskbit_jax.evaluate tokenizer``'s numbers."""
     if self.eval_images() <= 0:
       return {}
-    from maskbit_jax.tokenizer import Tokenizer
 
     nets = getattr(self, "_eval_nets", {})
     tok = Tokenizer(self.cfg, self.model, host_copy(self.model_params(state)))
@@ -437,11 +436,6 @@ class GeneratorTask(_Task):
 
   def __init__(self, cfg, mesh, workdir):
     super().__init__(cfg, mesh, workdir)
-    from maskbit_jax.generator import generator_fields
-    from maskbit_jax.models.maskbit_transformer import build_generator_module
-    from maskbit_jax.tokenizer import load_tokenizer
-    from maskbit_jax.train import generator_step as gs
-    from maskbit_jax.train.optim import make_optimizer, make_schedule
 
     dtype, precision = compute_dtype(cfg)
     fields = generator_fields(cfg)
@@ -464,8 +458,6 @@ class GeneratorTask(_Task):
     self._gs = gs
 
   def init_state(self):
-    from maskbit_jax.models.maskbit_transformer import init_generator_params
-
     def make(key):
       k_params, k_state = jax.random.split(key)
       return self._gs.init_train_state(self.module, self.tx, init_generator_params(self.module, k_params), k_state)
@@ -475,7 +467,6 @@ class GeneratorTask(_Task):
   def dataset(self):
     if not self.pretokenized:
       return self.image_dataset()
-    from maskbit_jax.data.token_dataset import TokenDataset
 
     tokens = TokenDataset(self.pretokenized)
     side = self.module.img_size // self.module.input_stride
@@ -497,8 +488,6 @@ class GeneratorTask(_Task):
     return self.settings.use_ema
 
   def visualize(self, state) -> observe.Grid:
-    from maskbit_jax.generator import Generator
-
     gen = Generator(self.cfg, self.module, host_copy(self.model_params(state)))
     decoded = self.decoded_pairs(gen)
     if decoded is not None and self.process_index == 0:
@@ -509,9 +498,6 @@ class GeneratorTask(_Task):
     """The reference's "Train Decoded" images (``workdir/images/decoded_<step>.png``): for the first
     ``training.num_generated_images`` images (of the eval set here; the reference takes its training batch),
     their tokens decoded next to the model's arg-max prediction of every token from a training-masked copy."""
-    from maskbit_jax.losses.masking import mask_tokens
-    from maskbit_jax.sampling.factorization import combine_tokens, split_tokens
-
     n = int(self.cfg.training.get("num_generated_images", 4))
     if n <= 0:
       return None
@@ -529,8 +515,6 @@ class GeneratorTask(_Task):
   def evaluate(self, state) -> dict:
     """FID and IS of ``experiment.eval_images`` samples of the EMA weights (``evaluate_samples``); on the
     synthetic set also their class accuracy and the frozen tokenizer's held-out PSNR (``synthetic_figures``)."""
-    from maskbit_jax.generator import Generator
-
     gen = Generator(self.cfg, self.module, host_copy(self.model_params(state)))
     return {**self.evaluate_samples(gen), **self.synthetic_figures(gen)}
 
