@@ -4,12 +4,14 @@
   python -m benchmarks.train --reduced             # CPU: reduced width/size, stated in the record
   python -m benchmarks.train --dtype bfloat16 --batch 64 --stage generator
   python -m benchmarks.train --reduced --stage bar_fsq   # BAR-FSQ tokenizer, its own terms (no frozen nets)
+  python -m benchmarks.train --reduced --stage bar_fsq --accumulation 2   # 2 micro-batches per step
 
 Each record names the config, every override, the mesh, the batch, the dtype,
 the step time (median of ``--repeats`` after a compile + warm-up step), images/s
 per device, the compiled program's memory per device (XLA memory analysis:
 arguments + outputs + temporaries, minus donated aliases) and, on a GPU, the
-allocator's peak. For the generator an MFU estimate (6 x params x tokens
+allocator's peak, and the host's load average as it ended (a shared CPU's figures depend on
+it). For the generator an MFU estimate (6 x params x tokens
 FLOPs per image, attention excluded, against the chip's dense bf16 peak) is
 added when the peak is known. Results go to benchmarks/results/train.jsonl.
 """
@@ -71,13 +73,15 @@ def _compiled_memory(lowered) -> dict:
               argument_bytes=int(mem.argument_size_in_bytes))
 
 
-def bench_stage(stage: str, *, batch_per_device: int, dtype: str, reduced: bool, repeats: int, workdir: str) -> dict:
+def bench_stage(stage: str, *, batch_per_device: int, dtype: str, reduced: bool, repeats: int, workdir: str,
+                accumulation: int = 1) -> dict:
   import maskbit_jax
   from maskbit_jax.train.loop import make_mesh
   from maskbit_jax.train.tasks import make_task
 
   overrides = list(REDUCED[stage] if reduced else []) + [
       f"--config.training.per_gpu_batch_size={batch_per_device}", f"--config.runtime.dtype={dtype}",
+      f"--config.training.gradient_accumulation_steps={accumulation}",
       # the step of the phase with the discriminator (the expensive one) from step 0
       *(["--config.losses.perceptual_weight=0.0", "--config.losses.discriminator_start=0"] if stage == "tokenizer"
         else []), *(BAR_FSQ_OWN_TERMS if stage == "bar_fsq" else [])]
@@ -116,10 +120,12 @@ def bench_stage(stage: str, *, batch_per_device: int, dtype: str, reduced: bool,
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - start)
   step_s = float(np.median(times[1:]))
+  load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
   n_dev = mesh.devices.size
   record = dict(stage=stage, config=CONFIGS[stage], overrides=overrides, reduced=reduced, dtype=dtype,
                 mesh=dict(mesh.shape), global_batch=task.global_batch, batch_per_device=batch_per_device,
-                resolution=size, step_s=step_s, compile_and_first_step_s=compile_s,
+                resolution=size, accumulation=accumulation, load_average_1_5_15=[round(x, 2) for x in load],
+                step_s=step_s, compile_and_first_step_s=compile_s,
                 images_per_s_per_device=task.global_batch / step_s / n_dev, **memory, **peak_memory_bytes())
   if stage == "generator":
     params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -140,6 +146,8 @@ def main(argv=None) -> int:
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--reduced", action="store_true", help="reduced width/resolution (for CPUs)")
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--accumulation", type=int, default=1,
+                 help="training.gradient_accumulation_steps: micro-batches of --batch per optimizer step")
   args = p.parse_args(argv)
   stages = ["tokenizer", "generator"] if args.stage == "both" else [args.stage]
   with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +155,7 @@ def main(argv=None) -> int:
       default = {"tokenizer": 2 if args.reduced else 16, "generator": 8 if args.reduced else 64,
                  "bar_fsq": 2 if args.reduced else 32}[stage]
       record = bench_stage(stage, batch_per_device=args.batch or default, dtype=args.dtype, reduced=args.reduced,
-                           repeats=args.repeats, workdir=os.path.join(tmp, stage))
+                           repeats=args.repeats, workdir=os.path.join(tmp, stage), accumulation=args.accumulation)
       record.update(machine())
       path = append_result("train", record)
       print({k: record[k] for k in ("stage", "step_s", "images_per_s_per_device") if k in record},

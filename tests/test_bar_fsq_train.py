@@ -168,7 +168,7 @@ def test_eight_devices_follow_the_rules_and_equal_one(tmp_path):
 
   from maskbit_jax.models.bar_tokenizer import abstract_bar_tokenizer_params
 
-  src = make_source("synthetic:8", 32)
+  src = make_source("synthetic:8", int(tiny_config().dataset.preprocessing.crop_size))
   batch = {"image": np.stack([src[i]["image"] for i in range(8)]), "label": np.arange(8, dtype=np.int32)}
   results = []
   for overrides in (["--config.runtime.num_devices=1"], ["--config.runtime.mesh.data=2",
