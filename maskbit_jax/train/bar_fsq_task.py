@@ -43,21 +43,22 @@ from flax import linen as nn
 from maskbit_jax import paths
 from maskbit_jax.convert import dino_mapping
 from maskbit_jax.distributed import host_copy
+from maskbit_jax.losses import bar_fsq_loss, bar_perceptual, gram, perceptual
+from maskbit_jax.models import dino_discriminator as dd
+from maskbit_jax.models.bar_fsq import SHIFT
+from maskbit_jax.models.bar_tokenizer import bar_tokenizer_from_config, init_bar_tokenizer_params
 from maskbit_jax.models.layers import jit_init
-from maskbit_jax.train import observe
+from maskbit_jax.train import bar_fsq_step as fs, bar_optim, observe
+from maskbit_jax.train.bar_task import _with_resolution as with_resolution
 from maskbit_jax.train.tasks import _Task, compute_dtype
 
 
 def _with_resolution(cfg):
-  from maskbit_jax.train.bar_task import _with_resolution as with_resolution
-
   return with_resolution(cfg)
 
 
 def _bias_at_threshold(params: dict) -> dict:
   """``quantize.in_proj.bias`` shifted onto binary FSQ's threshold ``z = -SHIFT`` (see the module docstring)."""
-  from maskbit_jax.models.bar_fsq import SHIFT
-
   in_proj = params["quantize"]["in_proj"]
   quantize = dict(params["quantize"], in_proj=dict(in_proj, bias=in_proj["bias"] - SHIFT))
   return dict(params, quantize=quantize)
@@ -87,11 +88,6 @@ class BarFsqTask(_Task):
 
   def __init__(self, cfg, mesh, workdir):
     super().__init__(_with_resolution(cfg), mesh, workdir)
-    from maskbit_jax.losses import bar_fsq_loss
-    from maskbit_jax.models import dino_discriminator as dd
-    from maskbit_jax.models.bar_tokenizer import bar_tokenizer_from_config
-    from maskbit_jax.train import bar_fsq_step as fs
-    from maskbit_jax.train import bar_optim
 
     cfg = self.cfg
     dtype, precision = compute_dtype(cfg)
@@ -132,8 +128,6 @@ class BarFsqTask(_Task):
     return path
 
   def _frozen_networks(self) -> dict:
-    from maskbit_jax.losses import bar_perceptual, gram, perceptual
-
     frozen: dict = {"perceptual": {}, "gram": None, "dino": None}
     weights = self.settings.perceptual
     if self.settings.perceptual_weight > 0:
@@ -176,9 +170,6 @@ class BarFsqTask(_Task):
   # ----------------------------------------------------------------------------- loop interface
 
   def init_state(self):
-    from maskbit_jax.models import dino_discriminator as dd
-    from maskbit_jax.models.bar_tokenizer import init_bar_tokenizer_params
-
     init_path = str(self.cfg.experiment.get("init_checkpoint", "") or "")
     start_params = None
     if init_path:
