@@ -22,7 +22,8 @@ Blocks are pre-norm with RMSNorm, QK-RMSNorm, SwiGLU and adaLN-Zero; the
 causal mask covers the whole sequence. They run as one ``nn.scan``
 (``models.stack``): parameters ``blocks/...`` with a leading layer axis, the
 key/value cache ``(k, v)`` of all blocks ``[depth, B, H, P + L, hd]`` each,
-carried through the scan and updated in place. Outputs at positions ``P-1 .. P-1+L-1``
+split over the layers as the scan's xs and stacked again as its ys (each block
+updates its own slice). Outputs at positions ``P-1 .. P-1+L-1``
 go through RMSNorm and ``latent_condition_proj`` and condition the MBM head
 for steps ``0 .. L-1``.
 
@@ -155,7 +156,7 @@ class Attention(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x_btd, rope_cur, rope_tgt, *, cache=None, layer=None, offset=None, deterministic=True):
+  def __call__(self, x_btd, rope_cur, rope_tgt, *, cache=None, offset=None, deterministic=True):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
     b, t, _ = x_btd.shape
     hd = self.dim // self.heads
@@ -179,13 +180,13 @@ class Attention(nn.Module):
       visible = jnp.tril(jnp.ones((t, t), bool))
     else:
       # Keys are stored rotated; query i (absolute position offset + i) sees cache rows <= offset + i.
-      # Only this block's new rows are written into the all-blocks cache (in place in the scan's carry).
-      k_all, v_all = cache
-      start = (layer, 0, 0, offset, 0)
-      k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
-      v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
-      cache = (k_all, v_all)
-      keys, values = k_all[layer], v_all[layer]
+      # This block's cache slice comes in as the scan's xs and goes out, updated, as its ys.
+      k_l, v_l = cache
+      start = (0, 0, offset, 0)
+      k_l = jax.lax.dynamic_update_slice(k_l, k.astype(k_l.dtype), start)
+      v_l = jax.lax.dynamic_update_slice(v_l, v.astype(v_l.dtype), start)
+      cache = (k_l, v_l)
+      keys, values = k_l, v_l
       visible = jnp.arange(keys.shape[2])[None, :] <= offset + jnp.arange(t)[:, None]
     # [B, H, T, hd] -> [B, T, H, hd]; scores accumulate and stay float32, as in a fused bf16 attention kernel
     to_bthd = lambda a: jnp.swapaxes(a.astype(self.dtype), 1, 2)
@@ -199,8 +200,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
   """Pre-norm adaLN-Zero block: ``x += g1 * attn(mod(norm1 x))``, ``x += g2 * mlp(mod(norm2 x))``.
 
-  The body of the scan over depth: ``((x, cache), layer, c, rope_cur, rope_tgt, offset, deterministic)
-  -> ((x, cache), None)``; ``layer`` is the block's index, the slice of the all-blocks cache it writes.
+  The body of the scan over depth: ``(x, cache, c, rope_cur, rope_tgt, offset, deterministic)
+  -> (x, cache)``: ``x`` is the carry; ``cache`` is this block's slice ``(k, v) [B, H, P + L, hd]`` of the
+  all-blocks cache (xs in, updated ys out; None without a cache).
   ``x`` and ``c`` are float32 (``STREAM_DTYPE``); the branches compute in ``dtype``.
   """
 
@@ -213,15 +215,14 @@ class Block(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, carry, layer, c, rope_cur, rope_tgt, offset=None, deterministic=True):
-    x, cache = carry
+  def __call__(self, x, cache, c, rope_cur, rope_tgt, offset=None, deterministic=True):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
     ada = dense(6 * self.dim, ("embed", "mlp"), "adaLN_modulation_1", zero_init=True, **kw)(nn.silu(c))
     self.sow("intermediates", f"{self.tag}_adaln", ada)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(ada, 6, axis=-1)
     h = modulate(RMSNorm(param_dtype=self.param_dtype, name="norm1")(x), shift_msa, scale_msa)
     h, cache = Attention(self.dim, self.heads, self.tag, self.dropout, name="attn", **kw)(
-        h, rope_cur, rope_tgt, cache=cache, layer=layer, offset=offset, deterministic=deterministic)
+        h, rope_cur, rope_tgt, cache=cache, offset=offset, deterministic=deterministic)
     self.sow("intermediates", f"{self.tag}_attn", h)
     x = x + gate_msa * h
     h = modulate(RMSNorm(param_dtype=self.param_dtype, name="norm2")(x), shift_mlp, scale_mlp)
@@ -230,7 +231,7 @@ class Block(nn.Module):
     x = x + gate_mlp * h
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     self.sow("intermediates", self.tag, x)
-    return (x, cache), None
+    return x, cache
 
 
 BLOCK_TAG = "block"  # the scanned blocks sow block_adaln, ..., one slice per layer (see backbone_intermediates)
@@ -402,8 +403,7 @@ class BarGenerator(nn.Module):
 
   def _blocks(self, x, c, rows_cur, rows_tgt, cache=None, offset=None, deterministic=True):
     rope_cur, rope_tgt = self._rope(rows_cur), self._rope(rows_tgt)
-    (x, cache), _ = self.blocks((x, cache), jnp.arange(self.depth, dtype=jnp.int32), c, rope_cur, rope_tgt, offset,
-                                deterministic)
+    x, cache = self.blocks(x, cache, c, rope_cur, rope_tgt, offset, deterministic)
     return x, cache
 
   def _output(self, x):
