@@ -60,9 +60,7 @@ def test_too_many_bits_is_refused():
 
 def test_public_names_are_the_same_functions():
   from maskbit_jax.models import bar_fsq, lfq_quantizer
-  from maskbit_jax.sampling import factorization
   assert maskbit_jax.bits_to_indices is bits.bits_to_indices
   assert maskbit_jax.indices_to_bits is bits.indices_to_bits
   assert lfq_quantizer.lfq_codebook is bits.codebook
   assert bar_fsq.pack_bits is bits.pack_bits and bar_fsq.unpack_bits is bits.unpack_bits
-  assert factorization.split_tokens is bits.split_tokens

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import golden_path, load_npz
+
+from maskbit_jax.bits import combine_tokens, split_tokens
 from maskbit_jax.sampling import schedules
-from maskbit_jax.sampling.factorization import combine_tokens, split_tokens
 from maskbit_jax.sampling.maskgit_sampler import TRACE_KEYS, sample_tokens
 
 SCHED_TOL = dict(rtol=1e-6, atol=1e-6)

@@ -37,10 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskbit_jax import bar_generator_api, registry
-from maskbit_jax.sampling import api as sampling_api
-from maskbit_jax.sampling import maskbit_api
+from maskbit_jax.bits import combine_tokens, split_tokens
+from maskbit_jax.sampling import api as sampling_api, maskbit_api
 from maskbit_jax.sampling.bar_sampler import generate
-from maskbit_jax.sampling.factorization import combine_tokens, split_tokens
 from maskbit_jax.sampling.maskgit_sampler import sample_tokens
 
 ORDERS = ("auto", "raster", "kept_first")

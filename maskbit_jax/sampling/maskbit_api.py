@@ -10,7 +10,7 @@ import functools
 
 import jax
 
-from maskbit_jax.sampling.factorization import combine_tokens
+from maskbit_jax.bits import combine_tokens
 from maskbit_jax.sampling.maskgit_sampler import SamplerConfig, sample_tokens
 
 SAMPLER_ARGS = ("num_steps", "guidance_scale", "guidance_annealing", "scale_pow", "softmax_temperature",

@@ -20,6 +20,7 @@ import numpy as np
 from flax import linen as nn
 
 from maskbit_jax import checkpointing, paths, registry, runtime, sharding
+from maskbit_jax.bits import combine_tokens, split_tokens
 from maskbit_jax.data import augment, pipeline
 from maskbit_jax.data.sample_images import class_caption
 from maskbit_jax.data.sources import eval_interpolation, make_source
@@ -36,7 +37,6 @@ from maskbit_jax.models.lfq_quantizer import MAX_TOKEN_BITS
 from maskbit_jax.models.maskbit_transformer import build_generator_module, init_generator_params
 from maskbit_jax.models.tokenizer import build_tokenizer_module, init_tokenizer_params
 from maskbit_jax.sampling import api as sampling_api
-from maskbit_jax.sampling.factorization import combine_tokens, split_tokens
 from maskbit_jax.tokenizer import Tokenizer, load_tokenizer
 from maskbit_jax.train import generator_step as gs, observe, tokenizer_step as ts
 from maskbit_jax.train.optim import make_optimizer, make_schedule
