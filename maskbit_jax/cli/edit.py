@@ -13,24 +13,8 @@ canvas) and ``vary`` (bit-level variations), for MaskBit and BAR.
   python -m maskbit_jax.edit --config ... --image cat.png --outpaint 0,4,0,4 --classes 3 --out out/wider
 
 The images are encoded, the kept tokens (or kept bits of every token) are fixed and the generator's own compiled
-sampler fills in the rest under ``labels``, then everything is decoded. Token ``t`` has bit ``j`` of weight
-``2^j`` (LFQ channel ``j``); its "high" bits are the largest ``j``.
-
-* MaskBit: the kept tokens are known from step 0 of the masked schedule and never re-masked; the schedule
-  counts only the other tokens. A partly kept token (``vary``) is sampled with the values that disagree with
-  its kept bits excluded. Any kept set works.
-* BAR: kept bits are teacher-forced at their AR step, so only the steps AFTER them see them. A model trained
-  to the raster order (every released one: the random-order training anneals to raster) can therefore keep a
-  raster prefix of its AR steps (whole rows from the top, then part of a row from the left; patch models in
-  patch rows): any other kept set is a :class:`KeepMaskError`. A model still trained on random orders
-  (``randomness_anneal_end`` past ``max_train_steps``), or ``order="kept_first"``, generates the kept steps
-  first and can keep any set. ``vary`` keeps bits in every step, so BAR samples each step's free bits seeing
-  the full earlier steps and its own kept bits, not the later steps' kept bits.
-
-Results are dicts as ``sample``'s: ``tokens [B, h, w]``, ``images [B, H, W, 3]`` (in [0, 1], not clamped),
-``input_tokens`` and ``fixed_bits [B, h, w]`` (the bit mask of each token's kept bits: ``2^K - 1`` kept,
-0 generated). The batch is split over the largest number of local devices that divides it (no padding, so
-the draws are those of the unsplit batch); one compiled program per shape and setting.
+sampler fills in the rest under the classes, then everything is decoded; what each family can keep, and how,
+is the library's (``maskbit_jax.sampling.editing``: ``maskbit_jax.edit``, ``vary``, ``outpaint``).
 
 The command writes ``grid.png`` (input, the kept tokens bright, one output per class), the outputs' PNGs,
 ``tokens.npz`` (``tokens``, ``input_tokens``, ``fixed_bits``, ``labels``) and ``summary.json``.
