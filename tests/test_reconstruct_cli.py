@@ -69,7 +69,7 @@ def tiny_export(tmp_path_factory):
 
 
 def test_reconstruct_takes_an_exports_config_and_its_held_out_images(tmp_path, tiny_export, capsys):
-  from maskbit_jax import reconstruct
+  from maskbit_jax.cli import reconstruct
 
   assert reconstruct_main(["--checkpoint", tiny_export, "--num_images", "3", "--out", str(tmp_path)]) == 0
   out = capsys.readouterr().out
