@@ -20,8 +20,9 @@ from flax import linen as nn
 
 from conftest import golden_bar_path, load_npz
 from maskbit_jax.bar_config import bar_fields
+from maskbit_jax.bar_generator_api import load_bar_params
 from maskbit_jax.convert.bar_mapping import (CHECKPOINT_KIND, ROPE_ATOL, bar_flax_to_torch_state, bar_param_mapping,
-                                             bar_state_to_flax, load_bar_params, mbm_head_flax_to_torch_state)
+                                             bar_state_to_flax, mbm_head_flax_to_torch_state)
 from maskbit_jax.convert.checkpoint_files import read_state_dict
 from maskbit_jax.convert.param_mapping import CheckpointMismatchError, flax_to_torch_state, torch_state_to_flax
 from maskbit_jax.models.bar_generator import (BarGenerator, abstract_bar_params, backbone_intermediates,

@@ -17,18 +17,11 @@ Everything else is strict exactly like the MaskBit converters.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from maskbit_jax import checkpointing
-from maskbit_jax.convert.checkpoint_files import read_state_dict
-from maskbit_jax.convert.loading import load_params
 from maskbit_jax.convert.param_mapping import (CheckpointMismatchError, LayerStack, ParamMapping,
                                                expected_torch_shapes, flax_to_torch_state, torch_state_to_flax)
 from maskbit_jax.models.bar_generator import BarGenerator, rope_tables
@@ -138,18 +131,4 @@ def mbm_head_flax_to_torch_state(params, num_layers: int) -> "OrderedDict[str, n
   """Standalone head params -> a ``MaskBitModelingHead`` state dict in its own key order."""
   return flax_to_torch_state(params, bar_param_mapping(), key_order=mbm_head_key_order(num_layers))
 
-
-def load_bar_params(checkpoint: str | os.PathLike, module: BarGenerator, abstract_params: Any = None) -> Any:
-  """BAR params from one of our Orbax params checkpoints or a released PyTorch-format file, strictly."""
-  from flax import linen as nn
-
-  from maskbit_jax.models.bar_generator import abstract_bar_params
-
-  if abstract_params is None:
-    abstract_params = nn.meta.unbox(abstract_bar_params(module))
-  checkpoint = os.fspath(checkpoint)
-  if checkpointing.is_params_checkpoint(checkpoint):
-    return load_params(checkpoint, abstract_params, bar_param_mapping(), CHECKPOINT_KIND)
-  params = bar_state_to_flax(read_state_dict(checkpoint), abstract_params, module, source=checkpoint)
-  return jax.tree.map(jnp.asarray, params)
 
