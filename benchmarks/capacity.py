@@ -300,10 +300,10 @@ def bar_plan(config: str, batches: tuple[int, ...]) -> ModelPlan:
   from maskbit_jax.models.bar_generator import abstract_bar_params, build_bar_module
   from maskbit_jax.train import bar_optim
   from maskbit_jax.train import bar_step as bs
-  from maskbit_jax.train.tasks import compute_dtype
+  from maskbit_jax import runtime
 
   cfg = maskbit_jax.load_config(os.path.join(REPO, "configs", f"{config}.py"))
-  dtype, _ = compute_dtype(cfg)
+  dtype, _ = runtime.training(cfg)
   module = build_bar_module(bar_fields(cfg), dtype=dtype)
   opt = bar_optim.bar_optimizer_settings(cfg)
   opt["gradient_accumulation_steps"] = 1

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from maskbit_jax import paths
+from maskbit_jax import paths, runtime
 from maskbit_jax.convert import dino_mapping
 from maskbit_jax.distributed import host_copy
 from maskbit_jax.losses import bar_fsq_loss, bar_perceptual, gram, perceptual
@@ -50,7 +50,7 @@ from maskbit_jax.models.bar_tokenizer import bar_tokenizer_from_config, init_bar
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.train import bar_fsq_step as fs, bar_optim, observe
 from maskbit_jax.train.bar_task import _with_resolution as with_resolution
-from maskbit_jax.train.tasks import _Task, compute_dtype
+from maskbit_jax.train.tasks import _Task
 
 
 def _with_resolution(cfg):
@@ -90,7 +90,7 @@ class BarFsqTask(_Task):
     super().__init__(_with_resolution(cfg), mesh, workdir)
 
     cfg = self.cfg
-    dtype, precision = compute_dtype(cfg)
+    dtype, precision = runtime.training(cfg)
     self.model = bar_tokenizer_from_config(cfg, dtype=dtype, precision=precision)
     self.settings = bar_fsq_loss.BarFsqLossSettings.from_config(cfg.losses)
     opt = bar_optim.bar_optimizer_settings(cfg)

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from maskbit_jax import bar, paths, sharding
+from maskbit_jax import bar, paths, runtime, sharding
 from maskbit_jax.bar_config import bar_fields
 from maskbit_jax.bits import unpack_bits_np
 from maskbit_jax.convert.bar_mapping import CHECKPOINT_KIND, bar_param_mapping
@@ -35,7 +35,7 @@ from maskbit_jax.distributed import host_copy
 from maskbit_jax.models.bar_generator import build_bar_module, init_bar_params
 from maskbit_jax.models.layers import jit_init
 from maskbit_jax.train import bar_optim, bar_step as bs
-from maskbit_jax.train.tasks import _Task, compute_dtype  # runtime.training
+from maskbit_jax.train.tasks import _Task
 
 
 def _with_resolution(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -94,7 +94,7 @@ class BarTask(_Task):
     super().__init__(_with_resolution(cfg), mesh, workdir)
 
     cfg = self.cfg
-    dtype, precision = compute_dtype(cfg)
+    dtype, precision = runtime.training(cfg)
     self.module = build_bar_module(bar_fields(cfg), dtype=dtype, precision=precision)
     self.settings = bs.BarSettings.from_config(cfg)
     opt = bar_optim.bar_optimizer_settings(cfg)

@@ -57,10 +57,6 @@ def stage_of(cfg: ml_collections.ConfigDict) -> str:
   return fam.task
 
 
-# the training runs' compute dtype and precision (runtime.training), under the name the tasks import
-compute_dtype = runtime.training
-
-
 def _positive_int(cfg, dotted: str, minimum: int = 1) -> int:
   node = cfg
   for part in dotted.split("."):
@@ -317,7 +313,7 @@ class TokenizerTask(_Task):
   def __init__(self, cfg, mesh, workdir):
     super().__init__(cfg, mesh, workdir)
 
-    dtype, precision = compute_dtype(cfg)
+    dtype, precision = runtime.training(cfg)
     if "discriminator" not in cfg.model or "losses" not in cfg:
       raise ValueError("training a tokenizer needs the stage-I recipe's model.discriminator and losses sections")
     if cfg.model.vq_model.get("model_class") not in ("vqgan+", "maskgit"):
@@ -437,7 +433,7 @@ class GeneratorTask(_Task):
   def __init__(self, cfg, mesh, workdir):
     super().__init__(cfg, mesh, workdir)
 
-    dtype, precision = compute_dtype(cfg)
+    dtype, precision = runtime.training(cfg)
     fields = generator_fields(cfg)
     self.module = build_generator_module(fields, dtype=dtype, precision=precision)
     checkpoint = str(cfg.experiment.get("vqgan_checkpoint", "") or "")
@@ -541,5 +537,5 @@ def make_task(cfg: ml_collections.ConfigDict, mesh, workdir: str) -> _Task:
   return fam.get("task_factory")(cfg, mesh, workdir)
 
 
-__all__ = ["GeneratorTask", "STAGES", "TokenizerTask", "compute_dtype", "global_batch_size", "make_task", "stage_of",
+__all__ = ["GeneratorTask", "STAGES", "TokenizerTask", "global_batch_size", "make_task", "stage_of",
            "validate_common"]
